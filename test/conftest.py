@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+from vla_models import build_policy, preset  # noqa: E402
+from vla_models.testing import fit_fake_statistics  # noqa: E402
+
+EXPERTS = ["regression", "diffusion"]
+FUSIONS = ["concat", "cross_attention", "gated", "none"]
+BACKBONES = ["tiny", "cpu"]  # `tiny` = Qwen2.5-VL architecture at toy size; `cpu` = backbone none
+
+
+def make_policy(backbone: str = "cpu", expert: str = "regression", fusion: str = "concat", seed: int = 0, **overrides):
+    """A small policy with fitted (random) normaliser statistics, in eval mode."""
+    torch.manual_seed(seed)
+    config = preset(backbone, **{"expert.type": expert, "fusion.mode": fusion, **overrides})
+    policy = build_policy(config)
+    fit_fake_statistics(policy)
+    return policy.eval()
+
+
+@pytest.fixture
+def policy_factory():
+    return make_policy

