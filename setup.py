@@ -17,7 +17,7 @@ def requirements(name: str) -> list[str]:
 
 
 # Console scripts. Node executables (group "nodes") are mirrored in CMakeLists.txt for `ros2 run`.
-NODES: list[str] = []
+NODES: list[str] = ["policy_node = vla_policy_ros.policy_node:main"]
 TOOLS = ["vla = vla_training.cli:main"]
 
 setup(

@@ -1,0 +1,85 @@
+"""Helpers for ROS tests: an isolated rclpy context per test, spinning, waiting without fixed sleeps."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.time import Time
+
+_domains = itertools.count(100 + os.getpid() % 50)
+
+
+class RosHarness:
+    """A private context (own domain id) with a background executor; add nodes, wait for conditions."""
+
+    def __init__(self) -> None:
+        self.domain_id = next(_domains) % 200 + 20
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=self.domain_id)
+        self.executor = MultiThreadedExecutor(context=self.context)
+        self.nodes = []
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001 - shutting down
+                if not self.context.ok():
+                    return
+                raise
+
+    def add(self, node):
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    @staticmethod
+    def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            if hasattr(node, "shutdown"):
+                node.shutdown()
+        self.executor.shutdown(timeout_sec=2.0)
+        for node in self.nodes:
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5.0)
+
+
+def stamp(seconds: float):
+    return Time(nanoseconds=int(seconds * 1e9)).to_msg()
+
+
+def publish_inputs(pubs: dict, t: float, views: list[str], state_dim: int, rng: np.random.Generator,
+                   image_size=(48, 64)) -> None:
+    """One synchronised set of synthetic inputs stamped t: an image per view, a wrench, a joint state."""
+    from geometry_msgs.msg import WrenchStamped
+    from sensor_msgs.msg import JointState
+
+    from vla_policy_ros.image_conversion import rgb_to_image_msg
+
+    for view in views:
+        rgb = rng.integers(0, 256, (*image_size, 3), dtype=np.uint8)
+        pubs[view].publish(rgb_to_image_msg(rgb, stamp(t)))
+    wrench = WrenchStamped()
+    wrench.header.stamp = stamp(t)
+    wrench.wrench.force.x, wrench.wrench.force.z = float(rng.normal()), float(rng.normal())
+    pubs["sensor"].publish(wrench)
+    js = JointState(name=[f"j{i}" for i in range(state_dim)], position=rng.normal(size=state_dim).tolist())
+    js.header.stamp = stamp(t)
+    pubs["state"].publish(js)

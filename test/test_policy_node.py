@@ -1,0 +1,189 @@
+"""policy_node with real rclpy: chunks on synthetic input, live switching, rejection, subprocess run."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_policy
+from rclpy.parameter import Parameter
+from ros_helpers import RosHarness, publish_inputs
+
+from geometry_msgs.msg import PoseStamped, WrenchStamped  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
+from vla_policy_ros.msg import ActionChunk  # noqa: E402
+from vla_policy_ros.policy_node import PolicyNode  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return {kind: str(make_policy("tiny", kind).save(root / kind)) for kind in ("regression", "diffusion")}
+
+
+@pytest.fixture
+def ros():
+    harness = RosHarness()
+    yield harness
+    harness.close()
+
+
+def _start(ros, checkpoints, **overrides):
+    params = {"regression_checkpoint": checkpoints["regression"], "diffusion_checkpoint": checkpoints["diffusion"],
+              "rate_hz": 20.0, "instruction": "insert the needle", "slop_s": 0.02, **overrides}
+    node = ros.add(PolicyNode(context=ros.context,
+                              parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    client = ros.add(rclpy_node(ros, "test_client"))
+    pubs = {v: client.create_publisher(Image, f"camera/{v}/image_raw", 10) for v in ("front", "wrist")}
+    pubs["sensor"] = client.create_publisher(WrenchStamped, "sensor", 10)
+    pubs["state"] = client.create_publisher(JointState, "joint_states", 10)
+    chunks = []
+    client.create_subscription(ActionChunk, "/vla_policy/action_chunk", chunks.append, 10)
+    ros.wait_for(lambda: all(p.get_subscription_count() for p in pubs.values())
+                 and node.chunk_pub.get_subscription_count(), what="discovery")
+    return node, client, pubs, chunks
+
+
+def rclpy_node(ros, name):
+    from rclpy.node import Node
+
+    return Node(name, context=ros.context)
+
+
+def _feed_until(ros, pubs, chunks, count, t0=1000.0, predicate=None):
+    rng = np.random.default_rng(0)
+    t = t0
+    predicate = predicate or (lambda: len(chunks) >= count)
+
+    def step():
+        nonlocal t
+        t += 0.05
+        publish_inputs(pubs, t, ["front", "wrist"], 8, rng)
+        return predicate()
+
+    ros.wait_for(step, what=f"{count} action chunks")
+    return t
+
+
+def test_chunk_has_shape_stamp_and_policy_type(ros, checkpoints):
+    node, client, pubs, chunks = _start(ros, checkpoints)
+    _feed_until(ros, pubs, chunks, 2)
+    msg = chunks[-1]
+    assert msg.policy_type == "regression" and msg.sampler == "" and msg.num_steps == 0
+    assert (msg.horizon, msg.action_dim) == (8, 4) and len(msg.actions) == 32
+    assert np.isfinite(np.asarray(msg.actions)).all() and msg.latency_ms > 0
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    assert 1000.0 < stamp < 1100.0  # the observation's stamp, not the wall clock
+    assert "backbone_ms" in msg.stage_names and len(msg.stage_names) == len(msg.stage_latency_ms)
+
+
+def test_live_switch_and_rejected_values(ros, checkpoints):
+    node, client, pubs, chunks = _start(ros, checkpoints)
+    _feed_until(ros, pubs, chunks, 1)
+    setter = client.create_client(SetParameters, "/vla_policy/set_parameters")
+    assert setter.wait_for_service(timeout_sec=10.0)
+
+    def set_param(name, value):
+        future = setter.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        ros.wait_for(future.done, what=f"set {name}")
+        return future.result().results[0]
+
+    result = set_param("policy_type", "diffusion")
+    assert result.successful
+    n = len(chunks)
+    _feed_until(ros, pubs, chunks, 0, t0=2000.0, predicate=lambda: len(chunks) > n and chunks[-1].policy_type == "diffusion")
+    assert chunks[-1].sampler == "ddim" and chunks[-1].num_steps == 10
+    assert set_param("ddim_steps", 5).successful
+    n = len(chunks)
+    _feed_until(ros, pubs, chunks, 0, t0=3000.0, predicate=lambda: len(chunks) > n and chunks[-1].num_steps == 5)
+
+    bad = set_param("policy_type", "flow")
+    assert not bad.successful and "regression" in bad.reason and "'flow'" in bad.reason
+    bad = set_param("ddim_steps", 0)
+    assert not bad.successful and "ddim_steps" in bad.reason
+    assert not set_param("sensor_topic", "other").successful  # read-only at runtime
+    assert node.get_parameter("policy_type").value == "diffusion"
+    n = len(chunks)
+    _feed_until(ros, pubs, chunks, 0, t0=4000.0, predicate=lambda: len(chunks) > n + 1)
+    assert chunks[-1].policy_type == "diffusion"  # still serving, with its state kept
+
+
+def test_command_trajectory_from_the_current_pose(ros, checkpoints):
+    node, client, pubs, chunks = _start(ros, checkpoints, dry_run=False, pose_topic="ee_pose")
+    commands = []
+    client.create_subscription(MultiDOFJointTrajectory, "/vla_policy/command_trajectory", commands.append, 10)
+    pose_pub = client.create_publisher(PoseStamped, "ee_pose", 10)
+    ros.wait_for(lambda: pose_pub.get_subscription_count() > 0, what="pose discovery")
+    pose = PoseStamped()
+    pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
+    ros.wait_for(lambda: (pose_pub.publish(pose), node.pose is not None)[1], what="pose")
+    _feed_until(ros, pubs, chunks, 0, predicate=lambda: len(commands) >= 1)
+    cmd = commands[-1]
+    assert len(cmd.points) == 8 and cmd.joint_names == ["end_effector"]
+    chunk = next(c for c in chunks if c.header.stamp == cmd.header.stamp)
+    actions = np.asarray(chunk.actions).reshape(8, 4)
+    expected_x = 0.5 + np.cumsum(actions[:, 0]) * 0.001
+    got_x = [p.transforms[0].translation.x for p in cmd.points]
+    assert np.allclose(got_x, expected_x, atol=1e-6)
+    assert cmd.points[1].time_from_start.nanosec == pytest.approx(2 * 0.1 * 1e9, abs=10)
+
+
+def test_dry_run_publishes_no_command(ros, checkpoints):
+    node, client, pubs, chunks = _start(ros, checkpoints, pose_topic="ee_pose")
+    commands = []
+    client.create_subscription(MultiDOFJointTrajectory, "/vla_policy/command_trajectory", commands.append, 10)
+    _feed_until(ros, pubs, chunks, 3)
+    assert node.params.dry_run and commands == []
+
+
+def test_node_as_a_process_with_the_shipped_params_file(tmp_path, checkpoints):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 50), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
+    exe = Path(sys.executable).parent / "policy_node"
+    cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config" / "policy.yaml"), "-p", "policy_type:=diffusion",
+           "-p", f"regression_checkpoint:={checkpoints['regression']}", "-p",
+           f"diffusion_checkpoint:={checkpoints['diffusion']}", "-p", "rate_hz:=20.0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ros = None
+    try:
+        import rclpy
+
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, domain_id=int(env["ROS_DOMAIN_ID"]))
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+
+        client = Node("probe", context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(client)
+        chunks = []
+        client.create_subscription(ActionChunk, "/vla_policy/action_chunk", chunks.append, 10)
+        pubs = {v: client.create_publisher(Image, f"camera/{v}/image_raw", 10) for v in ("front", "wrist")}
+        pubs["sensor"] = client.create_publisher(WrenchStamped, "sensor/wrench", 10)
+        pubs["state"] = client.create_publisher(JointState, "joint_states", 10)
+        rng = np.random.default_rng(0)
+        import time
+
+        deadline, t = time.monotonic() + 60, 10.0
+        while not chunks and time.monotonic() < deadline and proc.poll() is None:
+            t += 0.05
+            publish_inputs(pubs, t, ["front", "wrist"], 8, rng)
+            executor.spin_once(timeout_sec=0.05)
+        assert chunks, f"no chunk from the node process; output:\n{proc.stdout.read() if proc.poll() is not None else ''}"
+        assert chunks[0].policy_type == "diffusion"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "Traceback" not in out, out
+        client.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,130 @@
+"""The policy node's parameters: one table of (name, default, description, read-only), a typed view,
+and the validation used for live changes. Documented key by key in config/policy.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.exceptions import ParameterUninitializedException
+
+EXPERT_TYPES = ("regression", "diffusion")
+SAMPLERS = ("ddim", "ddpm")
+SENSOR_TYPES = ("wrench", "packet", "array")
+STATE_TYPES = ("joint_state", "pose")
+ACTION_SPACES = ("ee_delta", "joint_delta")
+
+_STRING_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
+
+
+@dataclass
+class NodeParams:
+    # -- live (changeable through the parameter services while running) --
+    policy_type: str = "regression"
+    sampler: str = "ddim"
+    ddim_steps: int = 10
+    seed: int = -1  # >= 0: reproducible diffusion samples
+    rate_hz: float = 0.0  # 0 = adaptive: interval = max(1.15 x mean recent latency, min_interval_s)
+    min_interval_s: float = 0.1
+    instruction: str = ""
+    dry_run: bool = True  # publish chunks but no command trajectory
+    # -- fixed at start --
+    regression_checkpoint: str = ""
+    diffusion_checkpoint: str = ""
+    device: str = "cpu"
+    image_topics: tuple = ()  # one per checkpoint view, in the checkpoint's order; default camera/<view>/image_raw
+    sensor_topic: str = "sensor"
+    sensor_type: str = "wrench"
+    state_topic: str = "joint_states"
+    state_type: str = "joint_state"
+    pose_topic: str = ""  # current end-effector pose for ee_delta commands; "" = state_topic when state_type=pose
+    instruction_topic: str = "instruction"
+    slop_s: float = 0.05
+    action_space: str = "ee_delta"
+    translation_scale: float = 0.001  # action units -> metres (the seed's actions are mm)
+    rotation_scale: float = 0.017453292519943295  # action units -> radians (the seed's are degrees)
+    joint_names: tuple = ()
+    frame_id: str = "base_link"
+
+
+LIVE = ("policy_type", "sampler", "ddim_steps", "seed", "rate_hz", "min_interval_s", "instruction", "dry_run")
+
+DESCRIPTIONS = {
+    "policy_type": f"expert serving the next inference: one of {list(EXPERT_TYPES)}",
+    "sampler": f"diffusion sampler: one of {list(SAMPLERS)}",
+    "ddim_steps": "DDIM denoising steps (1..num_train_timesteps)",
+    "seed": "sampling seed for diffusion (-1: random)",
+    "rate_hz": "inference rate in Hz; 0 = adaptive (max(1.15 x mean latency, min_interval_s))",
+    "min_interval_s": "floor of the adaptive inference interval (s)",
+    "instruction": "task instruction (a std_msgs/String on instruction_topic overrides it)",
+    "dry_run": "true: publish action chunks only, never a command trajectory",
+    "regression_checkpoint": "checkpoint directory of the regression expert",
+    "diffusion_checkpoint": "checkpoint directory of the diffusion expert",
+    "device": "torch device (cpu, cuda, cuda:1)",
+    "image_topics": "image topic per checkpoint view (raw Image, or CompressedImage if it ends in /compressed)",
+    "sensor_topic": "high-rate sensor topic",
+    "sensor_type": f"sensor message: one of {list(SENSOR_TYPES)} (WrenchStamped, SensorPacket, Float32MultiArray)",
+    "state_topic": "robot state topic",
+    "state_type": f"state message: one of {list(STATE_TYPES)} (JointState positions, or PoseStamped xyz+quaternion)",
+    "pose_topic": "PoseStamped of the end effector for absolute targets ('' = state_topic if state_type is pose)",
+    "instruction_topic": "std_msgs/String topic that sets the instruction",
+    "slop_s": "approximate-time synchronisation window for the views and the state (s)",
+    "action_space": f"how chunks become commands: one of {list(ACTION_SPACES)}",
+    "translation_scale": "action translation units -> metres",
+    "rotation_scale": "action rotation units -> radians",
+    "joint_names": "joint names for joint_delta commands (default: those of the JointState)",
+    "frame_id": "frame of the command trajectory",
+}
+
+
+def declare(node) -> NodeParams:
+    """Declare every parameter with a descriptor and return the typed values."""
+    for f in fields(NodeParams):
+        default = f.default
+        descriptor = ParameterDescriptor(description=DESCRIPTIONS[f.name], read_only=f.name not in LIVE)
+        if isinstance(default, tuple):
+            descriptor.type = _STRING_ARRAY
+            default = list(default)
+        node.declare_parameter(f.name, default, descriptor)
+    return read(node)
+
+
+def read(node) -> NodeParams:
+    values = {}
+    for f in fields(NodeParams):
+        try:
+            values[f.name] = node.get_parameter(f.name).value
+        except ParameterUninitializedException:  # `[]` in a params file has no type: an empty list
+            values[f.name] = ()
+    for name in ("image_topics", "joint_names"):
+        values[name] = tuple(values[name] or ())
+    return NodeParams(**values)
+
+
+def validate(name: str, value, num_train_timesteps: int | None, loaded: set[str], configured: set[str]) -> str | None:
+    """Why a new value is rejected, or None when it is fine."""
+    choices = {"policy_type": EXPERT_TYPES, "sampler": SAMPLERS}
+    if name in choices and value not in choices[name]:
+        return f"{name}: expected one of {list(choices[name])}, got {value!r}"
+    if name == "policy_type" and value not in loaded | configured:
+        return f"policy_type: no checkpoint is configured for {value!r} (set {value}_checkpoint at start)"
+    if name == "ddim_steps":
+        upper = num_train_timesteps or 1000
+        if not isinstance(value, int) or not 1 <= value <= upper:
+            return f"ddim_steps: expected an integer in [1, {upper}], got {value!r}"
+    if name in ("rate_hz", "min_interval_s") and (not isinstance(value, (int, float)) or value < 0):
+        return f"{name}: expected a number >= 0, got {value!r}"
+    return None
+
+
+def validate_static(params: NodeParams) -> None:
+    """Start-up checks of the fixed parameters (raises ValueError naming the parameter)."""
+    for name, allowed in (("sensor_type", SENSOR_TYPES), ("state_type", STATE_TYPES), ("action_space", ACTION_SPACES),
+                          ("policy_type", EXPERT_TYPES), ("sampler", SAMPLERS)):
+        if getattr(params, name) not in allowed:
+            raise ValueError(f"parameter {name}: expected one of {list(allowed)}, got {getattr(params, name)!r}")
+    if not getattr(params, f"{params.policy_type}_checkpoint"):
+        raise ValueError(f"parameter {params.policy_type}_checkpoint: expected a checkpoint directory for the "
+                         f"starting policy_type {params.policy_type!r}, got ''")
+    if params.slop_s < 0:
+        raise ValueError(f"parameter slop_s: expected >= 0, got {params.slop_s}")

@@ -1,0 +1,343 @@
+"""`policy_node`: camera + sensor + state topics in, action chunks (and commands) out.
+
+Subscriptions only convert and buffer messages. A single worker thread runs inference off the
+executor, on the latest synchronised observation (latest wins, never two in flight), at a fixed
+rate or adaptively, and publishes `~/action_chunk`, the command trajectory (unless dry_run) and
+`~/status`. `policy_type`, sampler and steps switch live through the parameter services: both
+checkpoints are loaded once at start and kept, so a switch takes effect at the next inference.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, WrenchStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float32MultiArray, Header, String
+from trajectory_msgs.msg import JointTrajectory, MultiDOFJointTrajectory
+
+from vla_models import CheckpointError, load_policy
+
+from . import params as P
+from .commands import ee_delta_targets, joint_trajectory, multidof_trajectory
+from .image_conversion import ImageConversionError, image_to_rgb
+from .msg import ActionChunk, SensorPacket
+from .sensor_buffer import SensorRingBuffer
+from .synchronizer import ApproximateSynchronizer
+
+STATE_KEY = "state"
+
+
+def stamp_seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("vla_policy", **kwargs)
+        self.params = P.declare(self)
+        P.validate_static(self.params)
+        self.policies = {}
+        for kind in P.EXPERT_TYPES:
+            path = getattr(self.params, f"{kind}_checkpoint")
+            if path:
+                self.policies[kind] = load_policy(path, device=self.params.device)
+                self.get_logger().info(f"loaded {kind} policy from {path}")
+        self.spec = self._input_spec()
+        self._lock = threading.Lock()
+        self.stats = collections.Counter()
+        self.latencies: collections.deque[float] = collections.deque(maxlen=10)
+        self.instruction = self.params.instruction
+        self.pose: tuple[np.ndarray, np.ndarray] | None = None
+        self.joints: tuple[list[str], np.ndarray] | None = None
+        self.last_stamp: float | None = None
+        self.last_error = ""
+        sync_inputs = list(self.spec["views"]) + ([STATE_KEY] if self.spec["state_dim"] else [])
+        self.sync = ApproximateSynchronizer(sync_inputs, self.params.slop_s)
+        channels, window = self.spec["sensor_channels"], self.spec["sensor_window"]
+        self.sensor = SensorRingBuffer(max(4 * window, 1), channels) if channels else None
+        self._subscribe()
+        self.chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", 10)
+        command_type = MultiDOFJointTrajectory if self.params.action_space == "ee_delta" else JointTrajectory
+        self.command_pub = self.create_publisher(command_type, "~/command_trajectory", 10)
+        self.status_pub = self.create_publisher(DiagnosticArray, "~/status", 10)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.create_timer(1.0, self._publish_status)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._inference_loop, name="vla_inference", daemon=True)
+        self._worker.start()
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _input_spec(self) -> dict:
+        specs = {}
+        for kind, policy in self.policies.items():
+            c = policy.config
+            specs[kind] = {"views": tuple(c.views), "sensor_channels": c.sensor.channels,
+                           "sensor_window": c.sensor.window, "state_dim": c.state.dim}
+        first = next(iter(specs.values()))
+        for kind, spec in specs.items():
+            if spec != first:
+                raise ValueError(f"the checkpoints expect different inputs ({specs}); both policy types must share "
+                                 "views, sensor channels and state size to switch live")
+        topics = self.params.image_topics
+        if topics and len(topics) != len(first["views"]):
+            raise ValueError(f"parameter image_topics: expected {len(first['views'])} topics for views "
+                             f"{list(first['views'])}, got {list(topics)}")
+        return first
+
+    def _subscribe(self) -> None:
+        topics = self.params.image_topics or tuple(f"camera/{v}/image_raw" for v in self.spec["views"])
+        for view, topic in zip(self.spec["views"], topics):
+            kind = CompressedImage if topic.endswith("/compressed") else Image
+            self.create_subscription(kind, topic, lambda msg, v=view: self._on_image(v, msg), qos_profile_sensor_data)
+        if self.sensor is not None:
+            kind = {"wrench": WrenchStamped, "packet": SensorPacket, "array": Float32MultiArray}[self.params.sensor_type]
+            self.create_subscription(kind, self.params.sensor_topic, self._on_sensor, qos_profile_sensor_data)
+        if self.spec["state_dim"] or self.params.action_space == "joint_delta":
+            kind = PoseStamped if self.params.state_type == "pose" else JointState
+            self.create_subscription(kind, self.params.state_topic, self._on_state, 10)
+        pose_topic = self.params.pose_topic
+        if pose_topic and (pose_topic != self.params.state_topic or self.params.state_type != "pose"):
+            self.create_subscription(PoseStamped, pose_topic, self._on_pose, 10)
+        self.create_subscription(String, self.params.instruction_topic, self._on_instruction, 10)
+
+    # -- subscriptions: convert, validate, buffer -------------------------------------------------
+    def _drop(self, what: str, reason: str) -> None:
+        self.stats[f"dropped_{what}"] += 1
+        self.get_logger().warning(f"dropped a {what} message: {reason}", throttle_duration_sec=5.0)
+
+    def _on_image(self, view: str, msg) -> None:
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageConversionError as exc:
+            return self._drop(f"image[{view}]", str(exc))
+        self.sync.add(view, stamp_seconds(msg.header.stamp), rgb)
+
+    def _on_sensor(self, msg) -> None:
+        c = self.spec["sensor_channels"]
+        if isinstance(msg, WrenchStamped):
+            f, t = msg.wrench.force, msg.wrench.torque
+            samples = np.array([[f.x, f.y, f.z, t.x, t.y, t.z]], np.float32)
+            stamps = np.array([stamp_seconds(msg.header.stamp)])
+        elif isinstance(msg, SensorPacket):
+            samples = np.asarray(msg.data, np.float32)
+            if msg.channels == 0 or samples.size != msg.num_samples * msg.channels:
+                return self._drop("sensor", f"data has {samples.size} values; expected num_samples x channels = "
+                                            f"{msg.num_samples} x {msg.channels}")
+            samples = samples.reshape(msg.num_samples, msg.channels)
+            if msg.sample_stamps:
+                stamps = np.array([stamp_seconds(s) for s in msg.sample_stamps])
+            elif msg.sample_rate > 0:
+                stamps = stamp_seconds(msg.header.stamp) + np.arange(msg.num_samples) / msg.sample_rate
+            else:
+                return self._drop("sensor", "neither sample_stamps nor a sample_rate > 0")
+        else:  # Float32MultiArray: no header, stamped on receipt
+            samples = np.asarray(msg.data, np.float32)
+            if samples.size == 0 or samples.size % c:
+                return self._drop("sensor", f"{samples.size} values is not a whole number of {c}-channel samples")
+            samples = samples.reshape(-1, c)
+            stamps = np.full(len(samples), self.get_clock().now().nanoseconds * 1e-9)
+        if samples.shape[1] != c:
+            return self._drop("sensor", f"{samples.shape[1]} channels; the policy expects {c}")
+        if len(stamps) != len(samples):
+            return self._drop("sensor", f"{len(stamps)} stamps for {len(samples)} samples")
+        if not np.isfinite(samples).all():
+            return self._drop("sensor", "NaN or inf values")
+        self.sensor.extend(stamps, samples)
+
+    def _on_state(self, msg) -> None:
+        if isinstance(msg, PoseStamped):
+            p, q = msg.pose.position, msg.pose.orientation
+            state = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], np.float32)
+            self._on_pose(msg)
+        else:
+            state = np.asarray(msg.position, np.float32)
+            self.joints = (list(msg.name), state.astype(float))
+        dim = self.spec["state_dim"]
+        if not dim:
+            return
+        if state.shape != (dim,) or not np.isfinite(state).all():
+            return self._drop("state", f"expected {dim} finite values, got {state.shape[0]}")
+        self.sync.add(STATE_KEY, stamp_seconds(msg.header.stamp), state)
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        self.pose = (np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+
+    def _on_instruction(self, msg: String) -> None:
+        self.instruction = msg.data
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def _validate_parameters(self, changes) -> SetParametersResult:
+        steps = max((p.config.expert.num_train_timesteps for p in self.policies.values()), default=None)
+        for change in changes:
+            reason = P.validate(change.name, change.value, steps, set(self.policies), set())
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, changes) -> None:
+        with self._lock:
+            self.params = P.read(self)
+            if any(c.name == "instruction" for c in changes):
+                self.instruction = self.params.instruction
+        self.get_logger().info("parameters: " + ", ".join(f"{c.name}={c.value}" for c in changes))
+
+    # -- inference ----------------------------------------------------------------------------------
+    def assemble_observation(self) -> tuple[float, dict] | None:
+        """The latest synchronised observation (batch 1) and its stamp, or None while inputs are missing."""
+        obs: dict = {}
+        if self.sync.names:
+            matched = self.sync.latest()
+            if matched is None:
+                return None
+            stamp, chosen = matched
+            if self.spec["views"]:
+                obs["images"] = {v: chosen[v][1][None] for v in self.spec["views"]}
+                obs["instruction"] = [self.instruction]
+            if STATE_KEY in chosen:
+                obs["state"] = chosen[STATE_KEY][1][None]
+        else:
+            stamp = self.sensor.newest_stamp() if self.sensor is not None else None
+            if stamp is None:
+                return None
+        if self.sensor is not None:
+            window = self.sensor.window(self.spec["sensor_window"], until=stamp)
+            has_data = len(window) > 0
+            obs["sensor"] = (window if has_data else np.zeros((1, self.spec["sensor_channels"]), np.float32))[None]
+            obs["sensor_mask"] = np.array([has_data])
+        return stamp, obs
+
+    def _interval(self) -> float:
+        if self.params.rate_hz > 0:
+            return 1.0 / self.params.rate_hz
+        mean = (sum(self.latencies) / len(self.latencies)) if len(self.latencies) >= 5 else 0.0
+        return max(1.15 * mean, self.params.min_interval_s)
+
+    def _inference_loop(self) -> None:
+        next_time = time.monotonic()
+        while not self._stop.is_set():
+            self._stop.wait(max(0.0, next_time - time.monotonic()))
+            next_time = time.monotonic() + self._interval()
+            try:
+                self.infer_once()
+            except Exception as exc:  # noqa: BLE001 - the node keeps serving; status reports it
+                self.stats["inference_errors"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=5.0)
+
+    def infer_once(self) -> bool:
+        """Run one inference on the latest observation if it is new; True when a chunk was published."""
+        assembled = self.assemble_observation()
+        if assembled is None or assembled[0] == self.last_stamp:
+            return False
+        stamp, obs = assembled
+        with self._lock:
+            params = self.params
+        policy = self.policies[params.policy_type]
+        overrides = {}
+        if params.policy_type == "diffusion":
+            overrides = {"sampler": params.sampler, "ddim_steps": params.ddim_steps}
+        start = time.perf_counter()
+        chunk = policy.predict_action_chunk(obs, seed=params.seed if params.seed >= 0 else None, **overrides)
+        latency = (time.perf_counter() - start) * 1e3
+        chunk = chunk[0].cpu().numpy()  # (H, A)
+        self.latencies.append(latency / 1e3)
+        self.last_stamp = stamp
+        self.stats["inferences"] += 1
+        header = Header(frame_id=params.frame_id)
+        header.stamp = Time(nanoseconds=int(round(stamp * 1e9))).to_msg()
+        if not np.isfinite(chunk).all():
+            self.stats["non_finite_chunks"] += 1
+            self.last_error = "the model produced non-finite actions; nothing was published"
+            return False
+        self.chunk_pub.publish(self._chunk_message(header, params, policy, chunk, latency))
+        if not params.dry_run:
+            self._publish_command(header, params, policy.config.dt, chunk)
+        return True
+
+    def _chunk_message(self, header, params, policy, chunk: np.ndarray, latency: float) -> ActionChunk:
+        c = policy.config
+        diffusion = params.policy_type == "diffusion"
+        steps = (params.ddim_steps if params.sampler == "ddim" else c.expert.num_train_timesteps) if diffusion else 0
+        timings = {k: v for k, v in policy.last_timings.items() if k != "total_ms"}
+        return ActionChunk(header=header, policy_type=params.policy_type, sampler=params.sampler if diffusion else "",
+                           num_steps=steps, horizon=c.horizon, action_dim=c.action_dim, dt=c.dt,
+                           action_names=list(c.action_names), actions=chunk.astype(np.float32).ravel().tolist(),
+                           latency_ms=latency, stage_names=list(timings),
+                           stage_latency_ms=[float(v) for v in timings.values()])
+
+    def _publish_command(self, header, params, dt: float, chunk: np.ndarray) -> None:
+        if params.action_space == "ee_delta":
+            if self.pose is None:
+                self.stats["commands_without_pose"] += 1
+                self.last_error = "no current end-effector pose yet: command not published"
+                return
+            positions, orientations = ee_delta_targets(chunk, *self.pose, params.translation_scale,
+                                                       params.rotation_scale)
+            self.command_pub.publish(multidof_trajectory(header, positions, orientations, dt))
+        else:
+            if self.joints is None:
+                self.last_error = "no joint state yet: command not published"
+                return
+            names = list(params.joint_names) or self.joints[0]
+            self.command_pub.publish(joint_trajectory(header, names, self.joints[1][:len(names)], chunk, dt))
+        self.stats["commands"] += 1
+
+    # -- status -------------------------------------------------------------------------------------
+    def _publish_status(self) -> None:
+        params = self.params
+        waiting = self.sync.latest() is None if self.sync.names else (self.sensor is None or
+                                                                     self.sensor.newest_stamp() is None)
+        level = DiagnosticStatus.WARN if (waiting or self.last_error) else DiagnosticStatus.OK
+        values = {"policy_type": params.policy_type, "sampler": params.sampler, "ddim_steps": params.ddim_steps,
+                  "dry_run": params.dry_run, "loaded": ",".join(sorted(self.policies)),
+                  "last_latency_ms": f"{self.latencies[-1] * 1e3:.1f}" if self.latencies else "",
+                  "waiting_for_inputs": waiting, "last_error": self.last_error, **self.stats}
+        status = DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), hardware_id="vla_policy",
+                                  message="waiting for inputs" if waiting else (self.last_error or "serving"),
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.status_pub.publish(array)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, OSError, CheckpointError) as exc:  # bad parameters or checkpoints: one clear line, exit 1
+        print(f"policy_node: error: {exc}", flush=True)
+        return 1
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
