@@ -18,7 +18,7 @@ def requirements(name: str) -> list[str]:
 
 # Console scripts. Node executables (group "nodes") are mirrored in CMakeLists.txt for `ros2 run`.
 NODES: list[str] = ["policy_node = vla_policy_ros.policy_node:main"]
-TOOLS = ["vla = vla_training.cli:main"]
+TOOLS = ["vla = vla_training.cli:main", "policy_param = vla_policy_ros.param_client:main"]
 
 setup(
     name="vla-policy-suite",

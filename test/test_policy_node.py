@@ -187,3 +187,16 @@ def test_node_as_a_process_with_the_shipped_params_file(tmp_path, checkpoints):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_param_client_switches_and_reports_rejections(ros, checkpoints):
+    node, client, pubs, chunks = _start(ros, checkpoints)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros.domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    exe = str(Path(sys.executable).parent / "policy_param")
+    ok = subprocess.run([exe, "set", "policy_type", "diffusion"], env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "set policy_type: ok" in ok.stdout, ok.stdout + ok.stderr
+    assert node.params.policy_type == "diffusion"
+    bad = subprocess.run([exe, "set", "sampler", "euler"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "rejected: sampler: expected one of ['ddim', 'ddpm']" in bad.stdout
+    got = subprocess.run([exe, "get", "sampler"], env=env, capture_output=True, text=True, timeout=60)
+    assert got.stdout.strip() == "sampler: ddim"

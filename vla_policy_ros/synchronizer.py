@@ -1,7 +1,8 @@
 """Approximate time synchronisation of several inputs (message_filters is not installable here).
 
 Keeps the last `queue_size` (stamp, value) pairs per input. `latest()` returns the newest set with
-one entry per input whose stamps all lie within `slop` seconds of each other, or None.
+one entry per input whose stamps all lie within `slop` seconds of each other, or None: each
+message, newest first, is tried as the pivot together with the closest message of every other input.
 """
 
 from __future__ import annotations
@@ -35,18 +36,11 @@ class ApproximateSynchronizer:
         with self._lock:
             if not self.names or any(not q for q in self._queues.values()):
                 return None
-            pivots = sorted(((s, n) for n, q in self._queues.items() for s, _ in q), reverse=True)
-            for pivot_stamp, pivot_name in pivots:
-                chosen = {}
-                for name, queue in self._queues.items():
-                    candidates = [item for item in queue if item[0] <= pivot_stamp]
-                    if name == pivot_name:
-                        candidates = [item for item in queue if item[0] == pivot_stamp]
-                    if not candidates:
-                        break
-                    chosen[name] = max(candidates, key=lambda item: item[0])
-                else:
-                    stamps = [s for s, _ in chosen.values()]
-                    if max(stamps) - min(stamps) <= self.slop:
-                        return max(stamps), chosen
+            pivots = sorted((s for q in self._queues.values() for s, _ in q), reverse=True)
+            for pivot in pivots:  # newest first: the first set that fits wins
+                chosen = {name: min(queue, key=lambda item: abs(item[0] - pivot))
+                          for name, queue in self._queues.items()}
+                stamps = [s for s, _ in chosen.values()]
+                if max(stamps) - min(stamps) <= self.slop:
+                    return max(stamps), chosen
             return None
