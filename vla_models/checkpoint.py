@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -51,8 +52,12 @@ def _fsync_dir_tree(directory: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def save_policy(policy, path: str | Path) -> Path:
-    """Write `policy` to the checkpoint directory `path`, replacing any previous one atomically."""
+def save_policy(policy, path: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write `policy` to the checkpoint directory `path`, replacing any previous one atomically.
+
+    extra: called with the temporary directory before it is swapped in, to add files (e.g. the
+    trainer's state) that must appear together with the weights or not at all.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config: PolicyConfig = policy.config
@@ -76,6 +81,8 @@ def save_policy(policy, path: str | Path) -> Path:
                                 "excludes_pretrained_backbone": any(_is_reloaded_base_weight(config, k)
                                                                     for k in policy.state_dict())}}
         (tmp / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
+        if extra is not None:
+            extra(tmp)
         _fsync_dir_tree(tmp)
         _swap_in(tmp, path)
     except BaseException:

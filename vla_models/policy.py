@@ -18,7 +18,8 @@ from torch import nn
 
 from .backbones import build_backbone
 from .config import PolicyConfig
-from .constants import ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE
+from .constants import (ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE,
+                        VL_FEATURES)
 from .encoders import SensorEncoder, StateEncoder
 from .errors import ObservationError
 from .experts import EXPERTS
@@ -59,14 +60,17 @@ class VLAPolicy(nn.Module):
         return next(self.parameters()).device
 
     # -- observation -> tensors -------------------------------------------------------------------
-    def prepare(self, observation: dict[str, Any]) -> PreparedObservation:
-        """Validate an observation and turn it into normalised tensors (see constants.py for keys)."""
+    def prepare(self, observation: dict[str, Any], backbone_inputs: bool = True) -> PreparedObservation:
+        """Validate an observation and turn it into normalised tensors (see constants.py for keys).
+
+        backbone_inputs=False skips the image processor (the caller brings cached backbone features).
+        """
         if not isinstance(observation, dict):
             raise ObservationError(f"observation: expected a dict, got {type(observation).__name__}")
         cfg, device = self.config, self.device
         batch = _batch_size(observation)
-        backbone_inputs = sensor = sensor_mask = state = None
-        if self.backbone is not None:
+        processed = sensor = sensor_mask = state = None
+        if self.backbone is not None and backbone_inputs:
             images = observation.get(OBS_IMAGES)
             if not isinstance(images, dict):
                 raise ObservationError(f"{OBS_IMAGES}: expected a dict {{view: (B, H, W, 3) uint8}} with views "
@@ -77,7 +81,7 @@ class VLAPolicy(nn.Module):
                 instruction = [instruction] * batch
             if not isinstance(instruction, (list, tuple)) or len(instruction) != batch:
                 raise ObservationError(f"{OBS_INSTRUCTION}: expected a list of {batch} strings, got {instruction!r}")
-            backbone_inputs = self.backbone.preprocess(images, list(instruction), cfg.views)
+            processed = self.backbone.preprocess(images, list(instruction), cfg.views)
         if self.sensor_encoder is not None:
             sensor = _float_tensor(observation, OBS_SENSOR, (batch, None, cfg.sensor.channels), "(B, T, C)", device)
             sensor = self.normalizer["sensor"].normalize(sensor)
@@ -89,7 +93,7 @@ class VLAPolicy(nn.Module):
         if self.state_encoder is not None:
             state = _float_tensor(observation, OBS_STATE, (batch, cfg.state.dim), "(B, S)", device)
             state = self.normalizer["state"].normalize(state)
-        return PreparedObservation(batch, backbone_inputs, sensor, sensor_mask, state)
+        return PreparedObservation(batch, processed, sensor, sensor_mask, state)
 
     # -- tensors -> condition ---------------------------------------------------------------------
     def encode_vision_language(self, prepared: PreparedObservation) -> Features | None:
@@ -120,7 +124,8 @@ class VLAPolicy(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on a batch = observation keys + `action` (B, H, A) [+ `action_is_pad` (B, H)]."""
         self.normalizer.require_fitted()
-        prepared = self.prepare(batch)
+        vl_features = batch.get(VL_FEATURES)  # cached backbone features (stage-1 training)
+        prepared = self.prepare(batch, backbone_inputs=vl_features is None)
         b, cfg = prepared.batch_size, self.config
         actions = _float_tensor(batch, ACTION, (b, cfg.horizon, cfg.action_dim), "(B, H, A)", self.device)
         pad = batch.get(ACTION_IS_PAD)
@@ -131,7 +136,7 @@ class VLAPolicy(nn.Module):
             raise ObservationError(f"{ACTION_IS_PAD}: expected shape ({b}, {cfg.horizon}), got {tuple(pad.shape)}")
         action_norm = self.normalizer["action"]
         dim_weight = (~action_norm.constant_mask).float()  # constant dimensions carry no signal
-        cond = self.encode(prepared, vl_features=batch.get("vl_features"))
+        cond = self.encode(prepared, vl_features=vl_features)
         loss, logs = self.expert.loss(cond, action_norm.normalize(actions), pad, dim_weight)
         return loss, {"loss": loss.item(), **logs}
 
@@ -168,11 +173,11 @@ class VLAPolicy(nn.Module):
         return chunks[:, 0] if num_samples == 1 else chunks
 
     # -- persistence ------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, extra=None) -> Path:
         """Write a checkpoint directory (config.json + model.safetensors [+ backbone files]) atomically."""
         from .checkpoint import save_policy
 
-        return save_policy(self, path)
+        return save_policy(self, path, extra)
 
 
 def build_policy(config: PolicyConfig | dict | str | Path) -> VLAPolicy:

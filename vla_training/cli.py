@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import yaml
 
 from vla_models import CheckpointError, ConfigError, ObservationError, PolicyConfig, preset
 from vla_models.presets import PRESETS
+
+from .episodes import DatasetError
 
 
 def _resolve_config(spec: str) -> PolicyConfig:
@@ -29,16 +32,120 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_smoke_demo(Path(args.out), quick=args.quick)
 
 
+def cmd_data_sim(args: argparse.Namespace) -> int:
+    from .sim import generate_demos
+
+    views = tuple(v for v in args.views.split(",") if v)
+    summary = generate_demos(args.out, args.task, args.episodes, args.seed, views, args.image_size, args.modes,
+                             progress=not args.no_progress)
+    print(f"wrote {summary['kept']} successful episodes of {summary['attempted']} attempts to {args.out} "
+          f"(modes: {summary['modes']})")
+    return 0 if summary["kept"] == args.episodes else 1
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from .dataset_info import dataset_info, format_info
+
+    info = dataset_info(args.dataset, check=args.check)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def cmd_data_import_seed(args: argparse.Namespace) -> int:
+    from .import_seed import import_seed
+
+    written = import_seed(args.src, args.out, progress=not args.no_progress)
+    print(f"wrote {len(written)} episode(s) to {args.out}")
+    return 0
+
+
+def cmd_data_import_bag(args: argparse.Namespace) -> int:
+    from .import_bag import import_bags
+
+    written = import_bags(args.bags, args.topics, args.out, progress=not args.no_progress)
+    print(f"wrote {len(written)} episode(s) to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "data_command", "no_progress")}
+    overrides["progress"] = not args.no_progress
+    overrides["resume"] = args.resume or None
+    overrides["wandb"] = args.wandb or None
+    overrides["tensorboard"] = args.tensorboard or None
+    progress = train(overrides)
+    print(f"trained {progress['step']} steps; checkpoints in {args.out}/last and {args.out}/best")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla", description="VLA policy suite: configs, demo (more to come).")
+    parser = argparse.ArgumentParser(prog="vla", description="VLA policy suite: data, training, demo.")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("config", help="print a validated policy config (preset name or YAML/JSON file)")
     p.add_argument("config", help=f"a preset ({', '.join(sorted(PRESETS))}) or a YAML/JSON file")
     p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("demo", help="model smoke demo: both experts on the tiny Qwen-VL backbone")
     p.add_argument("--out", default="runs/smoke_demo", help="where the demo checkpoints go (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="create, import and inspect datasets (docs/dataset.md)")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("sim", help="successful scripted-expert demonstrations from Meta-World")
+    p.add_argument("--out", default="data/sim", help="dataset directory (default: %(default)s)")
+    p.add_argument("--task", default="peg-insert-side-v3")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0, help="placement seed (metaworld.MT1 seed)")
+    p.add_argument("--views", default="corner,gripperPOV", help="comma-separated cameras; '' for no images")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--modes", type=int, default=1, help="2 = bimodal: a via-point left or right per episode")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data_sim)
+    p = dsub.add_parser("info", help="episodes, lengths, rates, views, channels and action statistics")
+    p.add_argument("dataset")
+    p.add_argument("--check", action="store_true", help="read every array and validate it (slower)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_info)
+    p = dsub.add_parser("import-seed", help="the seed's recordings (legacy recv_all_* or episode_* dirs)")
+    p.add_argument("src", help="a session/episode directory or a folder of them")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data_import_seed)
+    p = dsub.add_parser("import-bag", help="rosbag2 (sqlite3 or mcap) through rosbags; one episode per bag")
+    p.add_argument("bags", nargs="+")
+    p.add_argument("--topics", default="config/bag_topics.yaml", help="topic -> stream mapping (default: %(default)s)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data_import_bag)
+
+    p = sub.add_parser("train", help="train a regression or diffusion expert (torchrun for several processes)")
+    p.add_argument("--expert", choices=["regression", "diffusion"])
+    p.add_argument("--config", help="preset name or YAML file with policy: and train: sections (default: cpu)")
+    p.add_argument("--dataset", "--dataset_dir", "--dataset-dir", dest="dataset", required=True)
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", "--max_steps", dest="max_steps", type=int)
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int)
+    p.add_argument("--grad_accum", "--grad-accum", dest="grad_accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--diffusion_timesteps", "--diffusion-timesteps", dest="diffusion_timesteps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stage", type=int, choices=[1, 2])
+    p.add_argument("--init", help="checkpoint to start from (e.g. stage 1's best/)")
+    p.add_argument("--feature-cache", "--feature_cache", dest="feature_cache", help="stage-1 feature cache directory")
+    p.add_argument("--checkpoint-every", "--checkpoint_every", dest="checkpoint_every", type=int)
+    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    p.add_argument("--sensor-window", dest="sensor_window", type=int)
+    p.add_argument("--device")
+    p.add_argument("--resume", action="store_true", help="continue OUT/last (schedule, optimiser, data order)")
+    p.add_argument("--wandb", action="store_true")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -46,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ObservationError) as exc:
+    except (ConfigError, CheckpointError, ObservationError, DatasetError) as exc:
         print(f"vla {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,235 @@
+"""Meta-World (`metaworld==3.1.1`, MuJoCo) as a data source and an evaluation environment.
+
+`SimEnv` wraps one task: placements from `metaworld.MT1(task, seed)` (another seed = held-out
+placements), 2 rendered views on the fast CPU path, the 39-d observation as robot state, and a
+**contact wrench sensor** sampled at the physics rate: after every physics substep the contact
+forces (`mujoco.mj_contactForce`) on the peg and on the gripper are summed into world-frame force
+and torque, 12 channels (peg fx fy fz tx ty tz, gripper fx fy fz tx ty tz).
+
+`generate_demos` runs the package's scripted expert and keeps successful episodes only; with
+`modes=2` each episode first passes through one of two via-points (left or right of the straight
+approach, chosen at random), so the demonstrations have two distinct modes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+ACTION_NAMES = ["dx", "dy", "dz", "grip"]
+SENSOR_NAMES = [f"{body}_{q}" for body in ("peg", "gripper") for q in ("fx", "fy", "fz", "tx", "ty", "tz")]
+STATE_NAMES = ([f"hand_{a}" for a in "xyz"] + ["gripper"] + [f"obj_{i}" for i in range(14)]
+               + [f"prev_{i}" for i in range(18)] + [f"goal_{a}" for a in "xyz"])
+DEFAULT_VIEWS = ("corner", "gripperPOV")
+FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview")  # render upside down
+GRIPPER_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
+
+
+@dataclass
+class StepRecord:
+    state: np.ndarray  # (39,)
+    images: dict[str, np.ndarray]  # view -> (H, W, 3) uint8
+    sensor: np.ndarray  # (substeps, 12) samples since the previous step
+    sensor_t: np.ndarray  # (substeps,)
+    t: float
+    success: bool = False
+    info: dict = field(default_factory=dict)
+
+
+class SimEnv:
+    def __init__(self, task: str = "peg-insert-side-v3", seed: int = 0, views: tuple[str, ...] = DEFAULT_VIEWS,
+                 image_size: int = 96, render: bool = True) -> None:
+        import metaworld
+        import mujoco
+
+        self._mujoco = mujoco
+        self.task = task
+        self.benchmark = metaworld.MT1(task, seed=seed)
+        self.env = self.benchmark.train_classes[task]()
+        self.placements = self.benchmark.train_tasks
+        self.views = tuple(views) if render else ()
+        self.image_size = image_size
+        model = self.env.model
+        self.control_dt = float(self.env.frame_skip * model.opt.timestep)
+        self.physics_dt = float(model.opt.timestep)
+        cams = [model.camera(i).name for i in range(model.ncam)]
+        for view in self.views:
+            if view not in cams:
+                raise ValueError(f"views: camera {view!r} does not exist in {task}; expected some of {cams}")
+        self._renderer = None
+        if self.views:
+            model.vis.quality.offsamples = 0  # no multisampling: the fast CPU path
+            self._renderer = mujoco.Renderer(model, image_size, image_size)
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        self._peg = model.body("peg").id
+        self._gripper = {model.body(n).id for n in GRIPPER_BODIES}
+        self._force = np.zeros(6)
+        self._samples: list[np.ndarray] = []
+        self._sample_t: list[float] = []
+        self.t = 0.0
+        self._patch_substeps()
+
+    # -- physics with a wrench sample after every substep ------------------------------------------
+    def _patch_substeps(self) -> None:
+        env, mujoco = self.env, self._mujoco
+
+        def step_mujoco(ctrl, n_frames):
+            env.data.ctrl[:] = ctrl
+            for _ in range(n_frames):
+                mujoco.mj_step(env.model, env.data)
+                self.t += self.physics_dt
+                self._samples.append(self._wrench())
+                self._sample_t.append(self.t)
+            mujoco.mj_rnePostConstraint(env.model, env.data)
+
+        env._step_mujoco_simulation = step_mujoco
+
+    def _wrench(self) -> np.ndarray:
+        model, data, mujoco = self.env.model, self.env.data, self._mujoco
+        out = np.zeros(12)
+        for i in range(data.ncon):
+            contact = data.contact[i]
+            b1, b2 = model.geom_bodyid[contact.geom1], model.geom_bodyid[contact.geom2]
+            mujoco.mj_contactForce(model, data, i, self._force)
+            frame = contact.frame.reshape(3, 3)
+            force = frame.T @ self._force[:3]  # contact frame -> world; force on body 2 from body 1
+            for slot, bodies in ((0, {self._peg}), (6, self._gripper)):
+                for body, sign in ((b1, -1.0), (b2, 1.0)):
+                    if body in bodies:
+                        f = sign * force
+                        r = contact.pos - data.xpos[body]
+                        out[slot:slot + 3] += f
+                        out[slot + 3:slot + 6] += np.cross(r, f)
+        return out
+
+    # -- episode API -------------------------------------------------------------------------------
+    def reset(self, placement: int) -> StepRecord:
+        self.env.set_task(self.placements[placement % len(self.placements)])
+        obs, _ = self.env.reset()
+        self.t = 0.0
+        self._samples, self._sample_t = [self._wrench()], [0.0]
+        return self._record(obs, {})
+
+    def step(self, action: np.ndarray) -> StepRecord:
+        self._samples, self._sample_t = [], []
+        obs, _, _, truncated, info = self.env.step(np.clip(np.asarray(action, np.float64), -1.0, 1.0))
+        record = self._record(obs, info)
+        record.success = bool(info.get("success", 0.0))
+        return record
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.env.max_path_length)
+
+    def _record(self, obs: np.ndarray, info: dict) -> StepRecord:
+        images = {}
+        for view in self.views:
+            self._renderer.update_scene(self.env.data, camera=view)
+            frame = self._renderer.render()
+            images[view] = np.ascontiguousarray(frame[::-1] if view in FLIPPED_CAMERAS else frame)
+        return StepRecord(obs.astype(np.float32), images, np.asarray(self._samples, np.float32),
+                          np.asarray(self._sample_t), self.t, info=info)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+
+class ViaPointExpert:
+    """The package's scripted expert, optionally detouring through a via-point (mode -1 or +1) first.
+
+    The detour starts once the peg is grasped and lifted, goes `offset` metres sideways (y) at the
+    midpoint of the approach, then hands back to the expert, which completes the insertion.
+    """
+
+    def __init__(self, task: str, mode: int = 0, offset: float = 0.12) -> None:
+        from metaworld.policies import ENV_POLICY_MAP
+
+        self.expert = ENV_POLICY_MAP[task]()
+        self.mode, self.offset = mode, offset
+        self.via: np.ndarray | None = None
+        self.done = mode == 0
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The executed action: the expert's, clipped to the env's [-1, 1] (it may ask for more)."""
+        action = np.clip(np.asarray(self.expert.get_action(obs), np.float32), -1.0, 1.0)
+        if self.done:
+            return action
+        hand, peg, goal = obs[:3], obs[4:7], obs[36:39]
+        grasped = action[3] > 0 and peg[2] > 0.08
+        if not grasped:
+            return action
+        if self.via is None:
+            approach = np.array([-0.35 + 0.4, goal[1], 0.16])
+            self.via = (hand + approach) / 2 + np.array([0.0, self.mode * self.offset, 0.05])
+        if np.linalg.norm(hand - self.via) < 0.03:
+            self.done = True
+            return action
+        action[:3] = np.clip((self.via - hand) * 25.0, -1.0, 1.0)
+        return action
+
+
+def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, views: tuple[str, ...],
+                   image_size: int, modes: int = 1, max_attempts_factor: int = 3, progress: bool = True) -> dict:
+    """Write `episodes` successful expert demonstrations; returns a summary (kept, attempted, modes)."""
+    from tqdm import tqdm
+
+    from .episodes import EpisodeData, next_episode_name, write_episode
+
+    if modes not in (1, 2):
+        raise ValueError(f"--modes: expected 1 or 2, got {modes}")
+    env = SimEnv(task, seed=seed, views=views, image_size=image_size, render=bool(views))
+    rng = np.random.default_rng(seed)
+    kept, attempts, mode_counts = 0, 0, {-1: 0, 0: 0, 1: 0}
+    bar = tqdm(total=episodes, desc=f"sim demos {task}", disable=not progress, unit="ep")
+    try:
+        while kept < episodes and attempts < episodes * max_attempts_factor:
+            placement = attempts
+            attempts += 1
+            mode = int(rng.choice([-1, 1])) if modes == 2 else 0
+            expert = ViaPointExpert(task, mode)
+            record = env.reset(placement)
+            states, actions, times, sensor, sensor_t = [], [], [], [record.sensor], [record.sensor_t]
+            frames = {v: [record.images[v]] for v in env.views}
+            frame_t = [record.t]
+            success = False
+            for _ in range(env.max_steps - 1):
+                action = expert(record.state)
+                states.append(record.state)
+                actions.append(action)
+                times.append(record.t)
+                record = env.step(action)
+                sensor.append(record.sensor)
+                sensor_t.append(record.sensor_t)
+                if record.success:
+                    success = True
+                    break
+                for v in env.views:
+                    frames[v].append(record.images[v])
+                frame_t.append(record.t)
+            if not success:
+                continue
+            data = EpisodeData(
+                instruction=f"{task.replace('-v3', '').replace('-', ' ')}",
+                actions=np.asarray(actions), actions_t=np.asarray(times), action_names=ACTION_NAMES,
+                state=np.asarray(states), state_t=np.asarray(times), state_names=STATE_NAMES,
+                sensor=np.concatenate(sensor), sensor_t=np.concatenate(sensor_t), sensor_names=SENSOR_NAMES,
+                images={v: np.asarray(f[:len(actions)]) for v, f in frames.items()},
+                images_t={v: np.asarray(frame_t[:len(actions)]) for v in frames},
+                meta={"source": "metaworld", "task": task, "placement_seed": seed, "placement": placement,
+                      "mode": mode, "success": True, "action_units": ["normalised mocap delta"] * 3 + ["effort"]},
+            )
+            write_episode(out_dir, next_episode_name(out_dir), data)
+            kept += 1
+            mode_counts[mode] += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        env.close()
+    return {"kept": kept, "attempted": attempts, "modes": {str(k): v for k, v in mode_counts.items() if v}}

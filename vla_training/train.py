@@ -1,0 +1,312 @@
+"""`vla train`: one training loop for both experts, on 1 process, N GPUs (torchrun/DDP) or CPU (gloo).
+
+AdamW (weight decay 0.01) with parameter groups (expert/fusion at lr, sensor encoder at 5 x lr,
+backbone/LoRA at 0.1 x lr, as the seed), warmup 3 % -> hold 2 % -> cosine to min_lr, gradient
+accumulation and clipping, bf16 autocast on GPU, EMA weights for the diffusion expert (used for
+validation and for best/), atomic checkpoints every N steps into `last/` with the trainer state so
+that `--resume` continues schedule, optimiser and data order; `best/` by validation loss.
+Stage 1 trains with a frozen backbone from the feature cache; stage 2 adds LoRA adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from vla_models import ConfigError, PolicyConfig, build_policy, load_policy, preset
+from vla_models.constants import VL_FEATURES
+from vla_models.presets import PRESETS
+
+from .episodes import list_episodes
+from .feature_cache import FeatureCache
+from .samples import ChunkDataset, collate, fit_statistics, split_episodes
+from .train_state import load_train_state, save_train_state
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = ""
+    out: str = "runs/train"
+    config: str = "cpu"  # preset name or YAML/JSON file (`policy:` and optional `train:` sections)
+    expert: str | None = None  # overrides policy expert.type
+    epochs: int = 20
+    max_steps: int | None = None  # optimiser steps; overrides epochs
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.03
+    hold_frac: float = 0.02
+    clip_grad: float = 1.0
+    diffusion_timesteps: int | None = None
+    ema_decay: float = 0.999
+    seed: int = 0
+    val_fraction: float = 0.1
+    checkpoint_every: int = 500
+    stage: int = 1
+    init: str | None = None  # checkpoint to start from (e.g. stage 1's best/ for stage 2)
+    feature_cache: str | None = None  # directory; stage 1 with a frozen backbone only
+    sensor_window: int | None = None
+    device: str = "auto"
+    resume: bool = False
+    wandb: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+
+
+def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
+    """CLI values over the config file's `train:` section over defaults; the policy config with overrides."""
+    spec = overrides.get("config") or TrainConfig.config
+    file_train: dict = {}
+    if spec in PRESETS:
+        policy_cfg = preset(spec)
+    else:
+        policy_cfg = PolicyConfig.from_file(spec)
+        data = yaml.safe_load(Path(spec).read_text()) or {}
+        file_train = data.get("train", {}) if isinstance(data, dict) else {}
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(file_train) - names)
+    if unknown:
+        raise ConfigError(f"{spec}: train: unknown field(s) {unknown}; expected some of {sorted(names)}")
+    train = TrainConfig(**{**file_train, **{k: v for k, v in overrides.items() if v is not None}})
+    changes = {}
+    if train.expert:
+        changes["expert.type"] = train.expert
+    if train.diffusion_timesteps:
+        changes["expert.num_train_timesteps"] = train.diffusion_timesteps
+    if train.stage == 2:
+        changes["backbone.lora.enabled"] = True
+    elif train.stage != 1:
+        raise ConfigError(f"stage: expected 1 or 2, got {train.stage}")
+    return train, policy_cfg.replace(**changes) if changes else policy_cfg
+
+
+def lr_lambda(total: int, warmup_frac: float, hold_frac: float, min_ratio: float):
+    """Multiplier of the base lr: linear warmup -> hold -> cosine decay to min_ratio."""
+    warmup, hold = max(1, int(warmup_frac * total)), int(hold_frac * total)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if step < warmup + hold:
+            return 1.0
+        progress = min(1.0, (step - warmup - hold) / max(1, total - warmup - hold))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def param_groups(policy, lr: float, weight_decay: float) -> list[dict]:
+    groups = {"expert": [], "sensor": [], "backbone": []}
+    for name, p in policy.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = "backbone" if name.startswith("backbone.") else "sensor" if name.startswith("sensor_encoder.") else "expert"
+        groups[key].append(p)
+    scale = {"expert": 1.0, "sensor": 5.0, "backbone": 0.1}
+    return [{"params": ps, "lr": lr * scale[k], "weight_decay": weight_decay, "name": k} for k, ps in groups.items() if ps]
+
+
+class Trainer:
+    def __init__(self, train: TrainConfig, policy_config: PolicyConfig) -> None:
+        self.train_cfg = train
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() and train.device != "cpu" else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.device = self._device()
+        self.out = Path(train.out)
+        torch.manual_seed(train.seed)
+        episodes = list_episodes(train.dataset)
+        self.train_eps, self.val_eps = split_episodes(episodes, train.val_fraction, train.seed)
+        self.policy = build_policy(policy_config)
+        if train.init:
+            self._init_from(train.init)
+        fit_statistics(self.policy, self.train_eps)
+        self.policy.to(self.device)
+        self.train_ds = ChunkDataset(self.train_eps, policy_config, train.sensor_window)
+        self.val_ds = ChunkDataset(self.val_eps, policy_config, train.sensor_window) if self.val_eps else None
+        per_step = train.batch_size * train.grad_accum * self.world
+        self.total_steps = train.max_steps or max(1, train.epochs * math.ceil(len(self.train_ds) / per_step))
+        self.optimizer = torch.optim.AdamW(param_groups(self.policy, train.lr, train.weight_decay))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
+        self.ema = (AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
+                    if policy_config.expert.type == "diffusion" else None)
+        self.cache = FeatureCache(train.feature_cache, self.policy) if train.feature_cache else None
+        self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": None, "samples": 0}
+        if train.resume:
+            self._resume()
+        self.model = (torch.nn.parallel.DistributedDataParallel(self.policy, find_unused_parameters=True)
+                      if self.distributed else self.policy)
+        self.loggers = self._loggers() if self.rank == 0 else []
+
+    def _device(self) -> torch.device:
+        name = self.train_cfg.device
+        if name == "auto":
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        return torch.device(name)
+
+    def _init_from(self, path: str) -> None:
+        source = load_policy(path).state_dict()
+        own = self.policy.state_dict()
+        own.update({k: v for k, v in source.items() if k in own and own[k].shape == v.shape})
+        self.policy.load_state_dict(own)
+
+    def _resume(self) -> None:
+        last = self.out / "last"
+        if not last.is_dir():
+            raise ConfigError(f"--resume: {last} does not exist; start without --resume or point --out at the run")
+        self.policy.load_state_dict(load_policy(last).state_dict())
+        self.progress = load_train_state(last, self.optimizer, self.scheduler, self.ema)
+
+    # -- logging ------------------------------------------------------------------------------------
+    def _loggers(self) -> list:
+        self.out.mkdir(parents=True, exist_ok=True)
+        loggers = []
+        if self.train_cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+            loggers.append(lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items()])
+        if self.train_cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("--wandb: the wandb package is not installed (pip install wandb); "
+                                  "set WANDB_MODE=offline to log without network") from None
+            project = "QwenVLA-Diffusion-Sensor" if self.policy.config.expert.type == "diffusion" else "QwenVLA-Sensor"
+            run = wandb.init(project=project, dir=str(self.out), config=asdict(self.train_cfg), resume="allow")
+            loggers.append(lambda m, step: run.log(m, step=step))
+        return loggers
+
+    def log(self, metrics: dict) -> None:
+        if self.rank != 0:
+            return
+        step = self.progress["step"]
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        for logger in self.loggers:
+            logger(metrics, step)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _batch(self, ds: ChunkDataset, indices) -> dict:
+        batch = collate([ds[int(i)] for i in indices])
+        if self.cache is not None:
+            batch[VL_FEATURES] = self.cache.features(batch)
+        return batch
+
+    def _epoch_order(self, epoch: int) -> list[np.ndarray]:
+        generator = torch.Generator().manual_seed(self.train_cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_ds), generator=generator).numpy()[self.rank::self.world]
+        bs = self.train_cfg.batch_size
+        return [order[i:i + bs] for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs)]
+
+    def run(self) -> dict:
+        cfg, p = self.train_cfg, self.progress
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(
+                {"train": asdict(cfg), "policy": self.policy.config.to_dict(), "world_size": self.world,
+                 "train_episodes": [e.name for e in self.train_eps], "val_episodes": [e.name for e in self.val_eps],
+                 "total_steps": self.total_steps}, indent=2))
+        bar = tqdm(total=self.total_steps, initial=p["step"], desc=f"train {self.policy.config.expert.type}",
+                   disable=self.rank != 0 or not cfg.progress, unit="step")
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast(
+            "cpu", enabled=False)
+        self.model.train()
+        start, start_samples = time.perf_counter(), p["samples"]
+        while p["step"] < self.total_steps:
+            batches = self._epoch_order(p["epoch"])
+            for b in range(p["batch_in_epoch"], len(batches)):
+                batch = self._batch(self.train_ds, batches[b])
+                with autocast:
+                    loss, logs = self.model(batch)
+                (loss / cfg.grad_accum).backward()
+                p["batch_in_epoch"] = b + 1
+                p["samples"] += len(batches[b]) * self.world
+                if (b + 1) % cfg.grad_accum:
+                    continue
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.policy)
+                p["step"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                rate = (p["samples"] - start_samples) / max(time.perf_counter() - start, 1e-9)
+                metrics = {"train/loss": logs["loss"], "train/lr": self.scheduler.get_last_lr()[0],
+                           "train/grad_norm": float(grad_norm), "train/samples_per_s": rate}
+                if "timestep_mean" in logs:
+                    metrics["train/timestep_dist"] = logs["timestep_mean"]
+                self.log(metrics)
+                if p["step"] % cfg.checkpoint_every == 0 or p["step"] >= self.total_steps:
+                    self.checkpoint()
+                if p["step"] >= self.total_steps:
+                    break
+            else:
+                p["epoch"] += 1
+                p["batch_in_epoch"] = 0
+        bar.close()
+        if self.distributed:
+            dist.barrier()
+        return dict(p)
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        if self.val_ds is None or len(self.val_ds) == 0:
+            return None
+        model = self.ema.module if self.ema is not None else self.policy
+        model.eval()
+        losses = []
+        with torch.random.fork_rng():
+            torch.manual_seed(1234)  # the same diffusion noise every validation
+            idx = np.arange(len(self.val_ds))[:: max(1, len(self.val_ds) // 512)]
+            for i in range(0, len(idx), self.train_cfg.batch_size):
+                loss, _ = model(self._batch(self.val_ds, idx[i:i + self.train_cfg.batch_size]))
+                losses.append(loss.item())
+        self.policy.train()
+        return float(np.mean(losses))
+
+    def checkpoint(self) -> None:
+        """last/ = raw weights + trainer state (EMA included); best/ = the weights validated (EMA for diffusion)."""
+        val = self.validate()
+        if self.rank == 0:
+            p = self.progress
+            if val is not None:
+                self.log({"val/loss": val})
+            evaluated = self.ema.module if self.ema is not None else self.policy
+            if val is None or p["best_val"] is None or val < p["best_val"]:
+                p["best_val"] = val
+                evaluated.save(self.out / "best")
+            self.policy.save(self.out / "last", extra=lambda d: save_train_state(
+                d, self.optimizer, self.scheduler, dict(p), self.ema))
+            if self.ema is not None:
+                self.ema.module.save(self.out / "last_ema")
+        if self.distributed:
+            dist.barrier()
+
+
+def train(overrides: dict) -> dict:
+    train_cfg, policy_cfg = load_train_config(overrides)
+    trainer = Trainer(train_cfg, policy_cfg)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,88 @@
+"""The trainer's resumable state without pickle: tensors in safetensors, the rest in JSON.
+
+Optimizer and scheduler state_dicts are split into their tensors (`optimizer.<param>.<name>`) and
+JSON-able values; torch's RNG state is a uint8 tensor. `load_train_state` reverses it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vla_models import CheckpointError
+
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return {"__tuple__": [_jsonable(v) for v in value]}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        raise TypeError("tensors belong in the safetensors file")
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_from_json(v) for v in value["__tuple__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler, progress: dict,
+                     ema: torch.nn.Module | None = None) -> None:
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for pid, state in opt["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    if ema is not None:
+        for key, value in ema.state_dict().items():
+            tensors[f"ema.{key}"] = value.detach().cpu().contiguous().clone()
+    save_file(tensors, directory / STATE_TENSORS)
+    meta = {"progress": progress, "optimizer_param_groups": _jsonable(opt["param_groups"]),
+            "optimizer_scalars": _jsonable(scalars), "scheduler": _jsonable(scheduler.state_dict())}
+    (directory / STATE_JSON).write_text(json.dumps(meta, indent=2))
+
+
+def load_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler,
+                     ema: torch.nn.Module | None = None) -> dict:
+    """Restore optimizer, scheduler, EMA and RNG; returns the saved progress dict."""
+    try:
+        tensors = load_file(directory / STATE_TENSORS)
+        meta = json.loads((directory / STATE_JSON).read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{directory}: no trainer state ({exc.filename}); --resume needs a checkpoint written "
+                              "by vla train (last/ or checkpoints/step_*)") from None
+    except (SafetensorError, json.JSONDecodeError, OSError) as exc:
+        raise CheckpointError(f"{directory}: trainer state is corrupt ({exc})") from exc
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, scalars in _from_json(meta["optimizer_scalars"]).items():
+        state.setdefault(int(pid), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": _from_json(meta["optimizer_param_groups"])})
+    scheduler.load_state_dict(_from_json(meta["scheduler"]))
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["progress"]
