@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,13 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_paths
+
+    print(f"wrote {plot_paths(args.dataset, args.out)}")
+    return 0
+
+
 def cmd_data_import_seed(args: argparse.Namespace) -> int:
     from .import_seed import import_seed
 
@@ -76,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides["wandb"] = args.wandb or None
     overrides["tensorboard"] = args.tensorboard or None
     progress = train(overrides)
-    print(f"trained {progress['step']} steps; checkpoints in {args.out}/last and {args.out}/best")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {progress['step']} steps; checkpoints in {args.out}/last and {args.out}/best")
     return 0
 
 
@@ -110,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="read every array and validate it (slower)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_info)
+    p = dsub.add_parser("plot", help="top view of the episodes' end-effector paths, coloured by mode")
+    p.add_argument("dataset")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.set_defaults(func=cmd_data_plot)
     p = dsub.add_parser("import-seed", help="the seed's recordings (legacy recv_all_* or episode_* dirs)")
     p.add_argument("src", help="a session/episode directory or a folder of them")
     p.add_argument("--out", required=True)

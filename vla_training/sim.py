@@ -68,6 +68,7 @@ class SimEnv:
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         self._peg = model.body("peg").id
         self._gripper = {model.body(n).id for n in GRIPPER_BODIES}
+        self._bodies = np.array([self._peg, *self._gripper])
         self._force = np.zeros(6)
         self._samples: list[np.ndarray] = []
         self._sample_t: list[float] = []
@@ -92,19 +93,20 @@ class SimEnv:
     def _wrench(self) -> np.ndarray:
         model, data, mujoco = self.env.model, self.env.data, self._mujoco
         out = np.zeros(12)
-        for i in range(data.ncon):
+        if data.ncon == 0:
+            return out
+        bodies = model.geom_bodyid[np.stack([data.contact.geom1, data.contact.geom2], axis=1)]  # (ncon, 2)
+        relevant = np.nonzero(np.isin(bodies, self._bodies).any(axis=1))[0]
+        for i in relevant:
             contact = data.contact[i]
-            b1, b2 = model.geom_bodyid[contact.geom1], model.geom_bodyid[contact.geom2]
             mujoco.mj_contactForce(model, data, i, self._force)
-            frame = contact.frame.reshape(3, 3)
-            force = frame.T @ self._force[:3]  # contact frame -> world; force on body 2 from body 1
-            for slot, bodies in ((0, {self._peg}), (6, self._gripper)):
-                for body, sign in ((b1, -1.0), (b2, 1.0)):
-                    if body in bodies:
-                        f = sign * force
-                        r = contact.pos - data.xpos[body]
-                        out[slot:slot + 3] += f
-                        out[slot + 3:slot + 6] += np.cross(r, f)
+            force = contact.frame.reshape(3, 3).T @ self._force[:3]  # contact frame -> world, on body 2
+            for body, sign in zip(bodies[i], (-1.0, 1.0)):
+                slot = 0 if body == self._peg else 6 if body in self._gripper else None
+                if slot is not None:
+                    f = sign * force
+                    out[slot:slot + 3] += f
+                    out[slot + 3:slot + 6] += np.cross(contact.pos - data.xpos[body], f)
         return out
 
     # -- episode API -------------------------------------------------------------------------------
@@ -144,35 +146,49 @@ class SimEnv:
 class ViaPointExpert:
     """The package's scripted expert, optionally detouring through a via-point (mode -1 or +1) first.
 
-    The detour starts once the peg is grasped and lifted, goes `offset` metres sideways (y) at the
-    midpoint of the approach, then hands back to the expert, which completes the insertion.
+    Once the peg is grasped and lifted, the hand is first sent to a via-point `offset` metres to one
+    side of the hole's axis (y = goal_y + mode x offset, kept inside the hand's reachable y range), halfway to the approach point and a little
+    higher; then the expert takes over and completes the insertion. `start_step`/`via_step` record
+    when the detour began and when the via-point was reached.
     """
 
-    def __init__(self, task: str, mode: int = 0, offset: float = 0.12) -> None:
+    def __init__(self, task: str, mode: int = 0, offset: float = 0.12,
+                 y_bounds: tuple[float, float] = (0.43, 0.97)) -> None:
         from metaworld.policies import ENV_POLICY_MAP
 
         self.expert = ENV_POLICY_MAP[task]()
-        self.mode, self.offset = mode, offset
+        self.mode, self.offset, self.y_bounds = mode, offset, y_bounds
         self.via: np.ndarray | None = None
+        self.steps = 0
+        self.start_step: int | None = None
+        self.via_step: int | None = None
         self.done = mode == 0
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """The executed action: the expert's, clipped to the env's [-1, 1] (it may ask for more)."""
+        self.steps += 1
         action = np.clip(np.asarray(self.expert.get_action(obs), np.float32), -1.0, 1.0)
         if self.done:
             return action
         hand, peg, goal = obs[:3], obs[4:7], obs[36:39]
-        grasped = action[3] > 0 and peg[2] > 0.08
-        if not grasped:
+        if not (action[3] > 0 and peg[2] > 0.08):  # not yet grasped and lifted
             return action
         if self.via is None:
-            approach = np.array([-0.35 + 0.4, goal[1], 0.16])
-            self.via = (hand + approach) / 2 + np.array([0.0, self.mode * self.offset, 0.05])
+            approach_x = -0.35 + 0.4
+            via_y = np.clip(goal[1] + self.mode * self.offset, *self.y_bounds)  # stay inside the mocap workspace
+            self.via = np.array([(hand[0] + approach_x) / 2, via_y, 0.22])
+            self.start_step = self.steps - 1
         if np.linalg.norm(hand - self.via) < 0.03:
-            self.done = True
+            self.done, self.via_step = True, self.steps - 1
             return action
         action[:3] = np.clip((self.via - hand) * 25.0, -1.0, 1.0)
         return action
+
+    @property
+    def record(self) -> dict | None:
+        if self.via is None:
+            return None
+        return {"via": self.via.tolist(), "start_step": self.start_step, "via_step": self.via_step}
 
 
 def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, views: tuple[str, ...],
@@ -223,7 +239,8 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
                 images={v: np.asarray(f[:len(actions)]) for v, f in frames.items()},
                 images_t={v: np.asarray(frame_t[:len(actions)]) for v in frames},
                 meta={"source": "metaworld", "task": task, "placement_seed": seed, "placement": placement,
-                      "mode": mode, "success": True, "action_units": ["normalised mocap delta"] * 3 + ["effort"]},
+                      "mode": mode, "success": True,
+                      "detour": expert.record, "action_units": ["normalised mocap delta"] * 3 + ["effort"]},
             )
             write_episode(out_dir, next_episode_name(out_dir), data)
             kept += 1

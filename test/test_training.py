@@ -1,0 +1,118 @@
+"""`vla train` end to end: both experts, CPU and tiny-Qwen presets, feature cache, LoRA stage 2,
+kill -9 and --resume, and a 2-process gloo torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vla_models import load_policy
+from vla_training.cli import main as vla
+from vla_training.episodes import list_episodes
+from vla_training.samples import ChunkDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU, TINY = str(ROOT / "config" / "train_cpu.yaml"), str(ROOT / "config" / "train_tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "data"
+    assert vla(["data", "sim", "--out", str(out), "--episodes", "3", "--image-size", "32", "--no-progress"]) == 0
+    return str(out)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+def test_train_cpu_preset(tmp_path, sim_data, expert):
+    run = tmp_path / "run"
+    assert vla(["train", "--config", CPU, "--dataset", sim_data, "--out", str(run), "--expert", expert,
+                "--max-steps", "6", "--batch-size", "8", "--checkpoint-every", "3", "--no-progress"]) == 0
+    metrics = _metrics(run)
+    assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert sum("val/loss" in m for m in metrics) == 2
+    if expert == "diffusion":
+        assert "train/timestep_dist" in metrics[0] and (run / "last_ema" / "config.json").exists()
+    policy = load_policy(run / "best")
+    assert policy.config.expert.type == expert and policy.normalizer.fitted
+    sample = ChunkDataset(list_episodes(sim_data), policy.config, 64)[0]
+    obs = {k: v[None] if hasattr(v, "shape") else v for k, v in sample.items() if k in ("state", "sensor")}
+    assert policy.predict_action_chunk(obs, seed=0).shape == (1, 16, 4)
+
+
+def test_train_tiny_qwen_with_feature_cache_then_lora(tmp_path, sim_data):
+    cache, run1, run2 = tmp_path / "cache", tmp_path / "stage1", tmp_path / "stage2"
+    args = ["train", "--config", TINY, "--dataset", sim_data, "--expert", "diffusion", "--max-steps", "3",
+            "--batch-size", "4", "--feature-cache", str(cache), "--no-progress"]
+    assert vla(args + ["--out", str(run1)]) == 0
+    entries = sorted(cache.glob("*/*.safetensors"))
+    assert entries
+    stamps = {p: p.stat().st_mtime_ns for p in entries}
+    assert vla(args + ["--out", str(tmp_path / "stage1b"), "--expert", "regression"]) == 0  # reused across experts
+    assert sorted(cache.glob("*/*.safetensors"))[:len(entries)] == entries
+    assert all(p.stat().st_mtime_ns >= stamps[p] for p in entries)
+    assert vla(["train", "--config", TINY, "--dataset", sim_data, "--expert", "diffusion", "--max-steps", "2",
+                "--batch-size", "4", "--stage", "2", "--init", str(run1 / "best"), "--out", str(run2),
+                "--no-progress"]) == 0
+    policy = load_policy(run2 / "last")
+    assert policy.config.backbone.lora.enabled
+    assert any("lora_" in n for n, _ in policy.named_parameters())
+
+
+def _train_cmd(run: Path, data: str, steps: int) -> list[str]:
+    return [str(Path(sys.executable).parent / "vla"), "train", "--config", CPU, "--dataset", data, "--out", str(run),
+            "--expert", "diffusion", "--max-steps", str(steps), "--batch-size", "8", "--checkpoint-every", "4",
+            "--no-progress"]
+
+
+def test_kill_9_then_resume_continues_exactly(tmp_path, sim_data):
+    steps = 24
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference, sim_data, steps), check=True, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run, sim_data, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "last" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["progress"]["step"] >= 8:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["progress"]["step"]
+    assert killed_at < steps, "the run finished before it could be killed"
+    load_policy(run / "last")  # whatever the moment, last/ is a loadable checkpoint
+    subprocess.run(_train_cmd(run, sim_data, steps) + ["--resume"], check=True, capture_output=True)
+    resumed, ref = load_policy(run / "last").state_dict(), load_policy(reference / "last").state_dict()
+    assert json.loads(state.read_text())["progress"]["step"] == steps
+    for key in ref:
+        assert torch.allclose(resumed[key], ref[key], atol=1e-6), key  # same schedule, optimiser, data, noise
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path, sim_data, capsys):
+    assert vla(["train", "--config", CPU, "--dataset", sim_data, "--out", str(tmp_path / "none"), "--resume",
+                "--max-steps", "1", "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_torchrun_two_cpu_processes(tmp_path, sim_data):
+    run = tmp_path / "ddp"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 400),
+                             "-m", "vla_training.cli", "train", "--config", CPU, "--dataset", sim_data, "--out",
+                             str(run), "--expert", "regression", "--max-steps", "4", "--batch-size", "4",
+                             "--checkpoint-every", "2", "--device", "cpu", "--no-progress"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "train_config.json").read_text())["world_size"] == 2
+    assert load_policy(run / "last").config.expert.type == "regression"
