@@ -14,7 +14,10 @@ SENSOR_TYPES = ("wrench", "packet", "array")
 STATE_TYPES = ("joint_state", "pose")
 ACTION_SPACES = ("ee_delta", "joint_delta")
 
-_STRING_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
+ARRAY_TYPES = {"image_topics": ParameterType.PARAMETER_STRING_ARRAY, "joint_names": ParameterType.PARAMETER_STRING_ARRAY,
+               "max_delta": ParameterType.PARAMETER_DOUBLE_ARRAY, "workspace_min": ParameterType.PARAMETER_DOUBLE_ARRAY,
+               "workspace_max": ParameterType.PARAMETER_DOUBLE_ARRAY}
+LIMIT_MODES = ("clip", "reject")
 
 
 @dataclass
@@ -45,6 +48,15 @@ class NodeParams:
     rotation_scale: float = 0.017453292519943295  # action units -> radians (the seed's are degrees)
     joint_names: tuple = ()
     frame_id: str = "base_link"
+    # -- safety (docs/safety.md) --
+    max_delta: tuple = ()  # per action dimension, in action units; () = unlimited
+    workspace_min: tuple = ()  # x y z metres for absolute targets; () = unlimited
+    workspace_max: tuple = ()
+    max_speed: float = 0.0  # m/s between consecutive targets; 0 = unlimited
+    limit_mode: str = "clip"  # clip | reject
+    input_timeout_s: float = 1.0  # watchdog: no inference/command while an input is older; 0 = off
+    future_stamp_tolerance_s: float = 1.0
+    max_message_bytes: int = 50_000_000
 
 
 LIVE = ("policy_type", "sampler", "ddim_steps", "seed", "rate_hz", "min_interval_s", "instruction", "dry_run")
@@ -74,6 +86,14 @@ DESCRIPTIONS = {
     "rotation_scale": "action rotation units -> radians",
     "joint_names": "joint names for joint_delta commands (default: those of the JointState)",
     "frame_id": "frame of the command trajectory",
+    "max_delta": "maximum |action| per dimension for commands, in action units ([] = unlimited)",
+    "workspace_min": "lower x y z bound (m) of absolute ee targets ([] = unlimited)",
+    "workspace_max": "upper x y z bound (m) of absolute ee targets ([] = unlimited)",
+    "max_speed": "maximum speed (m/s) between consecutive ee targets (0 = unlimited)",
+    "limit_mode": f"what a command beyond the limits gets: one of {list(LIMIT_MODES)}",
+    "input_timeout_s": "watchdog: no inference or command while a camera, the sensor or the state is older (0 = off)",
+    "future_stamp_tolerance_s": "messages stamped further in the future than this are dropped",
+    "max_message_bytes": "messages larger than this are dropped",
 }
 
 
@@ -82,8 +102,8 @@ def declare(node) -> NodeParams:
     for f in fields(NodeParams):
         default = f.default
         descriptor = ParameterDescriptor(description=DESCRIPTIONS[f.name], read_only=f.name not in LIVE)
-        if isinstance(default, tuple):
-            descriptor.type = _STRING_ARRAY
+        if f.name in ARRAY_TYPES:
+            descriptor.type = ARRAY_TYPES[f.name]
             default = list(default)
         node.declare_parameter(f.name, default, descriptor)
     return read(node)
@@ -96,7 +116,7 @@ def read(node) -> NodeParams:
             values[f.name] = node.get_parameter(f.name).value
         except ParameterUninitializedException:  # `[]` in a params file has no type: an empty list
             values[f.name] = ()
-    for name in ("image_topics", "joint_names"):
+    for name in ARRAY_TYPES:
         values[name] = tuple(values[name] or ())
     return NodeParams(**values)
 
@@ -120,7 +140,7 @@ def validate(name: str, value, num_train_timesteps: int | None, loaded: set[str]
 def validate_static(params: NodeParams) -> None:
     """Start-up checks of the fixed parameters (raises ValueError naming the parameter)."""
     for name, allowed in (("sensor_type", SENSOR_TYPES), ("state_type", STATE_TYPES), ("action_space", ACTION_SPACES),
-                          ("policy_type", EXPERT_TYPES), ("sampler", SAMPLERS)):
+                          ("policy_type", EXPERT_TYPES), ("sampler", SAMPLERS), ("limit_mode", LIMIT_MODES)):
         if getattr(params, name) not in allowed:
             raise ValueError(f"parameter {name}: expected one of {list(allowed)}, got {getattr(params, name)!r}")
     if not getattr(params, f"{params.policy_type}_checkpoint"):
@@ -128,3 +148,6 @@ def validate_static(params: NodeParams) -> None:
                          f"starting policy_type {params.policy_type!r}, got ''")
     if params.slop_s < 0:
         raise ValueError(f"parameter slop_s: expected >= 0, got {params.slop_s}")
+    for name in ("workspace_min", "workspace_max"):
+        if getattr(params, name) and len(getattr(params, name)) != 3:
+            raise ValueError(f"parameter {name}: expected [] or 3 values (x y z), got {list(getattr(params, name))}")

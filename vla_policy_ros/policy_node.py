@@ -32,6 +32,7 @@ from . import params as P
 from .commands import ee_delta_targets, joint_trajectory, multidof_trajectory
 from .image_conversion import ImageConversionError, image_to_rgb
 from .msg import ActionChunk, SensorPacket
+from .safety import OutputLimits, StampGuard, Watchdog
 from .sensor_buffer import SensorRingBuffer
 from .synchronizer import ApproximateSynchronizer
 
@@ -62,6 +63,13 @@ class PolicyNode(Node):
         self.joints: tuple[list[str], np.ndarray] | None = None
         self.last_stamp: float | None = None
         self.last_error = ""
+        self.last_limit = ""
+        self.limits = self._output_limits()
+        self.stamp_guard = StampGuard(self.params.future_stamp_tolerance_s)
+        watched = list(self.spec["views"]) + (["sensor"] if self.spec["sensor_channels"] else []) + (
+            [STATE_KEY] if self.spec["state_dim"] else [])
+        self.watchdog = Watchdog(watched, self.params.input_timeout_s)
+        self.stale: list[str] = []
         sync_inputs = list(self.spec["views"]) + ([STATE_KEY] if self.spec["state_dim"] else [])
         self.sync = ApproximateSynchronizer(sync_inputs, self.params.slop_s)
         channels, window = self.spec["sensor_channels"], self.spec["sensor_window"]
@@ -96,6 +104,31 @@ class PolicyNode(Node):
                              f"{list(first['views'])}, got {list(topics)}")
         return first
 
+    def _output_limits(self) -> OutputLimits:
+        p = self.params
+        action_dim = next(iter(self.policies.values())).config.action_dim
+        max_delta = np.asarray(p.max_delta, float) if p.max_delta else np.full(action_dim, np.inf)
+        if max_delta.size not in (1, action_dim):
+            raise ValueError(f"parameter max_delta: expected [] , 1 or {action_dim} values, got {list(p.max_delta)}")
+        return OutputLimits(max_delta=max_delta, workspace_min=p.workspace_min or np.full(3, -np.inf),
+                            workspace_max=p.workspace_max or np.full(3, np.inf),
+                            max_speed=p.max_speed if p.max_speed > 0 else np.inf, mode=p.limit_mode)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _accept(self, what: str, msg, size: int) -> bool:
+        """Size and header-stamp checks shared by every input; counts and warns on a drop."""
+        if size > self.params.max_message_bytes:
+            self._drop(what, f"{size} bytes is over max_message_bytes {self.params.max_message_bytes}")
+            return False
+        if hasattr(msg, "header"):
+            reason = self.stamp_guard.check(what, stamp_seconds(msg.header.stamp), self._now())
+            if reason:
+                self._drop(what, reason)
+                return False
+        return True
+
     def _subscribe(self) -> None:
         topics = self.params.image_topics or tuple(f"camera/{v}/image_raw" for v in self.spec["views"])
         for view, topic in zip(self.spec["views"], topics):
@@ -118,14 +151,19 @@ class PolicyNode(Node):
         self.get_logger().warning(f"dropped a {what} message: {reason}", throttle_duration_sec=5.0)
 
     def _on_image(self, view: str, msg) -> None:
+        if not self._accept(view, msg, len(msg.data)):
+            return
         try:
             rgb = image_to_rgb(msg)
         except ImageConversionError as exc:
             return self._drop(f"image[{view}]", str(exc))
         self.sync.add(view, stamp_seconds(msg.header.stamp), rgb)
+        self.watchdog.feed(view, self._now())
 
     def _on_sensor(self, msg) -> None:
         c = self.spec["sensor_channels"]
+        if not self._accept("sensor", msg, 4 * len(getattr(msg, "data", ()))):
+            return
         if isinstance(msg, WrenchStamped):
             f, t = msg.wrench.force, msg.wrench.torque
             samples = np.array([[f.x, f.y, f.z, t.x, t.y, t.z]], np.float32)
@@ -152,11 +190,16 @@ class PolicyNode(Node):
             return self._drop("sensor", f"{samples.shape[1]} channels; the policy expects {c}")
         if len(stamps) != len(samples):
             return self._drop("sensor", f"{len(stamps)} stamps for {len(samples)} samples")
-        if not np.isfinite(samples).all():
+        if not np.isfinite(samples).all() or not np.isfinite(stamps).all():
             return self._drop("sensor", "NaN or inf values")
+        if len(stamps) > 1 and np.any(np.diff(stamps) < 0):
+            return self._drop("sensor", "sample stamps go backwards")
         self.sensor.extend(stamps, samples)
+        self.watchdog.feed("sensor", self._now())
 
     def _on_state(self, msg) -> None:
+        if not self._accept(STATE_KEY, msg, 8 * len(getattr(msg, "position", ()))):
+            return
         if isinstance(msg, PoseStamped):
             p, q = msg.pose.position, msg.pose.orientation
             state = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], np.float32)
@@ -170,10 +213,14 @@ class PolicyNode(Node):
         if state.shape != (dim,) or not np.isfinite(state).all():
             return self._drop("state", f"expected {dim} finite values, got {state.shape[0]}")
         self.sync.add(STATE_KEY, stamp_seconds(msg.header.stamp), state)
+        self.watchdog.feed(STATE_KEY, self._now())
 
     def _on_pose(self, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
-        self.pose = (np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+        position, orientation = np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])
+        if not (np.isfinite(position).all() and np.isfinite(orientation).all()) or np.linalg.norm(orientation) < 1e-6:
+            return self._drop("pose", "non-finite position or a zero quaternion")
+        self.pose = (position, orientation)
 
     def _on_instruction(self, msg: String) -> None:
         self.instruction = msg.data
@@ -239,6 +286,10 @@ class PolicyNode(Node):
 
     def infer_once(self) -> bool:
         """Run one inference on the latest observation if it is new; True when a chunk was published."""
+        self.stale = self.watchdog.stale(self._now())
+        if self.stale:  # never act on old data: no chunk, no command until fresh inputs arrive
+            self.stats["stale_skips"] += 1
+            return False
         assembled = self.assemble_observation()
         if assembled is None or assembled[0] == self.last_stamp:
             return False
@@ -279,34 +330,52 @@ class PolicyNode(Node):
                            stage_latency_ms=[float(v) for v in timings.values()])
 
     def _publish_command(self, header, params, dt: float, chunk: np.ndarray) -> None:
+        """The command trajectory, within the output limits (clipped or rejected, counted in status)."""
+        limited = self.limits.apply_chunk(chunk)
+        if limited.chunk is None:
+            return self._limit_outcome(limited)
         if params.action_space == "ee_delta":
             if self.pose is None:
                 self.stats["commands_without_pose"] += 1
                 self.last_error = "no current end-effector pose yet: command not published"
                 return
-            positions, orientations = ee_delta_targets(chunk, *self.pose, params.translation_scale,
+            position, orientation = self.pose
+            positions, orientations = ee_delta_targets(limited.chunk, position, orientation, params.translation_scale,
                                                        params.rotation_scale)
-            self.command_pub.publish(multidof_trajectory(header, positions, orientations, dt))
+            targets = self.limits.apply_targets(positions, position, dt)
+            if targets.positions is None:
+                return self._limit_outcome(targets)
+            self._limit_outcome(targets if targets.outcome != "ok" else limited)
+            self.command_pub.publish(multidof_trajectory(header, targets.positions, orientations, dt))
         else:
             if self.joints is None:
                 self.last_error = "no joint state yet: command not published"
                 return
+            self._limit_outcome(limited)
             names = list(params.joint_names) or self.joints[0]
-            self.command_pub.publish(joint_trajectory(header, names, self.joints[1][:len(names)], chunk, dt))
+            self.command_pub.publish(joint_trajectory(header, names, self.joints[1][:len(names)], limited.chunk, dt))
         self.stats["commands"] += 1
+
+    def _limit_outcome(self, result) -> None:
+        if result.outcome != "ok":
+            self.stats[f"commands_{result.outcome}"] += 1
+            self.last_limit = f"{result.outcome}: {result.reason}"
+            self.get_logger().warning(f"command {self.last_limit}", throttle_duration_sec=5.0)
 
     # -- status -------------------------------------------------------------------------------------
     def _publish_status(self) -> None:
         params = self.params
         waiting = self.sync.latest() is None if self.sync.names else (self.sensor is None or
                                                                      self.sensor.newest_stamp() is None)
-        level = DiagnosticStatus.WARN if (waiting or self.last_error) else DiagnosticStatus.OK
+        level = DiagnosticStatus.WARN if (waiting or self.last_error or self.stale) else DiagnosticStatus.OK
         values = {"policy_type": params.policy_type, "sampler": params.sampler, "ddim_steps": params.ddim_steps,
                   "dry_run": params.dry_run, "loaded": ",".join(sorted(self.policies)),
                   "last_latency_ms": f"{self.latencies[-1] * 1e3:.1f}" if self.latencies else "",
-                  "waiting_for_inputs": waiting, "last_error": self.last_error, **self.stats}
+                  "waiting_for_inputs": waiting, "stale_inputs": ",".join(self.stale), "limit_mode": params.limit_mode,
+                  "last_limit": self.last_limit, "last_error": self.last_error, **self.stats}
         status = DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), hardware_id="vla_policy",
-                                  message="waiting for inputs" if waiting else (self.last_error or "serving"),
+                                  message=("stale: " + ", ".join(self.stale)) if self.stale else
+                                  "waiting for inputs" if waiting else (self.last_error or "serving"),
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

@@ -27,10 +27,69 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_smoke_demo(args: argparse.Namespace) -> int:
     from .smoke_demo import run_smoke_demo
 
     return run_smoke_demo(Path(args.out), quick=args.quick)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.data, quick=args.quick)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import closed_loop, diversity, load_for_eval, offline_path_error, stage_latency
+
+    policy = load_for_eval(args.checkpoint, args.device)
+    result: dict = {"checkpoint": str(args.checkpoint), "expert": policy.config.expert.type}
+    if args.sim:
+        label = "regression" if policy.config.expert.type == "regression" else \
+            (f"ddim-{args.ddim_steps or policy.config.expert.ddim_steps}" if (args.sampler or "ddim") == "ddim" else "ddpm-100")
+        result["closed_loop"] = {label: closed_loop(
+            policy, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
+            sampler=args.sampler, ddim_steps=args.ddim_steps, sample_seed=args.sample_seed,
+            save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
+            progress=not args.no_progress)}
+        cl = result["closed_loop"][label]
+        print(f"closed loop {label}: {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
+              f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
+              f"mean length {cl['length']['mean']:.0f}")
+    if args.dataset:
+        result["offline"] = offline_path_error(policy, args.dataset, sampler=args.sampler, ddim_steps=args.ddim_steps)
+        o = result["offline"]["overall_mm"]
+        print(f"offline path error: mean {o['mean']:.2f} mm, median {o['median']:.2f}, p95 {o['p95']:.2f} "
+              f"({result['offline']['samples']} samples)")
+        if args.latency:
+            result["latency"] = stage_latency({policy.config.expert.type: policy}, args.dataset)
+            for label, stages in result["latency"].items():
+                print(f"latency {label}: " + ", ".join(f"{k} {v['median']:.2f}" for k, v in stages.items()))
+    if args.diversity:
+        result["diversity"] = diversity(policy, args.diversity, k=args.samples)
+        print("diversity: " + json.dumps({k: v for k, v in result["diversity"].items() if k != "dataset"}))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    evals = []
+    for run in args.runs:
+        path = Path(run) / "eval.json" if Path(run).is_dir() else Path(run)
+        if not path.exists():
+            raise ConfigError(f"{path}: no evaluation; run `vla eval --checkpoint {run} ... --json {path}` first")
+        data = json.loads(path.read_text())
+        data.setdefault("name", Path(run).name if Path(run).is_dir() else path.stem)
+        evals.append(data)
+    report = write_report(evals, args.out, {"runs": ", ".join(args.runs)})
+    print(f"report: {report}")
+    return 0
 
 
 def cmd_data_sim(args: argparse.Namespace) -> int:
@@ -97,10 +156,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help=f"a preset ({', '.join(sorted(PRESETS))}) or a YAML/JSON file")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="model smoke demo: both experts on the tiny Qwen-VL backbone")
-    p.add_argument("--out", default="runs/smoke_demo", help="where the demo checkpoints go (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
+    p = sub.add_parser("demo", help="the main job: sim data -> both experts -> evaluation -> report (make demo)")
+    p.add_argument("--out", default="runs/demo", help="runs and report (default: %(default)s)")
+    p.add_argument("--data", default="data/demo", help="demonstration datasets, reused (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a 2-3 minute smoke version with tiny budgets")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("smoke-demo", help="model smoke test: both experts on the tiny Qwen-VL backbone")
+    p.add_argument("--out", default="runs/smoke_demo", help="where the checkpoints go (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
+    p.set_defaults(func=cmd_smoke_demo)
+
+    p = sub.add_parser("eval", help="closed-loop success, offline path error, latency, diversity")
+    p.add_argument("--checkpoint", required=True, help="a run directory (uses best/) or a checkpoint")
+    p.add_argument("--sim", help="Meta-World task for closed-loop evaluation, e.g. peg-insert-side-v3")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1, help="placement seed (use another than the training data's)")
+    p.add_argument("--execute", type=int, default=8, help="actions executed per chunk (receding horizon)")
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--sampler", choices=["ddim", "ddpm"])
+    p.add_argument("--ddim-steps", type=int)
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--save-rollouts", type=int, default=0, help="save this many rollouts as GIF + contact sheet")
+    p.add_argument("--dataset", help="offline path error on this dataset")
+    p.add_argument("--latency", action="store_true", help="per-stage latency (with --dataset for the inputs)")
+    p.add_argument("--diversity", help="a (bimodal) dataset: K samples per observation, mode fractions")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="write every figure to this file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="gather eval.json of several runs into DIR/report.md with plots")
+    p.add_argument("runs", nargs="+", help="run directories holding eval.json (or eval JSON files)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_compare)
 
     data = sub.add_parser("data", help="create, import and inspect datasets (docs/dataset.md)")
     dsub = data.add_subparsers(dest="data_command", required=True)

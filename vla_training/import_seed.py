@@ -163,6 +163,7 @@ def read_session(session: Path) -> EpisodeData:
         images_t={v: ts for v, (ts, _) in frames.items()},
         meta={"source": f"seed/{layout}", "source_path": str(session), "anchor_view": anchor_view,
               "unmatched_frames": int((~matched).sum()), "action_units": ACTION_UNITS,
+              "mm_per_action_unit": 1.0,
               "constant_action_dims": [n for n, c in zip(ACTION_NAMES, np.ptp(actions, axis=0) < 1e-9) if c]},
     )
     return data

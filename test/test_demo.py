@@ -1,0 +1,84 @@
+"""`vla demo --quick`: the whole pipeline on tiny budgets; the report has every section and only finite
+figures. Plus `vla eval` / `vla compare` on its runs, and the statistics helpers."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from vla_training.cli import main as vla
+from vla_training.evaluate import wilson_interval
+
+SECTIONS = ["## Setup (to reproduce)", "## Closed-loop success (held-out placements)",
+            "## Offline path error", "## Latency per stage", "## Diversity and modes"]
+
+
+def _numbers(value):
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, (int, float)):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _numbers(v)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    assert vla(["demo", "--quick", "--out", str(root / "runs"), "--data", str(root / "data")]) == 0
+    return root
+
+
+def test_quick_demo_report(quick_demo):
+    report_dir = quick_demo / "runs" / "report"
+    text = (report_dir / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in text
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
+        assert (report_dir / image).stat().st_size > 1000, image
+    for variant in ("| regression |", "| ddim-5 |", "| ddim-10 |", "| ddim-20 |", "| ddpm-100 |"):
+        assert variant in text
+    data = json.loads((report_dir / "report.json").read_text())
+    numbers = list(_numbers(data["runs"]))
+    assert len(numbers) > 100 and all(math.isfinite(x) for x in numbers)
+    assert {r["name"] for r in data["runs"]} == {"regression", "diffusion", "bimodal_regression", "bimodal_diffusion"}
+    assert list((report_dir / "rollouts").glob("*.gif")) and list((report_dir / "rollouts").glob("*_sheet.png"))
+
+
+def test_backbone_free_latency_rows_have_no_backbone_stage(quick_demo):
+    data = json.loads((quick_demo / "runs" / "report" / "report.json").read_text())
+    latency = next(r for r in data["runs"] if r["name"] == "diffusion")["latency"]
+    assert set(latency) == {"ddim-5", "ddim-10", "ddim-20", "ddpm-100"}
+    ddim5, ddpm = latency["ddim-5"]["expert_ms"]["median"], latency["ddpm-100"]["expert_ms"]["median"]
+    assert ddpm > 5 * ddim5  # 100 denoising passes cost more than 5
+
+
+def test_eval_and_compare_cli(quick_demo, tmp_path):
+    run = quick_demo / "runs" / "diffusion"
+    data = quick_demo / "data"
+    assert vla(["eval", "--checkpoint", str(run), "--sim", "peg-insert-side-v3", "--episodes", "1", "--max-steps", "16",
+                "--dataset", str(data / "heldout"), "--latency", "--diversity", str(data / "bimodal"), "--samples", "4",
+                "--json", str(run / "eval.json"), "--no-progress"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert set(result) >= {"closed_loop", "offline", "latency", "diversity"}
+    assert result["closed_loop"]["ddim-10"]["episodes"] == 1
+    assert vla(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
+    assert "## Closed-loop success" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_compare_without_evaluation_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert vla(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2
+    assert "no evaluation" in capsys.readouterr().err
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(44, 50)
+    assert lo == pytest.approx(0.762, abs=0.005) and hi == pytest.approx(0.944, abs=0.005)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0

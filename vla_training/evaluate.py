@@ -1,0 +1,285 @@
+"""`vla eval`: closed-loop success in simulation, offline path error, per-stage latency, diversity.
+
+All figures are measured, never assumed: closed loop runs the policy in Meta-World on placements of
+another MT1 seed than the training data (held out), executing the first `execute` actions of each
+chunk (receding horizon); offline metrics compare integrated predicted chunks with the recorded
+future; latency times the policy's own stages at batch 1; diversity draws K samples per observation.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla_models import load_policy
+from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE
+
+from .episodes import list_episodes
+from .samples import ChunkDataset, collate
+
+# Meta-World moves the mocap by action x 1/100 m per step: 1 action unit = 10 mm of hand motion.
+SIM_MM_PER_UNIT = 10.0
+LATENCY_VARIANTS = [("regression", {}), ("ddim-5", {"sampler": "ddim", "ddim_steps": 5}),
+                    ("ddim-10", {"sampler": "ddim", "ddim_steps": 10}),
+                    ("ddim-20", {"sampler": "ddim", "ddim_steps": 20}), ("ddpm-100", {"sampler": "ddpm"})]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (uses best/) or a checkpoint directory."""
+    path = Path(path)
+    return path / "best" if (path / "best" / "config.json").exists() else path
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarise(values) -> dict:
+    values = np.asarray(list(values), float)
+    if values.size == 0:  # nothing to summarise (e.g. no successful episode): no number, not a NaN
+        return {"mean": None, "median": None, "p95": None, "n": 0}
+    return {"mean": float(values.mean()), "median": float(np.median(values)), "p95": float(np.percentile(values, 95)),
+            "n": int(values.size)}
+
+
+def _overrides(policy, sampler: str | None, ddim_steps: int | None) -> dict:
+    if policy.config.expert.type != "diffusion":
+        return {}
+    out = {}
+    if sampler:
+        out["sampler"] = sampler
+    if ddim_steps:
+        out["ddim_steps"] = ddim_steps
+    return out
+
+
+# -- closed loop -------------------------------------------------------------------------------------
+def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, max_steps: int = 300,
+                sampler: str | None = None, ddim_steps: int | None = None, sample_seed: int = 0,
+                save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int = 64,
+                progress: bool = True) -> dict:
+    """Success rate (+ 95 % Wilson interval) and episode lengths on `episodes` placements of MT1 seed `seed`."""
+    from .sim import SimEnv
+
+    cfg = policy.config
+    recorded = tuple(dict.fromkeys([*cfg.views, "corner"]))  # views of an episode saved as a rollout
+    env = SimEnv(task, seed=seed, views=recorded if save_rollouts else tuple(cfg.views), image_size=96,
+                 render=bool(cfg.views) or save_rollouts > 0)
+    overrides = _overrides(policy, sampler, ddim_steps)
+    generator_seed = sample_seed
+    results, saved = [], []
+    try:
+        for ep in tqdm(range(episodes), desc=f"closed loop {cfg.expert.type}", disable=not progress, unit="ep"):
+            env.views = recorded if ep < save_rollouts else tuple(cfg.views)  # render only what is used
+            record = env.reset(ep)
+            sensor_hist = [record.sensor]
+            frames = [record.images.get("corner")] if ep < save_rollouts else None
+            success, steps, chunks = False, 0, 0
+            while steps < max_steps and not success:
+                obs = _sim_observation(cfg, record, sensor_hist, sensor_window)
+                chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides)[0].cpu().numpy()
+                generator_seed += 1
+                chunks += 1
+                for action in chunk[:execute]:
+                    record = env.step(action)
+                    sensor_hist.append(record.sensor)
+                    steps += 1
+                    if frames is not None:
+                        frames.append(record.images.get("corner"))
+                    if record.success or steps >= max_steps:
+                        success = record.success
+                        break
+            results.append({"placement": ep, "success": bool(success), "length": steps, "chunks": chunks})
+            if frames is not None and out_dir is not None:
+                saved.append(_save_rollout(frames, Path(out_dir), f"{cfg.expert.type}_ep{ep}", success))
+    finally:
+        env.close()
+    wins = sum(r["success"] for r in results)
+    return {"task": task, "placement_seed": seed, "episodes": episodes, "successes": wins,
+            "success_rate": wins / max(episodes, 1), "success_ci95": wilson_interval(wins, episodes),
+            "length": summarise(r["length"] for r in results),
+            "length_success": summarise(r["length"] for r in results if r["success"]),
+            "execute": execute, "max_steps": max_steps, "sampler": overrides, "sample_seed": sample_seed,
+            "per_episode": results, "rollouts": saved}
+
+
+def _sim_observation(cfg, record, sensor_hist: list[np.ndarray], window: int) -> dict:
+    obs: dict = {}
+    if cfg.state.dim:
+        obs[OBS_STATE] = record.state[None]
+    if cfg.sensor.channels:
+        stream = np.concatenate(sensor_hist[-window:])[-window:]
+        padded = np.zeros((window, stream.shape[1]), np.float32)
+        padded[-len(stream):] = stream
+        obs[OBS_SENSOR], obs[OBS_SENSOR_MASK] = padded[None], np.array([True])
+    if cfg.views:
+        obs[OBS_IMAGES] = {v: record.images[v][None] for v in cfg.views}
+        obs[OBS_INSTRUCTION] = ["peg insert side"]
+    return obs
+
+
+def _save_rollout(frames: list, out_dir: Path, name: str, success: bool) -> dict:
+    """An animated GIF and a contact sheet PNG (8 frames) of one rollout."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = [f for f in frames if f is not None]
+    gif = out_dir / f"{name}.gif"
+    images = [Image.fromarray(f) for f in frames[::2]]
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=50, loop=0)
+    picks = [frames[i] for i in np.linspace(0, len(frames) - 1, 8).astype(int)]
+    sheet = out_dir / f"{name}_sheet.png"
+    Image.fromarray(np.concatenate(picks, axis=1)).save(sheet)
+    return {"gif": str(gif), "contact_sheet": str(sheet), "success": success}
+
+
+# -- offline -----------------------------------------------------------------------------------------
+def _batches(ds: ChunkDataset, indices: np.ndarray, size: int):
+    for i in range(0, len(indices), size):
+        yield collate([ds[int(j)] for j in indices[i:i + size]])
+
+
+def offline_path_error(policy, dataset_dir: str | Path, max_samples: int = 512, mm_per_unit: float | None = None,
+                       sensor_window: int = 64, seed: int = 0, sampler: str | None = None,
+                       ddim_steps: int | None = None) -> dict:
+    """L2 distance (mm) between the predicted chunk's integrated trajectory and the recorded future one.
+
+    Trajectories are integrated from the current pose (cumulative sums of the translational action
+    dims) over the valid (unpadded) steps. mm_per_unit: dataset units -> mm (1 for the seed's mm
+    deltas, 10 for Meta-World's mocap deltas; read from meta.json `mm_per_action_unit` if present).
+    """
+    episodes = list_episodes(dataset_dir)
+    ds = ChunkDataset(episodes, policy.config, sensor_window)
+    scale = mm_per_unit or float(episodes[0].meta.get("mm_per_action_unit", 1.0))
+    idx = np.linspace(0, len(ds) - 1, min(max_samples, len(ds))).astype(int)
+    dims = min(3, policy.config.action_dim)
+    errors, per_dim, per_step = [], [], [[] for _ in range(policy.config.horizon)]
+    overrides = _overrides(policy, sampler, ddim_steps)
+    for batch in _batches(ds, idx, 64):
+        pred = policy.predict_action_chunk(batch, seed=seed, **overrides).cpu().numpy()[..., :dims] * scale
+        true = batch["action"].numpy()[..., :dims] * scale
+        valid = ~batch["action_is_pad"].numpy()
+        pred_path, true_path = np.cumsum(pred, axis=1), np.cumsum(true, axis=1)
+        diff = pred_path - true_path  # (B, H, 3)
+        dist = np.linalg.norm(diff, axis=-1)  # (B, H)
+        for b in range(len(dist)):
+            errors.extend(dist[b][valid[b]].tolist())
+            per_dim.extend(np.abs(diff[b][valid[b]]).tolist())
+            for h in np.nonzero(valid[b])[0]:
+                per_step[h].append(dist[b, h])
+    per_dim = np.asarray(per_dim)
+    names = policy.config.action_names[:dims]
+    return {"dataset": str(dataset_dir), "samples": int(len(idx)), "mm_per_unit": scale, "overall_mm": summarise(errors),
+            "per_dim_mm": {n: summarise(per_dim[:, i]) for i, n in enumerate(names)},
+            "per_step_mean_mm": [float(np.mean(s)) if s else None for s in per_step],
+            "errors_mm": [float(e) for e in errors[:: max(1, len(errors) // 2000)]]}
+
+
+# -- latency -----------------------------------------------------------------------------------------
+def stage_latency(policies: dict, dataset_dir: str | Path, repeats: int = 30, sensor_window: int = 64) -> dict:
+    """Per-stage latency (median, p95 ms) at batch 1 for each expert variant, same process and inputs."""
+    out = {}
+    sample_obs = None
+    for label, overrides in LATENCY_VARIANTS:
+        policy = policies.get("regression" if label == "regression" else "diffusion")
+        if policy is None:
+            continue
+        if sample_obs is None:
+            ds = ChunkDataset(list_episodes(dataset_dir), policy.config, sensor_window)
+            sample_obs = collate([ds[len(ds) // 2]])
+        for _ in range(3):  # warm-up
+            policy.predict_action_chunk(sample_obs, seed=0, **overrides)
+        runs = []
+        for r in range(repeats):
+            policy.predict_action_chunk(sample_obs, seed=r, **overrides)
+            runs.append(dict(policy.last_timings))
+        out[label] = {stage: {"median": statistics.median(t[stage] for t in runs),
+                              "p95": float(np.percentile([t[stage] for t in runs], 95))} for stage in runs[0]}
+    return out
+
+
+# -- diversity / modes -------------------------------------------------------------------------------
+def _mode_reference(state: np.ndarray, mode: int, horizon: int, offset: float = 0.12) -> np.ndarray:
+    """Hand path (H, 2) in mm the via-point expert would command from `state` in `mode` (sim.ViaPointExpert)."""
+    hand, goal = state[:3].astype(float), state[36:39]
+    via = np.array([(hand[0] + 0.05) / 2, np.clip(goal[1] + mode * offset, 0.43, 0.97), 0.22])
+    p, path = hand.copy(), []
+    for _ in range(horizon):
+        p = p + np.clip((via - p) * 25.0, -1, 1) / 100.0
+        path.append(p[:2] * 1000.0)
+    return np.asarray(path) - hand[:2] * 1000.0
+
+
+def diversity(policy, dataset_dir: str | Path, k: int = 16, max_obs: int = 40, sensor_window: int = 64,
+              seed: int = 0) -> dict:
+    """K samples per observation: mean pairwise distance of the integrated chunks (mm); on a bimodal
+    dataset (episodes with a `detour`), the fraction of samples in each mode and between the modes.
+
+    Mode of a sample: its integrated xy hand path is compared with the two reference paths the
+    via-point expert would command from the same state (one per mode): projected on the axis
+    between the two references' end points, it is `between` when within the middle half, otherwise
+    the nearer mode. The same classifier applied to the recorded chunks is reported as a check.
+    """
+    episodes = list_episodes(dataset_dir)
+    ds = ChunkDataset(episodes, policy.config, sensor_window)
+    cfg = policy.config
+    starts = {}  # dataset index of each detour start
+    offset = 0
+    for e, ep in enumerate(episodes):
+        detour = ep.meta.get("detour")
+        if detour and detour.get("start_step") is not None:
+            starts[offset + detour["start_step"]] = ep.meta.get("mode", 0)
+        offset += ep.length
+    bimodal = bool(starts)
+    idx = np.array(sorted(starts))[:max_obs] if bimodal else np.linspace(0, len(ds) - 1, min(max_obs, len(ds))).astype(int)
+    pairwise, counts, truth_ok = [], {"-1": 0, "+1": 0, "between": 0}, []
+    for i in idx:
+        batch = collate([ds[int(i)]])
+        samples = policy.predict_action_chunk(batch, num_samples=k, seed=seed + int(i)) if k > 1 else \
+            policy.predict_action_chunk(batch, seed=seed)[:, None]
+        paths = np.cumsum(samples[0].cpu().numpy()[..., :2] * SIM_MM_PER_UNIT, axis=1)  # (K, H, 2) mm
+        flat = paths.reshape(len(paths), -1)
+        d = np.linalg.norm(flat[:, None] - flat[None], axis=-1)
+        pairwise.append(float(d[np.triu_indices(len(flat), 1)].mean()) if len(flat) > 1 else 0.0)
+        if bimodal:
+            state = batch[OBS_STATE][0].numpy()
+            refs = {m: _mode_reference(state, m, cfg.horizon) for m in (-1, 1)}
+            if np.linalg.norm(refs[1][-1] - refs[-1][-1]) < 10.0:  # the two modes barely differ here
+                continue
+            for path in paths:
+                counts[_classify(path, refs)] += 1
+            true_path = np.cumsum(batch["action"][0].numpy()[:, :2] * SIM_MM_PER_UNIT, axis=0)
+            truth_ok.append(_classify(true_path, refs) == ("+1" if starts[int(i)] > 0 else "-1"))
+    total = max(sum(counts.values()), 1)
+    out = {"dataset": str(dataset_dir), "observations": int(len(idx)), "classified_observations": len(truth_ok), "samples_per_observation": k,
+           "mean_pairwise_mm": float(np.mean(pairwise)) if pairwise else None, "bimodal": bimodal}
+    if bimodal:
+        out["mode_fractions"] = {m: c / total for m, c in counts.items()}
+        out["classifier_accuracy_on_recorded"] = float(np.mean(truth_ok)) if truth_ok else None
+    return out
+
+
+def _classify(path: np.ndarray, refs: dict) -> str:
+    a, b = refs[-1][-1], refs[1][-1]
+    axis = b - a
+    t = float((path[-1] - a) @ axis / max(axis @ axis, 1e-9))  # 0 at mode -1's end point, 1 at mode +1's
+    if 0.25 < t < 0.75:
+        return "between"
+    return "+1" if t >= 0.75 else "-1"
+
+
+def load_for_eval(path: str | Path, device: str = "cpu"):
+    policy = load_policy(resolve_checkpoint(path), device=device)
+    torch.set_grad_enabled(False)
+    return policy
