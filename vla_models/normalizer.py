@@ -15,6 +15,9 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 
 EPS = 1e-6
+# Smallest scale a varying dimension gets. Without a floor, a dimension that barely moves in the data
+# (a quaternion component jittering by 1e-5) turns into amplified noise at deployment.
+MIN_SCALE = 1e-3
 
 
 class FeatureNormalizer(nn.Module):
@@ -47,7 +50,7 @@ class FeatureNormalizer(nn.Module):
             shift, scale = torch.zeros(self.dim, dtype=data.dtype), torch.ones(self.dim, dtype=data.dtype)
         if self.mode != "identity":
             shift = torch.where(constant, lo, shift)
-            scale = torch.where(constant | (scale < EPS), torch.ones_like(scale), scale)
+            scale = torch.where(constant, torch.ones_like(scale), scale.clamp(min=MIN_SCALE))
         self.set_stats(shift, scale, constant)
 
     @torch.no_grad()

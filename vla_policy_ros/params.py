@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
+from rclpy.parameter import Parameter
 
 EXPERT_TYPES = ("regression", "diffusion")
 SAMPLERS = ("ddim", "ddpm")
@@ -14,9 +15,10 @@ SENSOR_TYPES = ("wrench", "packet", "array")
 STATE_TYPES = ("joint_state", "pose")
 ACTION_SPACES = ("ee_delta", "joint_delta")
 
-ARRAY_TYPES = {"image_topics": ParameterType.PARAMETER_STRING_ARRAY, "joint_names": ParameterType.PARAMETER_STRING_ARRAY,
-               "max_delta": ParameterType.PARAMETER_DOUBLE_ARRAY, "workspace_min": ParameterType.PARAMETER_DOUBLE_ARRAY,
-               "workspace_max": ParameterType.PARAMETER_DOUBLE_ARRAY}
+# Array parameters default to empty; an empty list has no type of its own, so they are declared by type.
+ARRAY_TYPES = {"image_topics": Parameter.Type.STRING_ARRAY, "joint_names": Parameter.Type.STRING_ARRAY,
+               "max_delta": Parameter.Type.DOUBLE_ARRAY, "workspace_min": Parameter.Type.DOUBLE_ARRAY,
+               "workspace_max": Parameter.Type.DOUBLE_ARRAY}
 LIMIT_MODES = ("clip", "reject")
 
 
@@ -103,8 +105,7 @@ def declare(node) -> NodeParams:
         default = f.default
         descriptor = ParameterDescriptor(description=DESCRIPTIONS[f.name], read_only=f.name not in LIVE)
         if f.name in ARRAY_TYPES:
-            descriptor.type = ARRAY_TYPES[f.name]
-            default = list(default)
+            default = ARRAY_TYPES[f.name]  # uninitialised unless overridden; read() turns that into ()
         node.declare_parameter(f.name, default, descriptor)
     return read(node)
 

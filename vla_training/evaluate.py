@@ -280,6 +280,4 @@ def _classify(path: np.ndarray, refs: dict) -> str:
 
 
 def load_for_eval(path: str | Path, device: str = "cpu"):
-    policy = load_policy(resolve_checkpoint(path), device=device)
-    torch.set_grad_enabled(False)
-    return policy
+    return load_policy(resolve_checkpoint(path), device=device)

@@ -33,6 +33,7 @@ class DiffusionExpert(ActionExpert):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.horizon, d))
         nn.init.normal_(self.pos_embed, std=0.02)
         self.time_mlp = nn.Sequential(nn.Linear(c.timestep_embed_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.cond_in = nn.Linear(d, d)
         self.decoder = self._decoder()
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, self.action_dim))
 
@@ -42,7 +43,11 @@ class DiffusionExpert(ActionExpert):
         t_emb = get_timestep_embedding(timesteps, self.config.timestep_embed_dim, flip_sin_to_cos=True,
                                        downscale_freq_shift=0)  # (B, 128)
         t_tok = self.time_mlp(t_emb.to(noisy.dtype)).unsqueeze(1)  # (B, 1, D)
-        x = self.action_in(noisy) + self.pos_embed + t_tok  # (B, H, D)
+        weights = cond.mask.unsqueeze(-1).to(noisy.dtype)
+        global_cond = (cond.tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)  # (B, 1, D)
+        # The condition enters every action token directly (as FiLM conditioning does in Diffusion Policy's
+        # U-Net) and through cross-attention: with a cross-attention path alone it is learnt far more slowly.
+        x = self.action_in(noisy) + self.pos_embed + t_tok + self.cond_in(global_cond)  # (B, H, D)
         memory = torch.cat([t_tok, cond.tokens], dim=1)  # (B, 1+L, D)
         memory_mask = torch.cat([torch.ones_like(cond.mask[:, :1]), cond.mask], dim=1)  # (B, 1+L)
         x = self.decoder(x, memory, memory_key_padding_mask=~memory_mask)  # (B, H, D)
