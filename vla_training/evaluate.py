@@ -21,6 +21,7 @@ from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SE
 
 from .episodes import list_episodes
 from .samples import ChunkDataset, collate
+from .sim import task_instruction
 
 # Meta-World moves the mocap by action x 1/100 m per step: 1 action unit = 10 mm of hand motion.
 SIM_MM_PER_UNIT = 10.0
@@ -77,6 +78,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
     env = SimEnv(task, seed=seed, views=recorded if save_rollouts else tuple(cfg.views), image_size=96,
                  render=bool(cfg.views) or save_rollouts > 0)
     overrides = _overrides(policy, sampler, ddim_steps)
+    instruction = task_instruction(task)
     generator_seed = sample_seed
     results, saved = [], []
     try:
@@ -87,7 +89,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             frames = [record.images.get("corner")] if ep < save_rollouts else None
             success, steps, chunks = False, 0, 0
             while steps < max_steps and not success:
-                obs = _sim_observation(cfg, record, sensor_hist, sensor_window)
+                obs = _sim_observation(cfg, record, sensor_hist, sensor_window, instruction)
                 chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides)[0].cpu().numpy()
                 generator_seed += 1
                 chunks += 1
@@ -114,7 +116,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             "per_episode": results, "rollouts": saved}
 
 
-def _sim_observation(cfg, record, sensor_hist: list[np.ndarray], window: int) -> dict:
+def _sim_observation(cfg, record, sensor_hist: list[np.ndarray], window: int, instruction: str) -> dict:
     obs: dict = {}
     if cfg.state.dim:
         obs[OBS_STATE] = record.state[None]
@@ -125,7 +127,7 @@ def _sim_observation(cfg, record, sensor_hist: list[np.ndarray], window: int) ->
         obs[OBS_SENSOR], obs[OBS_SENSOR_MASK] = padded[None], np.array([True])
     if cfg.views:
         obs[OBS_IMAGES] = {v: record.images[v][None] for v in cfg.views}
-        obs[OBS_INSTRUCTION] = ["peg insert side"]
+        obs[OBS_INSTRUCTION] = [instruction]
     return obs
 
 

@@ -33,6 +33,11 @@ FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview")  # rend
 GRIPPER_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
 
 
+def task_instruction(task: str) -> str:
+    """The instruction recorded with a task's demonstrations (and given to the policy in closed loop)."""
+    return task.replace("-v3", "").replace("-", " ")
+
+
 @dataclass
 class StepRecord:
     state: np.ndarray  # (39,)
@@ -241,7 +246,7 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
             if not success:
                 continue
             data = EpisodeData(
-                instruction=f"{task.replace('-v3', '').replace('-', ' ')}",
+                instruction=task_instruction(task),
                 actions=np.asarray(actions), actions_t=np.asarray(times), action_names=ACTION_NAMES,
                 state=np.asarray(states), state_t=np.asarray(times), state_names=STATE_NAMES,
                 sensor=np.concatenate(sensor), sensor_t=np.concatenate(sensor_t), sensor_names=SENSOR_NAMES,
