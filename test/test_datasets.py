@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vla_models import preset
-from vla_models.constants import ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE
+from vla_models.constants import ACTION, ACTION_IS_PAD, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE
 from vla_training.cli import main as vla
 from vla_training.episodes import DatasetError, EpisodeData, list_episodes, write_episode
 from vla_training.import_seed import import_seed

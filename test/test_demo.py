@@ -4,7 +4,6 @@ figures. Plus `vla eval` / `vla compare` on its runs, and the statistics helpers
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 

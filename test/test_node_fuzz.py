@@ -103,8 +103,6 @@ def test_fuzz_node_survives_and_respects_limits(ros, tmp_path):
     t = 1000.0
 
     def good_until(predicate):
-        nonlocal t
-
         def step():
             nonlocal t
             t += 0.05

@@ -151,7 +151,6 @@ def test_node_as_a_process_with_the_shipped_params_file(tmp_path, checkpoints):
            "-p", f"regression_checkpoint:={checkpoints['regression']}", "-p",
            f"diffusion_checkpoint:={checkpoints['diffusion']}", "-p", "rate_hz:=20.0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ros = None
     try:
         import rclpy
 

@@ -13,7 +13,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from vla_models import load_policy

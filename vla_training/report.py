@@ -23,6 +23,13 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.0f} %"
 
 
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _plot_success(evals: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     labels, rates, lo, hi = [], [], [], []
@@ -36,10 +43,7 @@ def _plot_success(evals: list[dict], out: Path) -> Path:
     ax.set_ylabel("success (%) with 95 % CI")
     ax.set_ylim(0, 100)
     ax.set_title("closed loop, held-out placements")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _plot_path_error(evals: list[dict], out: Path) -> Path:
@@ -56,10 +60,7 @@ def _plot_path_error(evals: list[dict], out: Path) -> Path:
     ax2.set_ylabel("mean path error (mm)")
     ax2.set_title("error growth over the horizon")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _plot_latency(latency: dict, out: Path) -> Path:
@@ -74,10 +75,7 @@ def _plot_latency(latency: dict, out: Path) -> Path:
     ax.set_ylabel("median ms, batch 1")
     ax.set_title("latency per stage")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _plot_bimodal(samples: dict, out: Path) -> Path:
@@ -93,10 +91,7 @@ def _plot_bimodal(samples: dict, out: Path) -> Path:
         ax.set(title=name, xlabel="dx from current hand (mm)", ylabel="dy (mm)")
         ax.legend(fontsize=8)
     fig.suptitle("bimodal task: sampled chunks at the detour start, over the demonstrations")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def write_report(evals: list[dict], out_dir: str | Path, context: dict, bimodal_samples: dict | None = None) -> Path:
