@@ -11,9 +11,9 @@ def _record_timesteps(policy):
     seen = []
     original = policy.expert.denoise
 
-    def spy(noisy, timesteps, cond):
+    def spy(noisy, timesteps, cond, memory=None):
         seen.append(int(timesteps[0]))
-        return original(noisy, timesteps, cond)
+        return original(noisy, timesteps, cond, memory)
 
     policy.expert.denoise = spy
     return seen

@@ -39,11 +39,13 @@ class PreparedObservation:
 
 
 class VLAPolicy(nn.Module):
-    def __init__(self, config: PolicyConfig, backbone_files: str | Path | None = None) -> None:
+    def __init__(self, config: PolicyConfig, backbone_files: str | Path | None = None,
+                 backbone: nn.Module | None = None) -> None:
+        """backbone: an already built backbone to share (e.g. one backbone behind both experts in a benchmark)."""
         super().__init__()
         self.config = config
         d = config.hidden_dim
-        self.backbone = build_backbone(config.backbone, files_dir=backbone_files)
+        self.backbone = backbone if backbone is not None else build_backbone(config.backbone, files_dir=backbone_files)
         self.vl_proj = nn.Linear(self.backbone.hidden_size, d) if self.backbone is not None else None
         self.sensor_encoder = SensorEncoder(config.sensor, d) if config.sensor.channels else None
         self.state_encoder = StateEncoder(config.state, d) if config.state.dim else None

@@ -3,6 +3,8 @@
 - `tiny`: the Qwen2.5-VL architecture at toy size with random weights + small heads (tests, CPU).
 - `cpu`: no vision backbone; sensor + state into small heads (fast CPU training on simulation).
 - `seed`: the research seed's sizes: Qwen2.5-VL-3B-Instruct, 5 views, 650 x 1026 sensor, heads of 1024.
+- `3b`: the seed's sizes with Qwen2.5-VL-3B's architecture at random weights and 2 views (latency
+  benchmarks without a download: latency does not depend on weight values; LoRA off, as merged).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "expert": {"layers": 4, "heads": 8, "feedforward": 4096},
     },
 }
+PRESETS["3b"] = {**PRESETS["seed"], "views": ["View1", "View2"],
+                 "backbone": {"type": "qwen_vl", "variant": "qwen2_5_vl", "pretrained": None, "size": "3b",
+                              "max_pixels": 640 * 360 * 2, "lora": {"enabled": False}}}
 
 
 def preset(name: str, **overrides: Any) -> PolicyConfig:

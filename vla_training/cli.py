@@ -70,8 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["diversity"] = diversity(policy, args.diversity, k=args.samples)
         print("diversity: " + json.dumps({k: v for k, v in result["diversity"].items() if k != "dataset"}))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+        _write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -90,6 +89,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report = write_report(evals, args.out, {"runs": ", ".join(args.runs)})
     print(f"report: {report}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+
+    size = _parse_size(args.image_size)
+    result = run_bench(args.spec, device=args.device, runners=args.runners.split(",") if args.runners else None,
+                       image_size=size, repeats=args.repeats, warmup=args.warmup,
+                       variants=args.variants.split(",") if args.variants else None)
+    print(format_table(result))
+    if args.json:
+        _write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _write_json(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (a temporary file renamed into place: never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """'640x360' (W x H) -> (H, W)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--image-size: expected WIDTHxHEIGHT such as 640x360, got {text!r}") from None
+    if w < 28 or h < 28:
+        raise ConfigError(f"--image-size: expected at least 28x28, got {text!r}")
+    return h, w
 
 
 def cmd_data_sim(args: argparse.Namespace) -> int:
@@ -191,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories holding eval.json (or eval JSON files)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench", help="per-stage inference latency of both experts on one backbone (docs/performance.md)")
+    p.add_argument("spec", nargs="?", default="tiny",
+                   help="preset (tiny, cpu, 3b, ...) or checkpoint run(s) RUN[,RUN] (default tiny)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--runners", help="comma list of eager,eager-bf16,static,graphs (default: all the device supports)")
+    p.add_argument("--variants", help="comma list of regression,ddim-5,ddim-10,ddim-20,ddpm-100 (default all)")
+    p.add_argument("--image-size", default="640x360", help="camera image WIDTHxHEIGHT (default 640x360)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", help="write every figure to this JSON file")
+    p.set_defaults(func=cmd_bench)
 
     data = sub.add_parser("data", help="create, import and inspect datasets (docs/dataset.md)")
     dsub = data.add_subparsers(dest="data_command", required=True)

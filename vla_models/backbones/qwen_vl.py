@@ -16,10 +16,12 @@ import os
 import shutil
 import tempfile
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import BackboneConfig
@@ -124,6 +126,17 @@ def _processor_class(variant: str):
     return ImageOnlyProcessor
 
 
+@dataclass
+class StaticLayout:
+    """The input-independent parts of one prompt layout (see QwenVLBackbone.static_layout)."""
+
+    input_ids: torch.Tensor  # (B, L)
+    grid_thw: torch.Tensor  # (images, 3)
+    vision: dict  # precomputed vision-tower tensors (rotary ids, attention windows)
+    position_ids: torch.Tensor  # (3, B, L) multimodal rotary positions
+    image_positions: torch.Tensor  # (n_image_tokens,) flat indices into B*L
+
+
 class QwenVLBackbone(nn.Module):
     def __init__(self, config: BackboneConfig, files_dir: str | Path | None = None) -> None:
         """files_dir: a checkpoint's backbone directory holding the tokenizer and image processor."""
@@ -193,6 +206,88 @@ class QwenVLBackbone(nn.Module):
         weights = mask.unsqueeze(-1).float()
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, hidden_size)
         return Features(hidden, mask, pooled)
+
+    # -- static-shape path (GPU inference) ---------------------------------------------------------
+    def static_layout(self, inputs: dict[str, torch.Tensor]) -> "StaticLayout":
+        """Everything of a forward pass that depends only on the prompt and image sizes, computed once.
+
+        Qwen's forward computes rotary indices, attention windows and image-token positions with
+        Python loops and host syncs on every call; with these precomputed, `forward_static` is a
+        fixed sequence of kernels (capturable in a CUDA graph). Only Qwen2.5-VL is supported.
+        """
+        if self.config.variant != "qwen2_5_vl":
+            raise NotImplementedError(f"static layout: only qwen2_5_vl is supported, got {self.config.variant!r}")
+        from transformers.utils.generic import get_max_seqlen
+        from transformers.vision_utils import (get_vision_attention_seqlens, get_vision_position_ids,
+                                               get_vision_window_index)
+
+        model, device = self.model, next(self.model.parameters()).device
+        input_ids, grid = inputs["input_ids"].to(device), inputs["image_grid_thw"].cpu()
+        if not bool(inputs["attention_mask"].all()):
+            raise NotImplementedError("static layout: padded batches are not supported (use equal prompts)")
+        visual = model.visual
+        cu_seqlens, _ = get_vision_attention_seqlens(grid, visual.config)
+        window_index, cu_window_seqlens = get_vision_window_index(
+            grid, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+            patch_size=visual.patch_size)
+        vision = dict(position_ids=get_vision_position_ids(grid, visual.spatial_merge_size).to(device),
+                      # cumulative lengths stay on the host: the SDPA path splits by them (no device sync)
+                      cu_seqlens=cu_seqlens, max_seqlen=get_max_seqlen(cu_seqlens, visual.config),
+                      window_index=window_index.to(device), cu_window_seqlens=cu_window_seqlens,
+                      max_window_seqlen=get_max_seqlen(cu_window_seqlens, visual.config))
+        mm_types = inputs.get("mm_token_type_ids")
+        position_ids, _ = model.get_rope_index(input_ids, mm_token_type_ids=None if mm_types is None
+                                               else mm_types.to(device), image_grid_thw=grid.to(device))
+        image_positions = (input_ids.flatten() == TOKEN_IDS["image_token_id"]).nonzero().squeeze(1)
+        return StaticLayout(input_ids=input_ids, grid_thw=grid.to(device), vision=vision,
+                            position_ids=position_ids.to(device), image_positions=image_positions)
+
+    def pixels(self, images: dict[str, np.ndarray | torch.Tensor], views: list[str],
+               device: torch.device | str) -> torch.Tensor:
+        """The processor's `pixel_values` computed with torch on `device` (a GPU: no PIL, no host round trip).
+
+        Same steps as the image processor: resize to the processor's size rule (bicubic, antialiased,
+        rounded to uint8 like PIL), rescale, normalise, and the same patch layout. Resampling differs
+        from PIL's in the last bits, so values agree to about one grey level, not exactly.
+        """
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        proc = self.processor.image_processor
+        p, m, t = proc.patch_size, proc.merge_size, proc.temporal_patch_size
+        mean = torch.tensor(proc.image_mean, device=device).view(3, 1, 1)
+        std = torch.tensor(proc.image_std, device=device).view(3, 1, 1)
+        batch = len(images[views[0]])
+        out = []
+        for b in range(batch):
+            for view in views:
+                img = torch.as_tensor(images[view][b]).to(device, non_blocking=True)  # (H, W, 3) uint8
+                h, w = smart_resize(img.shape[0], img.shape[1], factor=p * m, min_pixels=proc.size["shortest_edge"],
+                                    max_pixels=proc.size["longest_edge"])
+                x = img.permute(2, 0, 1).unsqueeze(0).float()
+                if (h, w) != tuple(img.shape[:2]):
+                    x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+                    x = x.round().clamp(0, 255)
+                x = (x[0] * proc.rescale_factor - mean) / std  # (3, h, w)
+                gh, gw = h // p, w // p
+                x = x.reshape(3, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)  # (gh/m, gw/m, m, m, 3, p, p)
+                x = x.unsqueeze(5).expand(*x.shape[:5], t, p, p)
+                out.append(x.reshape(gh * gw, 3 * t * p * p))
+        return torch.cat(out)
+
+    def forward_static(self, pixel_values: torch.Tensor, layout: "StaticLayout") -> Features:
+        """The same features as `forward`, with the layout precomputed: no host syncs, fixed shapes."""
+        model = self.model
+        pixel_values = pixel_values.to(device=layout.input_ids.device, dtype=model.visual.dtype)
+        image_embeds = model.visual(pixel_values, grid_thw=layout.grid_thw, **dict(layout.vision)).pooler_output
+        embeds = model.get_input_embeddings()(layout.input_ids)  # (B, L, hidden)
+        b, length, hidden = embeds.shape
+        embeds = embeds.reshape(b * length, hidden).index_copy(0, layout.image_positions,
+                                                                image_embeds.to(embeds.dtype))
+        hidden_states = model.language_model(inputs_embeds=embeds.reshape(b, length, hidden),
+                                             position_ids=layout.position_ids, use_cache=False).last_hidden_state
+        hidden_states = hidden_states.float()
+        mask = torch.ones(b, length, dtype=torch.bool, device=hidden_states.device)
+        return Features(hidden_states, mask, hidden_states.mean(1))
 
     def save_files(self, directory: str | Path) -> None:
         """Tokenizer + image processor, so that a checkpoint reloads offline."""

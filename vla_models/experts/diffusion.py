@@ -17,7 +17,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from ..fusion import Condition
-from .base import ActionExpert, masked_mean
+from .base import ActionExpert, MemoryKV, masked_mean
 
 SAMPLER_OPTIONS = ("sampler", "ddim_steps")
 
@@ -38,19 +38,23 @@ class DiffusionExpert(ActionExpert):
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, self.action_dim))
 
     # -- the denoiser -----------------------------------------------------------------------------
-    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """noisy actions (B, H, A), timesteps (B,) int, condition (B, L, D) -> predicted noise (B, H, A)."""
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Condition,
+                memory: MemoryKV | None = None) -> torch.Tensor:
+        """noisy actions (B, H, A), timesteps (B,) int, condition (B, L, D) -> predicted noise (B, H, A).
+
+        memory: the condition's cross-attention keys/values, precomputed once per chunk (sampling).
+        """
         t_emb = get_timestep_embedding(timesteps, self.config.timestep_embed_dim, flip_sin_to_cos=True,
                                        downscale_freq_shift=0)  # (B, 128)
         t_tok = self.time_mlp(t_emb.to(noisy.dtype)).unsqueeze(1)  # (B, 1, D)
-        weights = cond.mask.unsqueeze(-1).to(noisy.dtype)
-        global_cond = (cond.tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)  # (B, 1, D)
         # The condition enters every action token directly (as FiLM conditioning does in Diffusion Policy's
         # U-Net) and through cross-attention: with a cross-attention path alone it is learnt far more slowly.
-        x = self.action_in(noisy) + self.pos_embed + t_tok + self.cond_in(global_cond)  # (B, H, D)
-        memory = torch.cat([t_tok, cond.tokens], dim=1)  # (B, 1+L, D)
+        x = self.action_in(noisy) + self.pos_embed + t_tok + self.cond_in(pooled_condition(cond))  # (B, H, D)
+        if memory is not None:
+            return self.head(memory.decode(x, t_tok))
+        memory_tokens = torch.cat([t_tok, cond.tokens], dim=1)  # (B, 1+L, D)
         memory_mask = torch.cat([torch.ones_like(cond.mask[:, :1]), cond.mask], dim=1)  # (B, 1+L)
-        x = self.decoder(x, memory, memory_key_padding_mask=~memory_mask)  # (B, H, D)
+        x = self.decoder(x, memory_tokens, memory_key_padding_mask=~memory_mask)  # (B, H, D)
         return self.head(x)
 
     # -- training ---------------------------------------------------------------------------------
@@ -93,8 +97,22 @@ class DiffusionExpert(ActionExpert):
         shape = (b * num_samples, self.horizon, self.action_dim)
         x = torch.randn(shape, generator=generator, device=generator.device if generator else cond.tokens.device)
         x = x.to(device=cond.tokens.device, dtype=cond.tokens.dtype)  # (B*N, H, A)
-        t_batch = torch.empty(shape[0], dtype=torch.long, device=x.device)
+        return self.denoise_loop(cond, x, sampler, steps, generator).view(b, num_samples, self.horizon,
+                                                                          self.action_dim)
+
+    def denoise_loop(self, cond: Condition, x: torch.Tensor, sampler: str, steps: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Run the sampler from noise x (B, H, A) to a clean chunk. Shapes are fixed throughout (CUDA-graph safe)."""
+        sched = self.inference_scheduler(sampler, steps)
+        memory = MemoryKV(self.decoder, cond.tokens, cond.mask)  # the condition is projected once, not per step
+        t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
         for t in sched.timesteps:
-            eps = self.denoise(x, t_batch.fill_(int(t)), cond)
+            eps = self.denoise(x, t_batch.fill_(int(t)), cond, memory)
             x = sched.step(eps, t, x, generator=generator).prev_sample
-        return x.view(b, num_samples, self.horizon, self.action_dim)
+        return x
+
+
+def pooled_condition(cond: Condition) -> torch.Tensor:
+    """Mean of the valid condition tokens (B, 1, D)."""
+    weights = cond.mask.unsqueeze(-1).to(cond.tokens.dtype)
+    return (cond.tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)

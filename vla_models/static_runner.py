@@ -1,0 +1,164 @@
+"""Static-shape inference: the policy's `predict_action_chunk` for fixed cameras and prompt, made fast.
+
+A robot's observations have the same layout at every frame (views, image sizes, instruction), so
+everything that depends only on that layout is computed once (`QwenVLBackbone.static_layout`) and
+each stage becomes a fixed sequence of kernels:
+
+- images are resized, normalised and patchified with torch on the policy's device (no PIL);
+- the backbone runs without host syncs (`forward_static`);
+- on CUDA each stage is captured once in a CUDA graph (backbone; sensor/state encoders + fusion;
+  expert incl. the whole denoising loop) and replayed, so a chunk costs a handful of launches.
+
+Outputs equal `VLAPolicy.predict_action_chunk` up to float rounding (the image resampling differs
+from PIL's in the last grey level). The initial diffusion noise is drawn outside the graphs from the
+caller's seed; DDPM's per-step noise inside a graph comes from the CUDA generator (not the seed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from .constants import OBS_IMAGES, OBS_INSTRUCTION
+from .errors import ObservationError
+from .fusion import Condition, Features
+from .policy import VLAPolicy, _StageClock
+
+
+class CudaGraph:
+    """`fn(*inputs) -> tuple of tensors`, captured once for the inputs' shapes and replayed.
+
+    Calling copies new inputs into the captured buffers and replays; the returned tensors are the
+    graph's own output buffers (overwritten by the next call: clone what must outlive it).
+    """
+
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], inputs: list[torch.Tensor], warmup: int = 2) -> None:
+        self.inputs = [x.clone() for x in inputs]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up off the default stream (allocator, cuBLAS workspaces)
+            for _ in range(warmup):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = fn(*self.inputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for buffer, x in zip(self.inputs, inputs):
+            buffer.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.outputs
+
+
+class StaticRunner:
+    """Fast inference for one policy: `predict_action_chunk` with the policy's signature and output.
+
+    cuda_graphs: capture and replay each stage (CUDA only; ignored on CPU).
+    Layouts and graphs are cached per (instruction, image sizes, sampler, steps, samples).
+    """
+
+    def __init__(self, policy: VLAPolicy, cuda_graphs: bool = True) -> None:
+        policy.normalizer.require_fitted()
+        self.policy = policy.eval()
+        self.cuda_graphs = cuda_graphs and policy.device.type == "cuda"
+        self._layouts: dict[tuple, Any] = {}
+        self._graphs: dict[tuple, CudaGraph | None] = {}
+        self.capture_errors: dict[str, str] = {}  # stage -> why it runs eagerly (capture failed)
+        self.last_timings: dict[str, float] = {}
+
+    # -- stages -------------------------------------------------------------------------------------
+    def _layout(self, observation: dict, batch: int) -> tuple[tuple, Any]:
+        backbone, views = self.policy.backbone, self.policy.config.views
+        images = observation.get(OBS_IMAGES)
+        if not isinstance(images, dict):
+            raise ObservationError(f"{OBS_IMAGES}: expected a dict {{view: (B, H, W, 3) uint8}} with views {views}")
+        backbone.check_images(images, views, batch)
+        instruction = observation.get(OBS_INSTRUCTION)
+        instruction = [instruction] * batch if isinstance(instruction, str) else list(instruction or [""] * batch)
+        key = (tuple(instruction), tuple(tuple(images[v].shape) for v in views))
+        if key not in self._layouts:  # once per layout: the processor's tokens and grids, on the CPU
+            self._layouts[key] = backbone.static_layout(backbone.preprocess(images, instruction, views))
+        return key, self._layouts[key]
+
+    def _staged(self, key: tuple, fn: Callable, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if not self.cuda_graphs:
+            return fn(*inputs)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = CudaGraph(fn, inputs)
+            except Exception as exc:  # e.g. a host sync inside the stage: run it eagerly, say so
+                torch.cuda.synchronize()
+                self._graphs[key] = None
+                self.capture_errors[str(key[0])] = f"{type(exc).__name__}: {exc}"[:300]
+        graph = self._graphs[key]
+        return fn(*inputs) if graph is None else graph(*inputs)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, observation: dict[str, Any], num_samples: int = 1, seed: int | None = None,
+                             **sampler_overrides: Any) -> torch.Tensor:
+        policy, cfg = self.policy, self.policy.config
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        prepared = policy.prepare(observation, backbone_inputs=False)
+        b, device = prepared.batch_size, policy.device
+        vl: tuple[torch.Tensor, ...] = ()
+        layout_key: tuple = ()
+        if policy.backbone is not None:
+            layout_key, layout = self._layout(observation, b)
+            pixels = policy.backbone.pixels(observation[OBS_IMAGES], cfg.views, device)
+        clock = _StageClock(device, timings)
+        timings["preprocess_ms"] = (time.perf_counter() - start) * 1e3
+        clock.last = time.perf_counter()
+        if policy.backbone is not None:
+            def backbone(px):
+                f = policy.backbone.forward_static(px, layout)
+                return f.tokens, f.mask, f.pooled
+
+            vl = self._staged(("backbone", layout_key), backbone, [pixels])
+            clock.lap("backbone_ms")
+        sensor_inputs = [t for t in (prepared.sensor, prepared.sensor_mask, prepared.state) if t is not None]
+
+        def condition(*tensors):
+            vl_features = Features(*tensors[:3]) if vl else None
+            rest = list(tensors[3:])
+            prep = type(prepared)(b, None, *(rest.pop(0) if t is not None else None
+                                             for t in (prepared.sensor, prepared.sensor_mask, prepared.state)))
+            cond = policy.encode(prep, vl_features=vl_features)
+            return cond.tokens, cond.mask
+
+        tokens, mask = self._staged(("condition", layout_key, *(tuple(t.shape) for t in sensor_inputs)), condition,
+                                    [*vl, *sensor_inputs])
+        clock.lap("sensor_ms")
+        chunks = self._expert(Condition(tokens, mask), num_samples, seed, sampler_overrides, layout_key)
+        chunks = policy.normalizer["action"].unnormalize(chunks.float()).clone()
+        clock.lap("expert_ms")
+        timings["total_ms"] = (time.perf_counter() - start) * 1e3
+        self.last_timings = timings
+        return chunks[:, 0] if num_samples == 1 else chunks
+
+    def _expert(self, cond: Condition, num_samples: int, seed: int | None, overrides: dict,
+                layout_key: tuple) -> torch.Tensor:
+        expert = self.policy.expert
+        b = cond.tokens.shape[0]
+        if self.policy.config.expert.type != "diffusion":
+            if overrides:
+                raise TypeError(f"the regression expert takes no sampler options, got {sorted(overrides)}")
+            (chunk,) = self._staged(("regression", layout_key, tuple(cond.tokens.shape)),
+                                    lambda t, m: (expert.predict(Condition(t, m)),), [cond.tokens, cond.mask])
+            return chunk.unsqueeze(1).expand(-1, num_samples, -1, -1)
+        sampler = overrides.get("sampler") or expert.config.sampler
+        steps = int(overrides.get("ddim_steps") or expert.config.ddim_steps)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        noise = torch.randn((b * num_samples, expert.horizon, expert.action_dim), generator=generator)
+        noise = noise.to(cond.tokens.device, cond.tokens.dtype)
+        cond = cond.repeat_interleave(num_samples)
+        (x,) = self._staged(("diffusion", layout_key, sampler, steps, tuple(cond.tokens.shape)),
+                            lambda t, m, n: (expert.denoise_loop(Condition(t, m), n, sampler, steps,
+                                                                 None if self.cuda_graphs else generator),),
+                            [cond.tokens, cond.mask, noise])
+        return x.view(b, num_samples, expert.horizon, expert.action_dim)
