@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU figures of docs/performance.md in one run (about 3-5 minutes on an H100/H200).
+# GPU figures of docs/performance.md in one run (about 5-7 minutes on an H100/H200).
 #
 #   bash bench/gpu.sh            # on the GPU machine: the Qwen2.5-VL-3B architecture, 2 views at 640x360
 #   DEVICE=cpu SPEC=tiny IMAGE_SIZE=112x112 REPEATS=3 bash bench/gpu.sh   # the same script checked on a CPU
@@ -23,5 +23,14 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
+# 1. where the backbone's time goes (kernel counts), HF forward vs our static forward
+$PY bench/profile_backbone.py --spec "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" \
+  --out "$OUT/profile_${SPEC}.json" | grep -E '"(kernels|total_ms|tokens|patches)"'
+# 2. every stage, both experts, each optimisation on top of the previous one (same process, same weights)
 $PY -m vla_training.cli bench "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" --repeats "$REPEATS" \
   --json "$OUT/bench_${SPEC}.json"
+# 3. with the backbone's layers compiled too (long compile: its own process, the two headline variants)
+if [ "$DEVICE" = cuda ]; then
+  $PY -m vla_training.cli bench "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" --repeats "$REPEATS" \
+    --runners compiled-backbone --variants regression,ddim-10 --json "$OUT/bench_${SPEC}_compiled_backbone.json"
+fi

@@ -38,13 +38,17 @@ def tiny_policies():
     return out
 
 
-def test_static_backbone_layout_gives_the_same_features(tiny_policies):
+@pytest.mark.parametrize("size", [(56, 56), (28, 140)])
+def test_static_backbone_layout_gives_the_same_features(tiny_policies, size):
     policy = tiny_policies["regression"]
-    obs = fake_observation(policy.config, 1, image_size=(56, 56))
+    obs = fake_observation(policy.config, 1, image_size=size)
     inputs = policy.backbone.preprocess(obs["images"], obs["instruction"], policy.config.views)
+    layout = policy.backbone.static_layout(inputs)
+    if size == (28, 140):  # several attention windows per image: the window mask is sparser than the full one
+        assert layout.vision["cu_window_seqlens"].sum() < layout.vision["cu_seqlens"].sum()
     with torch.no_grad():
         ref = policy.backbone(inputs)
-        fast = policy.backbone.forward_static(inputs["pixel_values"], policy.backbone.static_layout(inputs))
+        fast = policy.backbone.forward_static(inputs["pixel_values"], layout)
     torch.testing.assert_close(fast.tokens, ref.tokens)
     torch.testing.assert_close(fast.pooled, ref.pooled)
 
@@ -91,3 +95,12 @@ def test_batched_samples_share_one_condition(tiny_policies):
     assert chunks.shape == (1, 4, policy.config.horizon, policy.config.action_dim)
     assert np.isfinite(chunks.numpy()).all()
     assert (chunks[0, 0] - chunks[0, 1]).abs().max() > 0
+
+
+def test_compiled_heads_give_the_same_chunks(tiny_policies):
+    """torch.compile'd encoders and denoiser (inductor, here on the CPU) = the eager policy."""
+    policy = tiny_policies["diffusion"]
+    obs = fake_observation(policy.config, 1, image_size=(56, 56))
+    ref = policy.predict_action_chunk(obs, seed=1, ddim_steps=3)
+    fast = StaticRunner(policy, compile_heads=True).predict_action_chunk(obs, seed=1, ddim_steps=3)
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)

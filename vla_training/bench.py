@@ -6,7 +6,9 @@ inputs and process. Runners, each an optimisation on top of the previous one (me
 - `eager`: `VLAPolicy.predict_action_chunk` as trained (fp32 weights; bf16 autocast on CUDA);
 - `eager-bf16`: the same with the backbone's weights cast to bf16 once (CUDA only);
 - `static`: `StaticRunner` without graphs: prompt layout precomputed, images processed by torch on the device;
-- `graphs`: `StaticRunner` with each stage captured in a CUDA graph (CUDA only).
+- `graphs`: `StaticRunner` with each stage captured in a CUDA graph (CUDA only);
+- `compiled`: the same with the encoders and the expert network compiled by torch.compile (CUDA only);
+- `compiled-backbone`: the same with each backbone layer compiled too (CUDA only).
 
 The expert's denoising step is also timed alone (with and without the cached condition keys/values)
 at 1 and 8 samples. A stage that fails is reported with its error, and the others still run.
@@ -34,7 +36,8 @@ from vla_models.testing import fake_observation, fit_fake_statistics
 
 from .evaluate import LATENCY_VARIANTS, resolve_checkpoint
 
-RUNNERS = ("eager", "eager-bf16", "static", "graphs")
+RUNNERS = ("eager", "eager-bf16", "static", "graphs", "compiled", "compiled-backbone")
+GRAPHED = ("graphs", "compiled", "compiled-backbone")
 
 
 def machine_info(device: torch.device) -> dict:
@@ -72,7 +75,9 @@ def _summary(runs: list[dict]) -> dict:
 def time_variants(policies: dict, runner: str, observation: dict, repeats: int, warmup: int,
                   variants: list[str]) -> dict:
     out: dict = {}
-    engines = {name: (StaticRunner(p, cuda_graphs=runner == "graphs") if runner in ("static", "graphs") else p)
+    engines = {name: (StaticRunner(p, cuda_graphs=runner in GRAPHED, compile_heads=runner.startswith("compiled"),
+                                   compile_backbone=runner == "compiled-backbone")
+                      if runner == "static" or runner in GRAPHED else p)
                for name, p in policies.items()}
     for label, overrides in LATENCY_VARIANTS:
         if label not in variants:
@@ -122,10 +127,14 @@ def time_expert_step(policy: VLAPolicy, observation: dict, repeats: int) -> dict
 
 
 def run_bench(spec: str, device: str = "cpu", runners: list[str] | None = None, image_size: tuple[int, int] = (360, 640),
-              repeats: int = 20, warmup: int = 3, variants: list[str] | None = None, seed: int = 0) -> dict:
-    """All figures for one preset or checkpoint pair; `image_size` is (H, W)."""
+              repeats: int = 20, warmup: int = 3, variants: list[str] | None = None, seed: int = 0,
+              on_update=None) -> dict:
+    """All figures for one preset or checkpoint pair; `image_size` is (H, W).
+
+    on_update(result): called after each runner with the figures so far (to save partial results).
+    """
     dev = torch.device(device)
-    runners = runners or (list(RUNNERS) if dev.type == "cuda" else ["eager", "static"])
+    runners = runners or (list(RUNNERS[:-1]) if dev.type == "cuda" else ["eager", "static"])
     unknown = [r for r in runners if r not in RUNNERS]
     if unknown:
         raise ValueError(f"runners: unknown {unknown}; expected some of {list(RUNNERS)}")
@@ -141,14 +150,18 @@ def run_bench(spec: str, device: str = "cpu", runners: list[str] | None = None, 
                     "expert_layers": config.expert.layers, "horizon": config.horizon, "repeats": repeats,
                     "build_s": round(time.perf_counter() - start, 1), "runners": {}}
     for runner in tqdm(runners, desc="bench runners", unit="runner"):
-        if runner in ("eager-bf16", "graphs") and dev.type != "cuda":
+        if (runner == "eager-bf16" or runner in GRAPHED) and dev.type != "cuda":
             result["runners"][runner] = {"skipped": "CUDA only"}
             continue
-        if runner == "eager-bf16" or (runner in ("static", "graphs") and dev.type == "cuda"):
+        if runner != "eager" and dev.type == "cuda":
             for policy in policies.values():
                 if policy.backbone is not None:
                     policy.backbone.model.to(torch.bfloat16)  # shared backbone: cast once, idempotent
+        started = time.perf_counter()
         result["runners"][runner] = time_variants(policies, runner, observation, repeats, warmup, variants)
+        result["runners"][runner]["wall_s"] = round(time.perf_counter() - started, 1)
+        if on_update:
+            on_update(result)
     if "diffusion" in policies:
         try:
             result["expert_step"] = time_expert_step(policies["diffusion"], observation, repeats)
@@ -180,6 +193,8 @@ def format_table(result: dict) -> str:
         if "skipped" in figures:
             continue
         for variant, stage_figs in figures.items():
+            if not isinstance(stage_figs, dict):
+                continue
             if "capture_errors" in stage_figs:
                 lines.append(f"| {runner} | {variant} | eager stages (capture failed): "
                              f"{', '.join(stage_figs['capture_errors'])} |")

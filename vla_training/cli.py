@@ -97,7 +97,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     size = _parse_size(args.image_size)
     result = run_bench(args.spec, device=args.device, runners=args.runners.split(",") if args.runners else None,
                        image_size=size, repeats=args.repeats, warmup=args.warmup,
-                       variants=args.variants.split(",") if args.variants else None)
+                       variants=args.variants.split(",") if args.variants else None,
+                       on_update=(lambda partial: _write_json(args.json, partial)) if args.json else None)
     print(format_table(result))
     if args.json:
         _write_json(args.json, result)
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", default="tiny",
                    help="preset (tiny, cpu, 3b, ...) or checkpoint run(s) RUN[,RUN] (default tiny)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--runners", help="comma list of eager,eager-bf16,static,graphs (default: all the device supports)")
+    p.add_argument("--runners", help="comma list of eager,eager-bf16,static,graphs,compiled,compiled-backbone "
+                        "(default: all but compiled-backbone that the device supports)")
     p.add_argument("--variants", help="comma list of regression,ddim-5,ddim-10,ddim-20,ddpm-100 (default all)")
     p.add_argument("--image-size", default="640x360", help="camera image WIDTHxHEIGHT (default 640x360)")
     p.add_argument("--repeats", type=int, default=20)

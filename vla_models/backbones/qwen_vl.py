@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import types
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,39 @@ def _processor_class(variant: str):
     return ImageOnlyProcessor
 
 
+def _block_diagonal(cu_seqlens: torch.Tensor, device) -> torch.Tensor:
+    """Cumulative segment lengths (n+1,) -> (1, 1, S, S) bool mask, True within a segment."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(device)
+    return (segment[:, None] == segment[None, :])[None, None]
+
+
+def _install_block_mask_attention(visual: nn.Module) -> None:
+    """Let the vision attention modules take a block-diagonal mask in place of `cu_seqlens` (idempotent)."""
+    for block in visual.blocks:
+        attn = block.attn
+        if getattr(attn, "_takes_block_mask", False):
+            continue
+        attn.forward = types.MethodType(_vision_attention_with_mask, attn)
+        attn._takes_block_mask = True
+
+
+def _vision_attention_with_mask(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                                position_embeddings=None, **kwargs) -> torch.Tensor:
+    """Qwen2.5-VL vision attention as one SDPA call under a (1, 1, S, S) mask; else the library's own."""
+    if cu_seqlens.dtype != torch.bool:
+        return type(self).forward(self, hidden_states, cu_seqlens=cu_seqlens,
+                                  position_embeddings=position_embeddings, **kwargs)
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    seq = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *position_embeddings)
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, heads, S, head_dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=cu_seqlens, scale=self.scaling)
+    return self.proj(out[0].transpose(0, 1).reshape(seq, -1))
+
+
 @dataclass
 class StaticLayout:
     """The input-independent parts of one prompt layout (see QwenVLBackbone.static_layout)."""
@@ -230,10 +264,13 @@ class QwenVLBackbone(nn.Module):
         window_index, cu_window_seqlens = get_vision_window_index(
             grid, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
             patch_size=visual.patch_size)
+        _install_block_mask_attention(visual)
+        # The vision tower's attention is per image (full blocks) or per window (the others); HF's SDPA
+        # path runs one attention call per image/window (hundreds of small kernels per forward). Here
+        # each is one call with a block-diagonal mask, handed over in place of the cumulative lengths.
         vision = dict(position_ids=get_vision_position_ids(grid, visual.spatial_merge_size).to(device),
-                      # cumulative lengths stay on the host: the SDPA path splits by them (no device sync)
-                      cu_seqlens=cu_seqlens, max_seqlen=get_max_seqlen(cu_seqlens, visual.config),
-                      window_index=window_index.to(device), cu_window_seqlens=cu_window_seqlens,
+                      cu_seqlens=_block_diagonal(cu_seqlens, device), max_seqlen=get_max_seqlen(cu_seqlens, visual.config),
+                      window_index=window_index.to(device), cu_window_seqlens=_block_diagonal(cu_window_seqlens, device),
                       max_window_seqlen=get_max_seqlen(cu_window_seqlens, visual.config))
         mm_types = inputs.get("mm_token_type_ids")
         position_ids, _ = model.get_rope_index(input_ids, mm_token_type_ids=None if mm_types is None

@@ -101,13 +101,17 @@ class DiffusionExpert(ActionExpert):
                                                                           self.action_dim)
 
     def denoise_loop(self, cond: Condition, x: torch.Tensor, sampler: str, steps: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run the sampler from noise x (B, H, A) to a clean chunk. Shapes are fixed throughout (CUDA-graph safe)."""
+                     generator: torch.Generator | None = None, denoise=None) -> torch.Tensor:
+        """Run the sampler from noise x (B, H, A) to a clean chunk. Shapes are fixed throughout (CUDA-graph safe).
+
+        denoise: a stand-in for `self.denoise` with its signature (e.g. a torch.compile'd one).
+        """
+        denoise = denoise or self.denoise
         sched = self.inference_scheduler(sampler, steps)
         memory = MemoryKV(self.decoder, cond.tokens, cond.mask)  # the condition is projected once, not per step
         t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
         for t in sched.timesteps:
-            eps = self.denoise(x, t_batch.fill_(int(t)), cond, memory)
+            eps = denoise(x, t_batch.fill_(int(t)), cond, memory)
             x = sched.step(eps, t, x, generator=generator).prev_sample
         return x
 
