@@ -234,7 +234,7 @@ class QwenVLBackbone(nn.Module):
         inputs = {k: v.to(device) for k, v in inputs.items()}
         use_bf16 = device.type == "cuda" and self.config.dtype in ("auto", "bfloat16")
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
-            hidden = self.model(**inputs).last_hidden_state  # (B, L, hidden_size)
+            hidden = self.model(**inputs, use_cache=False).last_hidden_state  # (B, L, hidden_size)
         hidden = hidden.float()
         mask = inputs["attention_mask"].bool()  # (B, L)
         weights = mask.unsqueeze(-1).float()

@@ -29,6 +29,7 @@ class DiffusionExpert(ActionExpert):
         self.train_scheduler = DDPMScheduler(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
                                              clip_sample=c.clip_sample, prediction_type="epsilon")
         self._inference_schedulers: dict[tuple[str, int], DDPMScheduler | DDIMScheduler] = {}
+        self._timesteps: dict[tuple[str, int], list[int]] = {}
         self.action_in = nn.Linear(self.action_dim, d)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.horizon, d))
         nn.init.normal_(self.pos_embed, std=0.02)
@@ -82,6 +83,7 @@ class DiffusionExpert(ActionExpert):
             else:
                 raise ValueError(f"sampler: expected one of ['ddim', 'ddpm'], got {sampler!r}")
             sched.set_timesteps(key[1])
+            self._timesteps[key] = [int(t) for t in sched.timesteps]  # python ints (constants when compiled)
             self._inference_schedulers[key] = sched
         return self._inference_schedulers[key]
 
@@ -110,8 +112,8 @@ class DiffusionExpert(ActionExpert):
         sched = self.inference_scheduler(sampler, steps)
         memory = MemoryKV(self.decoder, cond.tokens, cond.mask)  # the condition is projected once, not per step
         t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-        for t in sched.timesteps:
-            eps = denoise(x, t_batch.fill_(int(t)), cond, memory)
+        for t in self._timesteps[(sampler, steps if sampler == "ddim" else self.config.num_train_timesteps)]:
+            eps = denoise(x, t_batch.fill_(t), cond, memory)
             x = sched.step(eps, t, x, generator=generator).prev_sample
         return x
 
