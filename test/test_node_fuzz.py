@@ -136,7 +136,7 @@ def test_fuzz_node_survives_and_respects_limits(ros, tmp_path):
 
     ros.wait_for(settled, timeout=60, what="the node to work through the fuzz messages")
     assert drops() >= 0.6 * FUZZ_MESSAGES  # best-effort transport may lose some before they reach the node
-    assert node._worker.is_alive() and ros.context.ok()
+    assert all(w.is_alive() for w in node._workers) and ros.context.ok()
     n_chunks, n_commands = len(chunks), len(commands)
     t += 10.0
     good_until(lambda: len(chunks) > n_chunks + 2 and len(commands) > n_commands + 2)

@@ -79,6 +79,15 @@ def test_static_runner_matches_the_policy(tiny_policies, expert):
     assert len(runner._layouts) == 1  # the layout is computed once for a fixed prompt and image size
 
 
+@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+def test_static_runner_without_a_backbone(expert):
+    policy = build_policy(preset("cpu", **{"expert.type": expert})).eval()
+    fit_fake_statistics(policy)
+    obs = fake_observation(policy.config, 1)
+    torch.testing.assert_close(StaticRunner(policy).predict_action_chunk(obs, seed=2),
+                               policy.predict_action_chunk(obs, seed=2), atol=1e-4, rtol=1e-4)
+
+
 def test_static_runner_rejects_missing_views(tiny_policies):
     runner = StaticRunner(tiny_policies["regression"])
     obs = fake_observation(runner.policy.config, 1, image_size=(56, 56))

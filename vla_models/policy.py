@@ -73,17 +73,7 @@ class VLAPolicy(nn.Module):
         batch = _batch_size(observation)
         processed = sensor = sensor_mask = state = None
         if self.backbone is not None and backbone_inputs:
-            images = observation.get(OBS_IMAGES)
-            if not isinstance(images, dict):
-                raise ObservationError(f"{OBS_IMAGES}: expected a dict {{view: (B, H, W, 3) uint8}} with views "
-                                       f"{cfg.views}, got {type(images).__name__}")
-            self.backbone.check_images(images, cfg.views, batch)
-            instruction = observation.get(OBS_INSTRUCTION)
-            if isinstance(instruction, str):
-                instruction = [instruction] * batch
-            if not isinstance(instruction, (list, tuple)) or len(instruction) != batch:
-                raise ObservationError(f"{OBS_INSTRUCTION}: expected a list of {batch} strings, got {instruction!r}")
-            processed = self.backbone.preprocess(images, list(instruction), cfg.views)
+            processed = self.prepare_images(observation, batch)
         if self.sensor_encoder is not None:
             sensor = _float_tensor(observation, OBS_SENSOR, (batch, None, cfg.sensor.channels), "(B, T, C)", device)
             sensor = self.normalizer["sensor"].normalize(sensor)
@@ -96,6 +86,21 @@ class VLAPolicy(nn.Module):
             state = _float_tensor(observation, OBS_STATE, (batch, cfg.state.dim), "(B, S)", device)
             state = self.normalizer["state"].normalize(state)
         return PreparedObservation(batch, processed, sensor, sensor_mask, state)
+
+    def prepare_images(self, observation: dict[str, Any], batch: int) -> dict[str, torch.Tensor]:
+        """Validated views + instruction -> the backbone's input tensors (CPU)."""
+        cfg = self.config
+        images = observation.get(OBS_IMAGES)
+        if not isinstance(images, dict):
+            raise ObservationError(f"{OBS_IMAGES}: expected a dict {{view: (B, H, W, 3) uint8}} with views "
+                                   f"{cfg.views}, got {type(images).__name__}")
+        self.backbone.check_images(images, cfg.views, batch)
+        instruction = observation.get(OBS_INSTRUCTION)
+        if isinstance(instruction, str):
+            instruction = [instruction] * batch
+        if not isinstance(instruction, (list, tuple)) or len(instruction) != batch:
+            raise ObservationError(f"{OBS_INSTRUCTION}: expected a list of {batch} strings, got {instruction!r}")
+        return self.backbone.preprocess(images, list(instruction), cfg.views)
 
     # -- tensors -> condition ---------------------------------------------------------------------
     def encode_vision_language(self, prepared: PreparedObservation) -> Features | None:
@@ -144,11 +149,30 @@ class VLAPolicy(nn.Module):
 
     # -- inference --------------------------------------------------------------------------------
     @torch.no_grad()
+    def encode_images(self, observation: dict[str, Any]) -> Features | None:
+        """The backbone's features of an observation's images + instruction (None without a backbone).
+
+        For asynchronous inference: computed at the cameras' pace, then reused by any number of
+        `predict_action_chunk(..., vl_features=...)` calls with fresher sensor and state.
+        """
+        if self.backbone is None:
+            return None
+        was_training = self.training
+        self.eval()
+        try:
+            images = observation.get(OBS_IMAGES)
+            batch = len(next(iter(images.values()))) if isinstance(images, dict) and images else 1
+            return self.backbone(self.prepare_images(observation, batch))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def predict_action_chunk(self, observation: dict[str, Any], num_samples: int = 1, seed: int | None = None,
-                             **sampler_overrides: Any) -> torch.Tensor:
+                             vl_features: Features | None = None, **sampler_overrides: Any) -> torch.Tensor:
         """Action chunks in the dataset's units: (B, H, A), or (B, num_samples, H, A) when num_samples > 1.
 
         seed: makes diffusion samples reproducible (a CPU generator, so the same on any device).
+        vl_features: backbone features from `encode_images` (then images are not needed nor processed).
         sampler_overrides: diffusion only, `sampler` ('ddim'|'ddpm') and `ddim_steps`.
         Stage latencies of this call are left in `self.last_timings` (ms).
         """
@@ -160,9 +184,9 @@ class VLAPolicy(nn.Module):
         try:
             timings: dict[str, float] = {}
             start = time.perf_counter()
-            prepared = self.prepare(observation)
+            prepared = self.prepare(observation, backbone_inputs=vl_features is None)
             timings["preprocess_ms"] = (time.perf_counter() - start) * 1e3
-            cond = self.encode(prepared, timings=timings)
+            cond = self.encode(prepared, vl_features=vl_features, timings=timings)
             clock = _StageClock(self.device, timings)
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             chunks = self.expert.sample(cond, num_samples, generator=generator, **sampler_overrides)  # (B, N, H, A)

@@ -27,9 +27,6 @@ from .fusion import Condition, Features
 from .policy import VLAPolicy, _StageClock
 
 
-MAX_COMPILED_STEPS = 20  # DDIM loops up to this many steps are compiled whole (unrolled)
-
-
 class CudaGraph:
     """`fn(*inputs) -> tuple of tensors`, captured once for the inputs' shapes and replayed.
 
@@ -79,10 +76,6 @@ class StaticRunner:
         self._predict = torch.compile(expert.predict, dynamic=False) if compile_heads and hasattr(expert, "predict") \
             else getattr(expert, "predict", None)
         self._encode = torch.compile(policy.encode, dynamic=False) if compile_heads else policy.encode
-        # short DDIM loops are compiled whole (scheduler arithmetic fused with the network, unrolled);
-        # long ones (DDPM-100) compile the network once and loop over it
-        self._denoise_loop = torch.compile(expert.denoise_loop, dynamic=False) \
-            if compile_heads and hasattr(expert, "denoise_loop") else None
         if compile_backbone and policy.backbone is not None:  # per layer: identical layers share one compile
             model = policy.backbone.model
             for layer in [*model.visual.blocks, *model.language_model.layers]:
@@ -148,7 +141,7 @@ class StaticRunner:
 
         def condition(*tensors):
             vl_features = Features(*tensors[:3]) if vl else None
-            rest = list(tensors[3:])
+            rest = list(tensors[3:] if vl else tensors)
             prep = type(prepared)(b, None, *(rest.pop(0) if t is not None else None
                                              for t in (prepared.sensor, prepared.sensor_mask, prepared.state)))
             cond = self._encode(prep, vl_features=vl_features)
@@ -181,12 +174,10 @@ class StaticRunner:
         noise = noise.to(cond.tokens.device, cond.tokens.dtype)
         cond = cond.repeat_interleave(num_samples)
         loop_generator = None if self.cuda_graphs else generator
-        if self._denoise_loop is not None and sampler == "ddim" and steps <= MAX_COMPILED_STEPS:
-            def loop(t, m, n):
-                return (self._denoise_loop(Condition(t, m), n, sampler, steps, loop_generator),)
-        else:
-            def loop(t, m, n):
-                return (expert.denoise_loop(Condition(t, m), n, sampler, steps, loop_generator, denoise=self._denoise),)
+
+        def loop(t, m, n):
+            return (expert.denoise_loop(Condition(t, m), n, sampler, steps, loop_generator, denoise=self._denoise),)
+
         (x,) = self._staged(("diffusion", layout_key, sampler, steps, tuple(cond.tokens.shape)), loop,
                             [cond.tokens, cond.mask, noise])
         return x.view(b, num_samples, expert.horizon, expert.action_dim)

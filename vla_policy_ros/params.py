@@ -33,6 +33,7 @@ class NodeParams:
     min_interval_s: float = 0.1
     instruction: str = ""
     dry_run: bool = True  # publish chunks but no command trajectory
+    execute_steps: int = 0  # stream_actions, receding mode: actions executed per chunk (0 = all)
     # -- fixed at start --
     regression_checkpoint: str = ""
     diffusion_checkpoint: str = ""
@@ -50,6 +51,12 @@ class NodeParams:
     rotation_scale: float = 0.017453292519943295  # action units -> radians (the seed's are degrees)
     joint_names: tuple = ()
     frame_id: str = "base_link"
+    # -- asynchronous inference and chunk execution (docs/performance.md) --
+    async_inference: bool = False  # backbone on new frames in its own thread; expert at rate_hz on cached features
+    max_feature_age_s: float = 1.0  # async: backbone features older than this (vs the newest input) are not used
+    stream_actions: bool = False  # publish one action per control period (1 / the checkpoint's dt) on ~/action
+    execution_mode: str = "receding"  # receding | temporal (ensembling of overlapping chunks)
+    ensemble_decay: float = 0.01  # temporal: weight exp(-decay * k), k = 0 for the oldest chunk
     # -- safety (docs/safety.md) --
     max_delta: tuple = ()  # per action dimension, in action units; () = unlimited
     workspace_min: tuple = ()  # x y z metres for absolute targets; () = unlimited
@@ -61,7 +68,9 @@ class NodeParams:
     max_message_bytes: int = 50_000_000
 
 
-LIVE = ("policy_type", "sampler", "ddim_steps", "seed", "rate_hz", "min_interval_s", "instruction", "dry_run")
+LIVE = ("policy_type", "sampler", "ddim_steps", "seed", "rate_hz", "min_interval_s", "instruction", "dry_run",
+        "execute_steps")
+EXECUTION_MODES = ("receding", "temporal")
 
 DESCRIPTIONS = {
     "policy_type": f"expert serving the next inference: one of {list(EXPERT_TYPES)}",
@@ -72,6 +81,12 @@ DESCRIPTIONS = {
     "min_interval_s": "floor of the adaptive inference interval (s)",
     "instruction": "task instruction (a std_msgs/String on instruction_topic overrides it)",
     "dry_run": "true: publish action chunks only, never a command trajectory",
+    "execute_steps": "stream_actions, receding mode: at most this many actions of a chunk are executed (0 = all)",
+    "async_inference": "run the backbone on new frames in its own thread and the expert at rate_hz on cached features",
+    "max_feature_age_s": "async: backbone features older than this (vs the newest input) are not used (s)",
+    "stream_actions": "publish one action per control period (the checkpoint's dt) on ~/action (not in dry_run)",
+    "execution_mode": f"how chunks become the action stream: one of {list(EXECUTION_MODES)}",
+    "ensemble_decay": "temporal ensembling: weight exp(-decay * k), k = 0 for the oldest chunk",
     "regression_checkpoint": "checkpoint directory of the regression expert",
     "diffusion_checkpoint": "checkpoint directory of the diffusion expert",
     "device": "torch device (cpu, cuda, cuda:1)",
@@ -135,18 +150,23 @@ def validate(name: str, value, num_train_timesteps: int | None, loaded: set[str]
             return f"ddim_steps: expected an integer in [1, {upper}], got {value!r}"
     if name in ("rate_hz", "min_interval_s") and (not isinstance(value, (int, float)) or value < 0):
         return f"{name}: expected a number >= 0, got {value!r}"
+    if name == "execute_steps" and (not isinstance(value, int) or value < 0):
+        return f"execute_steps: expected an integer >= 0 (0 = the whole chunk), got {value!r}"
     return None
 
 
 def validate_static(params: NodeParams) -> None:
     """Start-up checks of the fixed parameters (raises ValueError naming the parameter)."""
     for name, allowed in (("sensor_type", SENSOR_TYPES), ("state_type", STATE_TYPES), ("action_space", ACTION_SPACES),
-                          ("policy_type", EXPERT_TYPES), ("sampler", SAMPLERS), ("limit_mode", LIMIT_MODES)):
+                          ("policy_type", EXPERT_TYPES), ("sampler", SAMPLERS), ("limit_mode", LIMIT_MODES),
+                          ("execution_mode", EXECUTION_MODES)):
         if getattr(params, name) not in allowed:
             raise ValueError(f"parameter {name}: expected one of {list(allowed)}, got {getattr(params, name)!r}")
     if not getattr(params, f"{params.policy_type}_checkpoint"):
         raise ValueError(f"parameter {params.policy_type}_checkpoint: expected a checkpoint directory for the "
                          f"starting policy_type {params.policy_type!r}, got ''")
+    if params.max_feature_age_s <= 0:
+        raise ValueError(f"parameter max_feature_age_s: expected > 0, got {params.max_feature_age_s}")
     if params.slop_s < 0:
         raise ValueError(f"parameter slop_s: expected >= 0, got {params.slop_s}")
     for name in ("workspace_min", "workspace_max"):

@@ -5,16 +5,25 @@ executor, on the latest synchronised observation (latest wins, never two in flig
 rate or adaptively, and publishes `~/action_chunk`, the command trajectory (unless dry_run) and
 `~/status`. `policy_type`, sampler and steps switch live through the parameter services: both
 checkpoints are loaded once at start and kept, so a switch takes effect at the next inference.
+
+async_inference: a second worker runs the backbone on each new camera frame at its own pace; the
+expert worker samples at rate_hz from the newest cached features plus the freshest sensor window
+and state, so the sensor reaches the actions at the expert's rate, not the cameras'.
+stream_actions: a ChunkExecutor turns the chunks into one action per control period on ~/action
+(receding horizon or temporal ensembling; actions whose time has passed are skipped).
 """
 
 from __future__ import annotations
 
 import collections
+import os
+import sys
 import threading
 import time
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -29,6 +38,7 @@ from trajectory_msgs.msg import JointTrajectory, MultiDOFJointTrajectory
 from vla_models import CheckpointError, load_policy
 
 from . import params as P
+from .chunk_executor import ChunkExecutor
 from .commands import ee_delta_targets, joint_trajectory, multidof_trajectory
 from .image_conversion import ImageConversionError, image_to_rgb
 from .msg import ActionChunk, SensorPacket
@@ -76,15 +86,32 @@ class PolicyNode(Node):
         self.sensor = SensorRingBuffer(max(4 * window, 1), channels) if channels else None
         self._subscribe()
         self.chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", 10)
+        self.action_pub = self.create_publisher(ActionChunk, "~/action", 10)
         command_type = MultiDOFJointTrajectory if self.params.action_space == "ee_delta" else JointTrajectory
         self.command_pub = self.create_publisher(command_type, "~/command_trajectory", 10)
         self.status_pub = self.create_publisher(DiagnosticArray, "~/status", 10)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.create_timer(1.0, self._publish_status)
+        self.latest_state: tuple[float, np.ndarray] | None = None
+        self.features: tuple[str, float, object] | None = None  # async: (policy_type, frame stamp, Features)
+        self.event_times = {k: collections.deque(maxlen=50) for k in ("backbone", "chunk", "tick")}
+        self.sensor_to_action: collections.deque[float] = collections.deque(maxlen=50)
+        dt = next(iter(self.policies.values())).config.dt
+        self.chunk_executor = ChunkExecutor(dt, self.params.execution_mode, self.params.execute_steps,
+                                      self.params.ensemble_decay) if self.params.stream_actions else None
+        if self.chunk_executor is not None:
+            self.create_timer(dt, self._tick)
+        if self.params.async_inference:
+            # Torch releases the GIL around each op; with the executor's threads busy in Python, every
+            # re-acquire waited up to the 5 ms switch interval (a 10 ms backbone took seconds).
+            sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._inference_loop, name="vla_inference", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._inference_loop, name="vla_inference", daemon=True)]
+        if self.params.async_inference and self.spec["views"]:
+            self._workers.append(threading.Thread(target=self._backbone_loop, name="vla_backbone", daemon=True))
+        for worker in self._workers:
+            worker.start()
 
     # -- set-up -----------------------------------------------------------------------------------
     def _input_spec(self) -> dict:
@@ -213,6 +240,7 @@ class PolicyNode(Node):
         if state.shape != (dim,) or not np.isfinite(state).all():
             return self._drop("state", f"expected {dim} finite values, got {state.shape[0]}")
         self.sync.add(STATE_KEY, stamp_seconds(msg.header.stamp), state)
+        self.latest_state = (stamp_seconds(msg.header.stamp), state)
         self.watchdog.feed(STATE_KEY, self._now())
 
     def _on_pose(self, msg: PoseStamped) -> None:
@@ -266,6 +294,69 @@ class PolicyNode(Node):
             obs["sensor_mask"] = np.array([has_data])
         return stamp, obs
 
+    def assemble_async_observation(self) -> tuple[float, dict, object] | None:
+        """Async: the newest cached backbone features + the freshest sensor window and state.
+
+        The stamp is that of the freshest input (newest sensor sample, else state, else frame).
+        None while features are missing, of another policy type, or older than max_feature_age_s.
+        """
+        with self._lock:
+            features, policy_type = self.features, self.params.policy_type
+        if features is None or features[0] != policy_type:
+            return None
+        stamps = [features[1]]
+        obs: dict = {}
+        if self.spec["state_dim"]:
+            if self.latest_state is None:
+                return None
+            stamps.append(self.latest_state[0])
+            obs["state"] = self.latest_state[1][None]
+        if self.sensor is not None:
+            newest = self.sensor.newest_stamp()
+            if newest is not None:
+                stamps.append(newest)
+            window = self.sensor.window(self.spec["sensor_window"], until=max(stamps))
+            obs["sensor"] = (window if len(window) else np.zeros((1, self.spec["sensor_channels"]), np.float32))[None]
+            obs["sensor_mask"] = np.array([len(window) > 0])
+        stamp = max(stamps)
+        if stamp - features[1] > self.params.max_feature_age_s:
+            self.stats["stale_features"] += 1
+            return None
+        return stamp, obs, features[2]
+
+    def _share_cpu(self) -> None:
+        """Async on a CPU: each worker gets half the cores (two OpenMP pools spinning on the same cores
+        slowed the tiny backbone from 10 ms to seconds)."""
+        if self.params.async_inference and torch.device(self.params.device).type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+
+    def _backbone_loop(self) -> None:
+        """Async: backbone features of each new synchronised frame, for the active policy type."""
+        self._share_cpu()
+        done: tuple[str, tuple] | None = None
+        while not self._stop.is_set():
+            matched = self.sync.latest()
+            with self._lock:
+                policy_type, instruction = self.params.policy_type, self.instruction
+            frame = tuple(matched[1][v][0] for v in self.spec["views"]) if matched else None
+            if matched is None or (policy_type, frame) == done:  # a new state alone is no new frame
+                self._stop.wait(0.002)
+                continue
+            stamp, chosen = max(frame), matched[1]
+            obs = {"images": {v: chosen[v][1][None] for v in self.spec["views"]}, "instruction": [instruction]}
+            try:
+                features = self.policies[policy_type].encode_images(obs)
+            except Exception as exc:  # noqa: BLE001 - reported in status; the node keeps serving
+                self.stats["backbone_errors"] += 1
+                self.last_error = f"backbone: {type(exc).__name__}: {exc}"
+                self._stop.wait(0.1)
+                continue
+            with self._lock:
+                self.features = (policy_type, stamp, features)
+            done = (policy_type, frame)
+            self.stats["backbone_runs"] += 1
+            self.event_times["backbone"].append(time.monotonic())
+
     def _interval(self) -> float:
         if self.params.rate_hz > 0:
             return 1.0 / self.params.rate_hz
@@ -273,6 +364,7 @@ class PolicyNode(Node):
         return max(1.15 * mean, self.params.min_interval_s)
 
     def _inference_loop(self) -> None:
+        self._share_cpu()
         next_time = time.monotonic()
         while not self._stop.is_set():
             self._stop.wait(max(0.0, next_time - time.monotonic()))
@@ -290,7 +382,15 @@ class PolicyNode(Node):
         if self.stale:  # never act on old data: no chunk, no command until fresh inputs arrive
             self.stats["stale_skips"] += 1
             return False
-        assembled = self.assemble_observation()
+        features = None
+        sensor_newest = self.sensor.newest_stamp() if self.sensor is not None else None
+        if self.params.async_inference and self.spec["views"]:
+            assembled = self.assemble_async_observation()
+            if assembled is not None:
+                stamp, obs, features = assembled
+                assembled = (stamp, obs)
+        else:
+            assembled = self.assemble_observation()
         if assembled is None or assembled[0] == self.last_stamp:
             return False
         stamp, obs = assembled
@@ -301,7 +401,8 @@ class PolicyNode(Node):
         if params.policy_type == "diffusion":
             overrides = {"sampler": params.sampler, "ddim_steps": params.ddim_steps}
         start = time.perf_counter()
-        chunk = policy.predict_action_chunk(obs, seed=params.seed if params.seed >= 0 else None, **overrides)
+        chunk = policy.predict_action_chunk(obs, seed=params.seed if params.seed >= 0 else None, vl_features=features,
+                                            **overrides)
         latency = (time.perf_counter() - start) * 1e3
         chunk = chunk[0].cpu().numpy()  # (H, A)
         self.latencies.append(latency / 1e3)
@@ -314,9 +415,36 @@ class PolicyNode(Node):
             self.last_error = "the model produced non-finite actions; nothing was published"
             return False
         self.chunk_pub.publish(self._chunk_message(header, params, policy, chunk, latency))
+        self.event_times["chunk"].append(time.monotonic())
+        if sensor_newest is not None:  # from the newest sensor sample this chunk used to its publication
+            self.sensor_to_action.append(self._now() - min(sensor_newest, stamp))
+        if self.chunk_executor is not None:
+            with self._lock:
+                self.chunk_executor.execute_steps = params.execute_steps
+                self.chunk_executor.add_chunk(stamp, chunk)
         if not params.dry_run:
             self._publish_command(header, params, policy.config.dt, chunk)
         return True
+
+    def _tick(self) -> None:
+        """stream_actions: the action due now (holding when none is), within the output limits."""
+        with self._lock:
+            executed = self.chunk_executor.action_at(self._now())
+            params = self.params
+        self.event_times["tick"].append(time.monotonic())
+        if executed is None or params.dry_run:
+            return
+        limited = self.limits.apply_chunk(executed.action[None])
+        self._limit_outcome(limited)
+        if limited.chunk is None:
+            return
+        policy = self.policies[params.policy_type]
+        header = Header(frame_id=params.frame_id, stamp=self.get_clock().now().to_msg())
+        self.action_pub.publish(ActionChunk(header=header, policy_type=params.policy_type, horizon=1,
+                                            action_dim=policy.config.action_dim, dt=policy.config.dt,
+                                            action_names=list(policy.config.action_names),
+                                            actions=limited.chunk.astype(np.float32).ravel().tolist()))
+        self.stats["actions"] += 1
 
     def _chunk_message(self, header, params, policy, chunk: np.ndarray, latency: float) -> ActionChunk:
         c = policy.config
@@ -372,7 +500,12 @@ class PolicyNode(Node):
                   "dry_run": params.dry_run, "loaded": ",".join(sorted(self.policies)),
                   "last_latency_ms": f"{self.latencies[-1] * 1e3:.1f}" if self.latencies else "",
                   "waiting_for_inputs": waiting, "stale_inputs": ",".join(self.stale), "limit_mode": params.limit_mode,
-                  "last_limit": self.last_limit, "last_error": self.last_error, **self.stats}
+                  "last_limit": self.last_limit, "last_error": self.last_error,
+                  **{f"{k}_hz": f"{_rate(v):.1f}" for k, v in self.event_times.items() if len(v) > 1},
+                  "sensor_to_action_ms": f"{1e3 * float(np.median(self.sensor_to_action)):.1f}"
+                  if self.sensor_to_action else "", **self.stats}
+        if self.chunk_executor is not None:
+            values.update({f"executor_{k}": v for k, v in self.chunk_executor.counts.items()})
         status = DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), hardware_id="vla_policy",
                                   message=("stale: " + ", ".join(self.stale)) if self.stale else
                                   "waiting for inputs" if waiting else (self.last_error or "serving"),
@@ -383,8 +516,14 @@ class PolicyNode(Node):
 
     def shutdown(self) -> None:
         self._stop.set()
-        if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join(timeout=5.0)
+
+
+def _rate(times) -> float:
+    """Events per second over the recorded monotonic times."""
+    return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
 
 
 def main(args=None) -> int:

@@ -48,7 +48,7 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def build_pair(spec: str, device: torch.device) -> dict[str, VLAPolicy]:
+def build_pair(spec: str, device: torch.device, overrides: dict | None = None) -> dict[str, VLAPolicy]:
     """{'regression', 'diffusion'} policies sharing one backbone: from a preset (random weights,
     statistics fitted on random data) or from checkpoint directories/runs (`spec` = RUN[,RUN])."""
     if Path(spec.split(",")[0]).exists():
@@ -57,7 +57,7 @@ def build_pair(spec: str, device: torch.device) -> dict[str, VLAPolicy]:
             policy = load_policy(resolve_checkpoint(path), device=device)
             policies[policy.config.expert.type] = policy
         return policies
-    config = preset(spec)
+    config = preset(spec, **(overrides or {}))
     with torch.device(device):  # build the weights where they run (a 3B backbone initialises in seconds on a GPU)
         regression = build_policy(config.replace(**{"expert.type": "regression"}))
         diffusion = VLAPolicy(config.replace(**{"expert.type": "diffusion"}), backbone=regression.backbone)
@@ -128,10 +128,11 @@ def time_expert_step(policy: VLAPolicy, observation: dict, repeats: int) -> dict
 
 def run_bench(spec: str, device: str = "cpu", runners: list[str] | None = None, image_size: tuple[int, int] = (360, 640),
               repeats: int = 20, warmup: int = 3, variants: list[str] | None = None, seed: int = 0,
-              on_update=None) -> dict:
+              on_update=None, overrides: dict | None = None) -> dict:
     """All figures for one preset or checkpoint pair; `image_size` is (H, W).
 
     on_update(result): called after each runner with the figures so far (to save partial results).
+    overrides: dotted config keys for a preset, e.g. {"hidden_dim": 1024}.
     """
     dev = torch.device(device)
     runners = runners or (list(RUNNERS[:-1]) if dev.type == "cuda" else ["eager", "static"])
@@ -141,10 +142,10 @@ def run_bench(spec: str, device: str = "cpu", runners: list[str] | None = None, 
     variants = variants or [label for label, _ in LATENCY_VARIANTS]
     torch.manual_seed(seed)
     start = time.perf_counter()
-    policies = build_pair(spec, dev)
+    policies = build_pair(spec, dev, overrides)
     config = next(iter(policies.values())).config
     observation = fake_observation(config, 1, seed=seed, image_size=image_size)
-    result: dict = {"spec": spec, "device": str(dev), "machine": machine_info(dev), "views": list(config.views),
+    result: dict = {"spec": spec, "overrides": overrides or {}, "device": str(dev), "machine": machine_info(dev), "views": list(config.views),
                     "image_size_hw": list(image_size), "sensor_window": config.sensor.window,
                     "sensor_channels": config.sensor.channels, "hidden_dim": config.hidden_dim,
                     "expert_layers": config.expert.layers, "horizon": config.horizon, "repeats": repeats,

@@ -98,12 +98,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.spec, device=args.device, runners=args.runners.split(",") if args.runners else None,
                        image_size=size, repeats=args.repeats, warmup=args.warmup,
                        variants=args.variants.split(",") if args.variants else None,
-                       on_update=(lambda partial: _write_json(args.json, partial)) if args.json else None)
+                       on_update=(lambda partial: _write_json(args.json, partial)) if args.json else None,
+                       overrides=_parse_overrides(args.override))
     print(format_table(result))
     if args.json:
         _write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
+
+
+def _parse_overrides(items: list[str] | None) -> dict:
+    """['expert.layers=4', 'hidden_dim=1024'] -> {'expert.layers': 4, 'hidden_dim': 1024} (values parsed as YAML)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--override: expected KEY=VALUE such as expert.layers=4, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _write_json(path: str | Path, data: dict) -> None:
@@ -234,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all but compiled-backbone that the device supports)")
     p.add_argument("--variants", help="comma list of regression,ddim-5,ddim-10,ddim-20,ddpm-100 (default all)")
     p.add_argument("--image-size", default="640x360", help="camera image WIDTHxHEIGHT (default 640x360)")
+    p.add_argument("--override", "-o", action="append", metavar="KEY=VALUE",
+                   help="preset config override, repeatable (e.g. -o hidden_dim=1024 -o expert.layers=4)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", help="write every figure to this JSON file")

@@ -1,0 +1,248 @@
+"""`sim_robot_node`: a Meta-World task behind the topics a real robot would use.
+
+Publishes, stamped on one simulated clock (also published on /clock, so nodes run with
+use_sim_time:=true see the same time):
+- camera/<view>/image_raw (sensor_msgs/Image, rgb8) for each rendered view,
+- sensor (vla_policy_ros/SensorPacket): the 12-channel contact wrench at every physics substep,
+  batched per control step with per-sample stamps,
+- joint_states (sensor_msgs/JointState): the task's 39-value observation as `position`,
+- ee_pose (geometry_msgs/PoseStamped): the hand position,
+- ~/executed_action (vla_policy_ros/ActionChunk, horizon 1): each action applied, stamped at its step,
+- ~/episode_result (std_msgs/String, JSON): success and length of each episode.
+It executes the first `execute_steps` actions of each ActionChunk it receives (receding horizon).
+
+Clock: in `lockstep` (default) the simulation advances only when the chunk answering the current
+observation has arrived, so the loop runs as fast as the policy allows (faster than real time when
+the policy is fast) and is the same loop as the in-process `vla eval --sim`; otherwise it steps in
+real time at the control rate and holds (zero action) while no fresh chunk covers the current step.
+`expert: true` drives the robot with the scripted expert instead (to record demonstrations).
+The sensor history restarts at each episode: zero samples precede the first reading, as the
+in-process evaluation pads its window.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from .chunk_executor import ChunkExecutor
+from .image_conversion import rgb_to_image_msg
+from .msg import ActionChunk, SensorPacket
+
+PAD_SAMPLES = 64  # zero samples before an episode's first reading (the evaluation's window)
+
+
+def to_time(seconds: float):
+    return Time(nanoseconds=int(round(seconds * 1e9))).to_msg()
+
+
+class SimRobotNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_robot", **kwargs)
+        p = {name: self.declare_parameter(name, default).value for name, default in (
+            ("task", "peg-insert-side-v3"), ("placement_seed", 1), ("episodes", 10), ("first_placement", 0),
+            ("views", [""]), ("image_size", 96), ("execute_steps", 8), ("max_steps", 300), ("lockstep", True),
+            ("chunk_topic", "/vla_policy/action_chunk"), ("chunk_timeout_s", 30.0), ("expert", False),
+            ("start_time", 1000.0))}
+        self.p = p
+        views = tuple(v for v in p["views"] if v)
+        from vla_training.sim import SimEnv
+
+        self.env = SimEnv(p["task"], seed=p["placement_seed"], views=views, image_size=p["image_size"],
+                          render=bool(views))
+        self.dt = self.env.control_dt
+        self.clock_t = float(p["start_time"])  # simulated seconds, continuing across episodes
+        self.image_pubs = {v: self.create_publisher(Image, f"camera/{v}/image_raw", 10) for v in views}
+        self.sensor_pub = self.create_publisher(SensorPacket, "sensor", 100)
+        self.state_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.pose_pub = self.create_publisher(PoseStamped, "ee_pose", 10)
+        self.action_pub = self.create_publisher(ActionChunk, "~/executed_action", 100)
+        self.result_pub = self.create_publisher(String, "~/episode_result", 10)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self._chunk_lock = threading.Condition()
+        self._chunks: list[tuple[float, np.ndarray]] = []
+        self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, 10)
+        self.results: list[dict] = []
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sim_robot", daemon=True)
+        self._thread.start()
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        chunk = np.asarray(msg.actions, np.float32).reshape(msg.horizon, msg.action_dim)
+        with self._chunk_lock:
+            self._chunks.append((stamp, chunk))
+            self._chunks = self._chunks[-20:]
+            self._chunk_lock.notify_all()
+
+    def _chunk_for(self, stamp: float, timeout: float) -> np.ndarray | None:
+        """Lockstep: the chunk computed from the observation stamped `stamp` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        with self._chunk_lock:
+            while not self._stop.is_set():
+                for s, chunk in reversed(self._chunks):
+                    if abs(s - stamp) < 1e-6:
+                        return chunk
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._chunk_lock.wait(min(left, 0.1))
+        return None
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def _publish_clock(self) -> None:
+        self.clock_pub.publish(Clock(clock=to_time(self.clock_t)))
+
+    def _publish_sensor(self, samples: np.ndarray, stamps: np.ndarray) -> None:
+        if len(samples) == 0:
+            return
+        msg = SensorPacket(channels=samples.shape[1], num_samples=len(samples), sample_rate=1.0 / self.env.physics_dt,
+                           sample_stamps=[to_time(s) for s in stamps], data=samples.astype(np.float32).ravel().tolist())
+        msg.header.stamp = to_time(stamps[0])
+        self.sensor_pub.publish(msg)
+
+    def _publish_observation(self, record) -> None:
+        """State, pose and images stamped now (after this step's sensor samples)."""
+        stamp = to_time(self.clock_t)
+        for view, pub in self.image_pubs.items():
+            pub.publish(rgb_to_image_msg(record.images[view], stamp))
+        state = JointState(name=[f"obs_{i}" for i in range(len(record.state))],
+                           position=record.state.astype(float).tolist())
+        state.header.stamp = stamp
+        self.state_pub.publish(state)
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = stamp, "world"
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in record.state[:3])
+        pose.pose.orientation.w = 1.0
+        self.pose_pub.publish(pose)
+
+    def _step(self, action: np.ndarray):
+        executed = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        msg = ActionChunk(policy_type="expert" if self.p["expert"] else "policy", horizon=1,
+                          action_dim=len(executed), dt=self.dt, actions=executed.tolist())
+        msg.header.stamp = to_time(self.clock_t)
+        self.action_pub.publish(msg)
+        start = self.env.t
+        record = self.env.step(executed)
+        self.clock_t += self.env.t - start
+        self._publish_clock()
+        self._publish_sensor(record.sensor, self.clock_t - (self.env.t - record.sensor_t))
+        return record
+
+    # -- episodes --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            for k in range(self.p["episodes"]):
+                if self._stop.is_set():
+                    return
+                self.results.append(self._episode(self.p["first_placement"] + k))
+                self.result_pub.publish(String(data=json.dumps(self.results[-1])))
+                self.get_logger().info(f"episode {k}: {self.results[-1]}")
+        except Exception as exc:  # noqa: BLE001 - reported; the node still finishes
+            self.get_logger().error(f"simulation failed: {type(exc).__name__}: {exc}")
+            self.results.append({"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.finished.set()
+
+    def _episode(self, placement: int) -> dict:
+        record = self.env.reset(placement)
+        self.clock_t += 1.0  # a gap between episodes
+        self._publish_clock()
+        pad_t = self.clock_t - self.env.physics_dt * np.arange(PAD_SAMPLES, 0, -1)
+        self._publish_sensor(np.zeros((PAD_SAMPLES - 1, record.sensor.shape[1]), np.float32), pad_t[1:])
+        self._publish_sensor(record.sensor, np.array([self.clock_t]))
+        expert = None
+        if self.p["expert"]:
+            from vla_training.sim import ViaPointExpert
+
+            expert = ViaPointExpert(self.p["task"])
+        executor = None if self.p["lockstep"] else ChunkExecutor(self.dt, "receding", self.p["execute_steps"])
+        steps, success, chunks, holds = 0, False, 0, 0
+        wall_start = time.monotonic()
+        while steps < self.p["max_steps"] and not success and not self._stop.is_set():
+            obs_t = self.clock_t
+            self._publish_observation(record)
+            if expert is not None:
+                actions = [expert(record.state)]
+            elif self.p["lockstep"]:
+                chunk = self._chunk_for(obs_t, self.p["chunk_timeout_s"])
+                if chunk is None:
+                    return {"placement": placement, "success": False, "length": steps, "chunks": chunks,
+                            "error": f"no chunk for the observation at t={obs_t:.3f} within "
+                                     f"{self.p['chunk_timeout_s']} s"}
+                chunks += 1
+                actions = chunk[:self.p["execute_steps"]]
+            else:  # real time: the action due now from the newest chunk, or hold
+                time.sleep(max(0.0, wall_start + (self.clock_t - obs_t) - time.monotonic()))
+                with self._chunk_lock:
+                    for stamp, chunk in self._chunks:
+                        executor.add_chunk(stamp, chunk)
+                    self._chunks.clear()
+                due = executor.action_at(obs_t)
+                holds += due is None
+                actions = [np.zeros(4, np.float32) if due is None else due.action]
+                wall_start = time.monotonic() - (self.clock_t - obs_t)
+            for action in actions:
+                record = self._step(action)
+                steps += 1
+                if record.success or steps >= self.p["max_steps"]:
+                    success = record.success
+                    break
+        return {"placement": placement, "success": bool(success), "length": steps, "chunks": chunks,
+                "holds": holds}
+
+    def summary(self) -> dict:
+        done = [r for r in self.results if "success" in r]
+        wins = sum(r["success"] for r in done)
+        return {"task": self.p["task"], "placement_seed": self.p["placement_seed"], "episodes": len(done),
+                "successes": wins, "success_rate": wins / max(len(done), 1), "per_episode": self.results}
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._chunk_lock:
+            self._chunk_lock.notify_all()
+        self._thread.join(timeout=5.0)
+        self.env.close()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = SimRobotNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not node.finished.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        summary = node.summary()
+        print("SIM_RESULT " + json.dumps(summary), flush=True)
+        code = 0 if all("error" not in r for r in node.results) else 3
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"sim_robot_node: error: {exc}", flush=True)
+        code = 1
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
