@@ -17,7 +17,10 @@ def requirements(name: str) -> list[str]:
 
 
 # Console scripts. Node executables (group "nodes") are mirrored in CMakeLists.txt for `ros2 run`.
-NODES: list[str] = ["policy_node = vla_policy_ros.policy_node:main"]
+NODES: list[str] = ["policy_node = vla_policy_ros.policy_node:main",
+                    "sim_robot_node = vla_policy_ros.sim_robot_node:main",
+                    "bag_recorder = vla_policy_ros.bag_recorder:main",
+                    "bag_replay = vla_policy_ros.bag_replay:main"]
 TOOLS = ["vla = vla_training.cli:main", "policy_param = vla_policy_ros.param_client:main"]
 
 setup(

@@ -45,7 +45,10 @@ def launch_module(monkeypatch):
         pytest.skip("the real launch_ros is installed: use `ros2 launch` tests there")
     stand_ins = {
         "launch": {"LaunchDescription": type("LaunchDescription", (_Recorder,), {})},
-        "launch.actions": {n: type(n, (_Recorder,), {}) for n in ("DeclareLaunchArgument", "OpaqueFunction")},
+        "launch.actions": {n: type(n, (_Recorder,), {}) for n in ("DeclareLaunchArgument", "OpaqueFunction",
+                                                                  "EmitEvent", "RegisterEventHandler")},
+        "launch.event_handlers": {"OnProcessExit": type("OnProcessExit", (_Recorder,), {})},
+        "launch.events": {"Shutdown": type("Shutdown", (_Recorder,), {})},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration,
                                  "PathJoinSubstitution": type("PathJoinSubstitution", (_Recorder,), {})},
         "launch_ros.actions": {"Node": type("Node", (_Recorder,), {})},
@@ -56,9 +59,14 @@ def launch_module(monkeypatch):
         module = types.ModuleType(name)
         module.__dict__.update(attrs)
         monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location("policy_launch", ROOT / "launch" / "policy.launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    def load(name="policy"):
+        spec = importlib.util.spec_from_file_location(f"{name}_launch", ROOT / "launch" / f"{name}.launch.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    module = load()
+    module.load = load
     return module
 
 
@@ -99,3 +107,21 @@ def test_remap_defaults_match_the_params_file():
     text = (ROOT / "launch" / "policy.launch.py").read_text()
     for key in ("sensor_topic", "state_topic", "instruction_topic"):
         assert f'"{key}": ("{params[key]}"' in text
+
+
+def test_sim_demo_launch_starts_the_policy_and_the_simulated_robot(launch_module, tmp_path):
+    from conftest import make_policy
+
+    checkpoint = make_policy("cpu", "diffusion").save(tmp_path / "ckpt")
+    description = launch_module.load("sim_demo").generate_launch_description()
+    configs = {**_defaults(description), "checkpoint": str(checkpoint), "episodes": "3"}
+    opaque = [a for a in description.args[0] if type(a).__name__ == "OpaqueFunction"]
+    policy, sim, on_exit = opaque[0].kwargs["function"](FakeContext(configs))
+    assert (policy.kwargs["executable"], sim.kwargs["executable"]) == ("policy_node", "sim_robot_node")
+    policy_params, sim_params = policy.kwargs["parameters"][0], sim.kwargs["parameters"][0]
+    assert policy_params["use_sim_time"] and policy_params["policy_type"] == "diffusion"
+    assert policy_params["diffusion_checkpoint"] == str(checkpoint.resolve())
+    assert sim_params["episodes"] == 3 and sim_params["lockstep"] and sim_params["placement_seed"] == 1
+    assert on_exit.args[0].kwargs["target_action"] is sim  # the launch ends with the simulated robot
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert '"sim_robot_node=vla_policy_ros.sim_robot_node"' in cmake

@@ -46,6 +46,7 @@ class NodeParams:
     pose_topic: str = ""  # current end-effector pose for ee_delta commands; "" = state_topic when state_type=pose
     instruction_topic: str = "instruction"
     slop_s: float = 0.05
+    max_sensor_lag_s: float = 0.1  # wait while the newest sensor sample is older than the observation by more
     action_space: str = "ee_delta"
     translation_scale: float = 0.001  # action units -> metres (the seed's actions are mm)
     rotation_scale: float = 0.017453292519943295  # action units -> radians (the seed's are degrees)
@@ -98,6 +99,7 @@ DESCRIPTIONS = {
     "pose_topic": "PoseStamped of the end effector for absolute targets ('' = state_topic if state_type is pose)",
     "instruction_topic": "std_msgs/String topic that sets the instruction",
     "slop_s": "approximate-time synchronisation window for the views and the state (s)",
+    "max_sensor_lag_s": "inference waits while the newest sensor sample is older than the observation by more (s)",
     "action_space": f"how chunks become commands: one of {list(ACTION_SPACES)}",
     "translation_scale": "action translation units -> metres",
     "rotation_scale": "action rotation units -> radians",

@@ -288,6 +288,10 @@ class PolicyNode(Node):
             if stamp is None:
                 return None
         if self.sensor is not None:
+            newest = self.sensor.newest_stamp()
+            if newest is not None and newest < stamp - self.params.max_sensor_lag_s:  # samples still on their way
+                self.stats["waiting_for_sensor"] += 1
+                return None
             window = self.sensor.window(self.spec["sensor_window"], until=stamp)
             has_data = len(window) > 0
             obs["sensor"] = (window if has_data else np.zeros((1, self.spec["sensor_channels"]), np.float32))[None]

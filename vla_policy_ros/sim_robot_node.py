@@ -74,6 +74,7 @@ class SimRobotNode(Node):
         self._chunks: list[tuple[float, np.ndarray]] = []
         self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, 10)
         self.results: list[dict] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # sensor samples not yet published
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim_robot", daemon=True)
@@ -138,13 +139,34 @@ class SimRobotNode(Node):
         start = self.env.t
         record = self.env.step(executed)
         self.clock_t += self.env.t - start
-        self._publish_clock()
-        self._publish_sensor(record.sensor, self.clock_t - (self.env.t - record.sensor_t))
+        self._pending.append((record.sensor, self.clock_t - (self.env.t - record.sensor_t)))
         return record
 
+    def _flush_sensor(self) -> None:
+        """The samples since the last observation as one packet (few messages: none lost in a burst)."""
+        if self._pending:
+            self._publish_sensor(np.concatenate([s for s, _ in self._pending]),
+                                 np.concatenate([t for _, t in self._pending]))
+            self._pending = []
+        self._publish_clock()
+
     # -- episodes --------------------------------------------------------------------------------
+    def _wait_for_peers(self) -> None:
+        """Until the state and sensor have subscribers and, driven by a policy, someone publishes chunks
+        (expert mode: until the executed actions have a subscriber too, e.g. a recorder)."""
+        pubs = [self.state_pub, self.sensor_pub] + ([self.action_pub] if self.p["expert"] else [])
+        deadline = time.monotonic() + 120.0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if all(pub.get_subscription_count() > 0 for pub in pubs) and \
+                    (self.p["expert"] or self.count_publishers(self.p["chunk_topic"]) > 0):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("no peers within 120 s: nothing subscribes the robot's topics"
+                           + ("" if self.p["expert"] else f" or publishes {self.p['chunk_topic']}"))
+
     def _run(self) -> None:
         try:
+            self._wait_for_peers()
             for k in range(self.p["episodes"]):
                 if self._stop.is_set():
                     return
@@ -162,8 +184,8 @@ class SimRobotNode(Node):
         self.clock_t += 1.0  # a gap between episodes
         self._publish_clock()
         pad_t = self.clock_t - self.env.physics_dt * np.arange(PAD_SAMPLES, 0, -1)
-        self._publish_sensor(np.zeros((PAD_SAMPLES - 1, record.sensor.shape[1]), np.float32), pad_t[1:])
-        self._publish_sensor(record.sensor, np.array([self.clock_t]))
+        self._pending = [(np.zeros((PAD_SAMPLES - 1, record.sensor.shape[1]), np.float32), pad_t[1:]),
+                         (record.sensor, np.array([self.clock_t]))]
         expert = None
         if self.p["expert"]:
             from vla_training.sim import ViaPointExpert
@@ -174,11 +196,18 @@ class SimRobotNode(Node):
         wall_start = time.monotonic()
         while steps < self.p["max_steps"] and not success and not self._stop.is_set():
             obs_t = self.clock_t
+            self._flush_sensor()
             self._publish_observation(record)
             if expert is not None:
                 actions = [expert(record.state)]
             elif self.p["lockstep"]:
-                chunk = self._chunk_for(obs_t, self.p["chunk_timeout_s"])
+                chunk = None
+                waited = 0.0
+                while chunk is None and waited < self.p["chunk_timeout_s"]:
+                    chunk = self._chunk_for(obs_t, 1.0)
+                    waited += 1.0
+                    if chunk is None:  # lost on the way? the same observation again (deduplicated by stamp)
+                        self._publish_observation(record)
                 if chunk is None:
                     return {"placement": placement, "success": False, "length": steps, "chunks": chunks,
                             "error": f"no chunk for the observation at t={obs_t:.3f} within "
@@ -201,6 +230,7 @@ class SimRobotNode(Node):
                 if record.success or steps >= self.p["max_steps"]:
                     success = record.success
                     break
+        self._flush_sensor()  # the last step's samples
         return {"placement": placement, "success": bool(success), "length": steps, "chunks": chunks,
                 "holds": holds}
 

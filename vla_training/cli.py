@@ -138,6 +138,24 @@ def _parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def cmd_ros_demo(args: argparse.Namespace) -> int:
+    from vla_policy_ros.sim_demo import run_ros_demo
+
+    from .evaluate import resolve_checkpoint, wilson_interval
+
+    summary = run_ros_demo(resolve_checkpoint(args.checkpoint), episodes=args.episodes, placement_seed=args.seed,
+                           execute_steps=args.execute, task=args.task, max_steps=args.max_steps, sampler=args.sampler,
+                           ddim_steps=args.ddim_steps, log_dir=args.logs)
+    lo, hi = wilson_interval(summary["successes"], summary["episodes"])
+    summary["success_ci95"] = [lo, hi]
+    print(f"through ROS 2: {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "
+          f"(95 % CI {100 * lo:.0f}-{100 * hi:.0f} %) on {summary['task']} placements of seed {summary['placement_seed']}")
+    if args.json:
+        _write_json(args.json, summary)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_data_sim(args: argparse.Namespace) -> int:
     from .sim import generate_demos
 
@@ -252,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", help="write every figure to this JSON file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("ros-demo", help="closed loop through ROS 2: sim_robot_node + policy_node as processes")
+    p.add_argument("--checkpoint", required=True, help="run directory (uses best/) or checkpoint directory")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=1, help="MT1 placement seed (held out: not the training seed 0)")
+    p.add_argument("--execute", type=int, default=8, help="actions executed per chunk (receding horizon)")
+    p.add_argument("--task", default="peg-insert-side-v3")
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--sampler", choices=["ddim", "ddpm"])
+    p.add_argument("--ddim-steps", type=int)
+    p.add_argument("--logs", help="directory for the two nodes' logs")
+    p.add_argument("--json", help="write the summary to this file")
+    p.set_defaults(func=cmd_ros_demo)
 
     data = sub.add_parser("data", help="create, import and inspect datasets (docs/dataset.md)")
     dsub = data.add_subparsers(dest="data_command", required=True)

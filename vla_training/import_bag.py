@@ -64,8 +64,9 @@ def load_topic_map(path: str | Path) -> dict:
     actions = spec.get("actions") or {}
     if actions.get("source") not in ("ee_pose_delta", "command") or not actions.get("topic"):
         raise DatasetError(f"{path}: field 'actions': expected source ee_pose_delta|command and a topic, got {actions}")
-    if not spec.get("views") and not actions:
-        raise DatasetError(f"{path}: field 'views': at least one camera topic anchors the samples")
+    if not spec.get("views") and not spec.get("state"):
+        raise DatasetError(f"{path}: field 'views': a camera topic (or, without cameras, the state topic) "
+                           "anchors the samples")
     return spec
 
 
@@ -109,10 +110,13 @@ def read_bag(bag: str | Path, spec: dict) -> EpisodeData:
             raise DatasetError(f"{where}: topic(s) {missing} not in the bag; it has {sorted(present)}")
         by_topic = {t: k for k, t in topics.items()}
         wanted = [c for c in reader.connections if c.topic in by_topic]
-        for conn, _, raw in reader.messages(connections=wanted):
+        log_times = []  # receive times of the action messages (for commands without a header)
+        for conn, timestamp, raw in reader.messages(connections=wanted):
             key = by_topic[conn.topic]
             msg = reader.deserialize(raw, conn.msgtype)
             streams[key].append((conn.msgtype, msg))
+            if key == "actions":
+                log_times.append(timestamp * 1e-9)
     finally:
         reader.close()
     for key, items in streams.items():  # header stamps, not arrival order
@@ -124,13 +128,18 @@ def read_bag(bag: str | Path, spec: dict) -> EpisodeData:
             if not items:
                 raise DatasetError(f"{where}: field 'images/{key[5:]}': topic {topics[key]} has no messages")
             views[key[5:]] = ([_stamp(m) for _, m in items], np.stack([message_to_cvimage(m, "rgb8") for _, m in items]))
-    anchor = spec.get("anchor_view") or next(iter(spec["views"]))
-    anchor_t = np.asarray(views[anchor][0])
 
     state = state_t = None
     if "state" in streams and streams["state"]:
         rows = [_pose(m) if "PoseStamped" in t else np.asarray(m.position, float) for t, m in streams["state"]]
         state, state_t = np.stack(rows), np.array([_stamp(m) for _, m in streams["state"]])
+    if views:
+        anchor = spec.get("anchor_view") or next(iter(spec["views"]))
+        anchor_t = np.asarray(views[anchor][0])
+    else:  # no cameras: the state messages anchor the samples
+        if state_t is None:
+            raise DatasetError(f"{where}: field 'state': topic {topics.get('state')} has no messages")
+        anchor, anchor_t = "state", state_t
     sensor = sensor_t = None
     if "sensor" in streams and streams["sensor"]:
         blocks, stamps = [], []
@@ -166,8 +175,10 @@ def read_bag(bag: str | Path, spec: dict) -> EpisodeData:
         names = ["dx", "dy", "dz", "droll", "dpitch", "dyaw"]
         units = ["mm" if scale == 1000.0 else f"m x {scale}"] * 3 + ["deg"] * 3
     else:
-        cmd_t = np.array([_stamp(m) if hasattr(m, "header") else 0.0 for _, m in items])
-        values = np.stack([np.asarray(m.data, np.float32) for _, m in items])
+        cmd_t = np.array([_stamp(m) if hasattr(m, "header") else log_t for (_, m), log_t in zip(items, log_times)])
+        # Float32MultiArray commands, or ActionChunk (its first action: e.g. sim_robot_node's executed actions)
+        values = np.stack([np.asarray(m.actions[:m.action_dim] if hasattr(m, "actions") else m.data, np.float32)
+                           for _, m in items])
         idx = np.clip(np.searchsorted(cmd_t, anchor_t, side="right") - 1, 0, len(values) - 1)
         actions, actions_t = values[idx], anchor_t
         names = action_spec.get("names") or [f"a{i}" for i in range(values.shape[1])]

@@ -1,0 +1,83 @@
+"""The closed loop through ROS 2 without hardware: sim_robot_node + policy_node on one simulated clock.
+
+Used by `launch/sim_demo.launch.py` and by `vla ros-demo` (which starts both executables as
+processes, waits for the episodes and prints the success rate). Both nodes get their parameters
+from `demo_parameters`, so the launch file and the command run the same pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from vla_models import PolicyConfig
+
+
+def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: int = 1, execute_steps: int = 8,
+                    task: str = "peg-insert-side-v3", max_steps: int = 300, sampler: str | None = None,
+                    ddim_steps: int | None = None, seed: int = 0, image_size: int = 96) -> dict:
+    """{'vla_policy': {...}, 'sim_robot': {...}} node parameters for one checkpoint directory."""
+    from vla_training.sim import task_instruction
+
+    checkpoint = Path(checkpoint)
+    config = PolicyConfig.from_file(checkpoint / "config.json")
+    kind = config.expert.type
+    views = list(config.views)
+    policy = {f"{kind}_checkpoint": str(checkpoint.resolve()), "policy_type": kind, "use_sim_time": True,
+              "dry_run": True, "rate_hz": 0.0, "min_interval_s": 0.002, "input_timeout_s": 0.0,
+              "future_stamp_tolerance_s": 1e6, "state_topic": "joint_states", "state_type": "joint_state",
+              "sensor_topic": "sensor", "sensor_type": "packet", "max_sensor_lag_s": 0.0, "slop_s": 0.001,
+              "instruction": task_instruction(task), "seed": seed}
+    if views:
+        policy["image_topics"] = [f"camera/{v}/image_raw" for v in views]
+    if kind == "diffusion":
+        policy["sampler"] = sampler or config.expert.sampler
+        policy["ddim_steps"] = ddim_steps or config.expert.ddim_steps
+    sim = {"task": task, "placement_seed": placement_seed, "episodes": episodes, "views": views or [""],
+           "image_size": image_size, "execute_steps": execute_steps, "max_steps": max_steps, "lockstep": True,
+           "use_sim_time": False}
+    return {"vla_policy": policy, "sim_robot": sim}
+
+
+def write_params_file(params: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump({name: {"ros__parameters": values} for name, values in params.items()}))
+    return path
+
+
+def run_ros_demo(checkpoint: str | Path, timeout_s: float = 3600.0, log_dir: str | Path | None = None,
+                 **kwargs) -> dict:
+    """Start policy_node and sim_robot_node as processes on a private ROS domain; the sim's summary."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100), PYTHONUNBUFFERED="1")
+    with tempfile.TemporaryDirectory(prefix="vla-ros-demo-") as tmp:
+        params_file = write_params_file(demo_parameters(checkpoint, **kwargs), Path(tmp) / "params.yaml")
+        logs = Path(log_dir) if log_dir else Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        policy_log = open(logs / "policy_node.log", "w")
+        policy = subprocess.Popen([str(bin_dir / "policy_node"), "--ros-args", "--params-file", str(params_file)],
+                                  env=env, stdout=policy_log, stderr=subprocess.STDOUT)
+        sim = None
+        try:
+            sim = subprocess.run([str(bin_dir / "sim_robot_node"), "--ros-args", "--params-file", str(params_file)],
+                                 env=env, capture_output=True, text=True, timeout=timeout_s)
+        finally:
+            policy.terminate()
+            try:
+                policy.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                policy.kill()
+            policy_log.close()
+        (logs / "sim_robot_node.log").write_text(sim.stdout + sim.stderr)
+        lines = [line for line in sim.stdout.splitlines() if line.startswith("SIM_RESULT ")]
+        if sim.returncode not in (0, 3) or not lines:
+            tail = (sim.stdout + sim.stderr)[-2000:]
+            policy_tail = (logs / "policy_node.log").read_text()[-1500:]
+            raise RuntimeError(f"sim_robot_node exited {sim.returncode}:\n{tail}\npolicy_node log:\n{policy_tail}")
+        return json.loads(lines[-1][len("SIM_RESULT "):])
+
