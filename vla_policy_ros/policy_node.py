@@ -42,11 +42,11 @@ from .chunk_executor import ChunkExecutor
 from .commands import ee_delta_targets, joint_trajectory, multidof_trajectory
 from .image_conversion import ImageConversionError, image_to_rgb
 from .msg import ActionChunk, SensorPacket
+from .observation import STATE_KEY, WAITING_FOR_SENSOR, assemble
 from .safety import OutputLimits, StampGuard, Watchdog
 from .sensor_buffer import SensorRingBuffer
 from .synchronizer import ApproximateSynchronizer
 
-STATE_KEY = "state"
 
 
 def stamp_seconds(stamp) -> float:
@@ -272,31 +272,12 @@ class PolicyNode(Node):
     # -- inference ----------------------------------------------------------------------------------
     def assemble_observation(self) -> tuple[float, dict] | None:
         """The latest synchronised observation (batch 1) and its stamp, or None while inputs are missing."""
-        obs: dict = {}
-        if self.sync.names:
-            matched = self.sync.latest()
-            if matched is None:
-                return None
-            stamp, chosen = matched
-            if self.spec["views"]:
-                obs["images"] = {v: chosen[v][1][None] for v in self.spec["views"]}
-                obs["instruction"] = [self.instruction]
-            if STATE_KEY in chosen:
-                obs["state"] = chosen[STATE_KEY][1][None]
-        else:
-            stamp = self.sensor.newest_stamp() if self.sensor is not None else None
-            if stamp is None:
-                return None
-        if self.sensor is not None:
-            newest = self.sensor.newest_stamp()
-            if newest is not None and newest < stamp - self.params.max_sensor_lag_s:  # samples still on their way
-                self.stats["waiting_for_sensor"] += 1
-                return None
-            window = self.sensor.window(self.spec["sensor_window"], until=stamp)
-            has_data = len(window) > 0
-            obs["sensor"] = (window if has_data else np.zeros((1, self.spec["sensor_channels"]), np.float32))[None]
-            obs["sensor_mask"] = np.array([has_data])
-        return stamp, obs
+        result = assemble(self.sync, self.sensor, self.spec["views"], self.spec["sensor_window"], self.instruction,
+                          self.params.max_sensor_lag_s)
+        if result == WAITING_FOR_SENSOR:
+            self.stats["waiting_for_sensor"] += 1
+            return None
+        return result
 
     def assemble_async_observation(self) -> tuple[float, dict, object] | None:
         """Async: the newest cached backbone features + the freshest sensor window and state.

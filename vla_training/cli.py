@@ -156,6 +156,24 @@ def cmd_ros_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bag_eval(args: argparse.Namespace) -> int:
+    from .bag_eval import bag_eval
+
+    if not args.checkpoint and not args.chunks_topic:
+        raise ConfigError("bag-eval: expected --checkpoint RUN (offline) or --chunks-topic TOPIC (a replay's outputs)")
+    result = bag_eval(args.bag, args.checkpoint, args.topics, chunks_topic=args.chunks_topic,
+                      mm_per_unit=args.mm_per_unit, max_frames=args.max_frames, sampler=args.sampler,
+                      ddim_steps=args.ddim_steps, plot=args.plot, progress=not args.no_progress)
+    err, total = result["path_error_mm"], result["latency_ms"].get("total_ms", {})
+    print(f"{result['source']}: {result['evaluated']}/{result['anchors']} anchors; path error mean "
+          f"{err['mean']:.2f} mm, median {err['median']:.2f}, p95 {err['p95']:.2f}; latency median "
+          f"{total.get('median') or 0:.1f} ms" + (f"; plot {result['plot']}" if "plot" in result else ""))
+    if args.json:
+        _write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_data_sim(args: argparse.Namespace) -> int:
     from .sim import generate_demos
 
@@ -283,6 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", help="directory for the two nodes' logs")
     p.add_argument("--json", help="write the summary to this file")
     p.set_defaults(func=cmd_ros_demo)
+
+    p = sub.add_parser("bag-eval", help="path error and latency of a policy on a rosbag2 (offline or a replay's outputs)")
+    p.add_argument("bag", help="rosbag2 directory (sqlite3 or mcap)")
+    p.add_argument("--checkpoint", help="run or checkpoint directory (offline: the policy runs here)")
+    p.add_argument("--topics", default="config/bag_topics.yaml", help="topic map (as for data import-bag)")
+    p.add_argument("--chunks-topic", help="evaluate the ActionChunk messages recorded on this topic instead "
+                                          "(a live replay's output bag), e.g. /vla_policy/action_chunk")
+    p.add_argument("--mm-per-unit", type=float, help="action units -> mm (default: the topic map's "
+                                                     "mm_per_action_unit, else 1)")
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--sampler", choices=["ddim", "ddpm"])
+    p.add_argument("--ddim-steps", type=int)
+    p.add_argument("--plot", help="PNG of predicted vs recorded trajectories")
+    p.add_argument("--json", help="write every figure to this file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bag_eval)
 
     data = sub.add_parser("data", help="create, import and inspect datasets (docs/dataset.md)")
     dsub = data.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,46 @@
+"""Observation assembly shared by policy_node and `vla bag-eval` (pure Python: no ROS needed).
+
+The newest synchronised set of views + state, and the sensor window that ends at its stamp, as the
+policy's observation dict (batch 1). The same function serves the live node and the offline bag
+replay, so both see the same observations for the same messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .sensor_buffer import SensorRingBuffer
+from .synchronizer import ApproximateSynchronizer
+
+STATE_KEY = "state"
+WAITING_FOR_SENSOR = "waiting_for_sensor"
+
+
+def assemble(sync: ApproximateSynchronizer, sensor: SensorRingBuffer | None, views, sensor_window: int,
+             instruction: str, max_sensor_lag_s: float):
+    """(stamp, observation) for the newest matching set; None while inputs are missing; or
+    WAITING_FOR_SENSOR while the newest sensor sample is older than the set by more than the lag."""
+    obs: dict = {}
+    if sync.names:
+        matched = sync.latest()
+        if matched is None:
+            return None
+        stamp, chosen = matched
+        if views:
+            obs["images"] = {v: chosen[v][1][None] for v in views}
+            obs["instruction"] = [instruction]
+        if STATE_KEY in chosen:
+            obs["state"] = chosen[STATE_KEY][1][None]
+    else:
+        stamp = sensor.newest_stamp() if sensor is not None else None
+        if stamp is None:
+            return None
+    if sensor is not None:
+        newest = sensor.newest_stamp()
+        if newest is not None and newest < stamp - max_sensor_lag_s:  # samples still on their way
+            return WAITING_FOR_SENSOR
+        window = sensor.window(sensor_window, until=stamp)
+        has_data = len(window) > 0
+        obs["sensor"] = (window if has_data else np.zeros((1, sensor.channels), np.float32))[None]
+        obs["sensor_mask"] = np.array([has_data])
+    return stamp, obs
