@@ -102,10 +102,9 @@ class PolicyNode(Node):
                                       self.params.ensemble_decay) if self.params.stream_actions else None
         if self.chunk_executor is not None:
             self.create_timer(dt, self._tick)
-        if self.params.async_inference:
-            # Torch releases the GIL around each op; with the executor's threads busy in Python, every
-            # re-acquire waited up to the 5 ms switch interval (a 10 ms backbone took seconds).
-            sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+        # Torch releases the GIL around each op; with the executor's threads busy in Python, every
+        # re-acquire waited up to the 5 ms switch interval (a 10 ms backbone took seconds).
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._stop = threading.Event()
         self._workers = [threading.Thread(target=self._inference_loop, name="vla_inference", daemon=True)]
         if self.params.async_inference and self.spec["views"]:
