@@ -25,3 +25,20 @@ def make_policy(backbone: str = "cpu", expert: str = "regression", fusion: str =
 @pytest.fixture
 def policy_factory():
     return make_policy
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Saved `tiny` policies of both experts (the ROS node tests load them as a robot would)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return {kind: str(make_policy("tiny", kind).save(root / kind)) for kind in EXPERTS}
+
+
+@pytest.fixture
+def ros():
+    """A private rclpy context (own domain id) with a background executor, closed after the test."""
+    from ros_helpers import RosHarness
+
+    harness = RosHarness()
+    yield harness
+    harness.close()

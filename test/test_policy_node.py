@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_policy
 from rclpy.parameter import Parameter
-from ros_helpers import RosHarness, publish_inputs
+from ros_helpers import publish_inputs
 
 from geometry_msgs.msg import PoseStamped, WrenchStamped  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
@@ -20,19 +19,6 @@ from vla_policy_ros.msg import ActionChunk  # noqa: E402
 from vla_policy_ros.policy_node import PolicyNode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpts")
-    return {kind: str(make_policy("tiny", kind).save(root / kind)) for kind in ("regression", "diffusion")}
-
-
-@pytest.fixture
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 def _start(ros, checkpoints, **overrides):
