@@ -34,6 +34,16 @@ def test_sim_robot_and_policy_node_complete_an_episode_like_the_in_process_loop(
         assert ref["per_episode"][0]["success"] == episode["success"]
 
 
+def test_real_time_mode_holds_until_a_chunk_covers_the_step(tmp_path):
+    """Without lockstep the robot steps at the control rate on its own; the first steps come before
+    any chunk (inference takes time), so it holds there, then executes the chunks it receives."""
+    checkpoint = make_policy("cpu", "regression").save(tmp_path / "ckpt")
+    summary = run_ros_demo(checkpoint, episodes=1, max_steps=60, execute_steps=8, lockstep=False, timeout_s=240,
+                           log_dir=tmp_path / "logs")
+    (episode,) = summary["per_episode"]
+    assert episode["length"] == 60 and 1 <= episode["holds"] < 60
+
+
 def test_recorded_scripted_session_imports_as_an_episode(tmp_path):
     ros = RosHarness()
     try:

@@ -21,7 +21,8 @@ from vla_models import PolicyConfig
 
 def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: int = 1, execute_steps: int = 8,
                     task: str = "peg-insert-side-v3", max_steps: int = 300, sampler: str | None = None,
-                    ddim_steps: int | None = None, seed: int = 0, image_size: int = 96) -> dict:
+                    ddim_steps: int | None = None, seed: int = 0, image_size: int = 96, lockstep: bool = True,
+                    first_placement: int = 0) -> dict:
     """{'vla_policy': {...}, 'sim_robot': {...}} node parameters for one checkpoint directory."""
     from vla_training.sim import task_instruction
 
@@ -29,7 +30,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
     config = PolicyConfig.from_file(checkpoint / "config.json")
     kind = config.expert.type
     views = list(config.views)
-    policy = {f"{kind}_checkpoint": str(checkpoint.resolve()), "policy_type": kind, "use_sim_time": True,
+    policy = {f"{kind}_checkpoint": str(checkpoint.resolve()), "policy_type": kind, "use_sim_time": lockstep,
               "dry_run": True, "rate_hz": 0.0, "min_interval_s": 0.002, "input_timeout_s": 0.0,
               "future_stamp_tolerance_s": 1e6, "state_topic": "joint_states", "state_type": "joint_state",
               "sensor_topic": "sensor", "sensor_type": "packet", "max_sensor_lag_s": 0.0, "slop_s": 0.001,
@@ -40,8 +41,8 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
         policy["sampler"] = sampler or config.expert.sampler
         policy["ddim_steps"] = ddim_steps or config.expert.ddim_steps
     sim = {"task": task, "placement_seed": placement_seed, "episodes": episodes, "views": views or [""],
-           "image_size": image_size, "execute_steps": execute_steps, "max_steps": max_steps, "lockstep": True,
-           "use_sim_time": False}
+           "image_size": image_size, "execute_steps": execute_steps, "max_steps": max_steps, "lockstep": lockstep,
+           "first_placement": first_placement, "use_sim_time": False}
     return {"vla_policy": policy, "sim_robot": sim}
 
 

@@ -214,8 +214,9 @@ class SimRobotNode(Node):
                                      f"{self.p['chunk_timeout_s']} s"}
                 chunks += 1
                 actions = chunk[:self.p["execute_steps"]]
-            else:  # real time: the action due now from the newest chunk, or hold
-                time.sleep(max(0.0, wall_start + (self.clock_t - obs_t) - time.monotonic()))
+            else:  # real time: one control period per step; the action due now from the newest chunk, or hold
+                time.sleep(max(0.0, wall_start + self.dt - time.monotonic()))
+                wall_start = time.monotonic()
                 with self._chunk_lock:
                     for stamp, chunk in self._chunks:
                         executor.add_chunk(stamp, chunk)
@@ -223,7 +224,6 @@ class SimRobotNode(Node):
                 due = executor.action_at(obs_t)
                 holds += due is None
                 actions = [np.zeros(4, np.float32) if due is None else due.action]
-                wall_start = time.monotonic() - (self.clock_t - obs_t)
             for action in actions:
                 record = self._step(action)
                 steps += 1
