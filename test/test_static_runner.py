@@ -88,6 +88,13 @@ def test_static_runner_without_a_backbone(expert):
                                policy.predict_action_chunk(obs, seed=2), atol=1e-4, rtol=1e-4)
 
 
+def test_static_runner_rejects_unknown_sampler_options(tiny_policies):
+    runner = StaticRunner(tiny_policies["diffusion"])
+    obs = fake_observation(runner.policy.config, 1, image_size=(56, 56))
+    with pytest.raises(TypeError, match="ddim_step"):
+        runner.predict_action_chunk(obs, ddim_step=5)
+
+
 def test_static_runner_rejects_missing_views(tiny_policies):
     runner = StaticRunner(tiny_policies["regression"])
     obs = fake_observation(runner.policy.config, 1, image_size=(56, 56))

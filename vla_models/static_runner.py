@@ -23,6 +23,7 @@ import torch
 
 from .constants import OBS_IMAGES, OBS_INSTRUCTION
 from .errors import ObservationError
+from .experts.diffusion import SAMPLER_OPTIONS
 from .fusion import Condition, Features
 from .policy import VLAPolicy, _StageClock
 
@@ -167,6 +168,9 @@ class StaticRunner:
             (chunk,) = self._staged(("regression", layout_key, tuple(cond.tokens.shape)),
                                     lambda t, m: (self._predict(Condition(t, m)),), [cond.tokens, cond.mask])
             return chunk.unsqueeze(1).expand(-1, num_samples, -1, -1)
+        unknown = set(overrides) - set(SAMPLER_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; expected some of {list(SAMPLER_OPTIONS)}")
         sampler = overrides.get("sampler") or expert.config.sampler
         steps = int(overrides.get("ddim_steps") or expert.config.ddim_steps)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
