@@ -309,8 +309,8 @@ class PolicyNode(Node):
         return stamp, obs, features[2]
 
     def _share_cpu(self) -> None:
-        """Async on a CPU: each worker gets half the cores (two OpenMP pools spinning on the same cores
-        slowed the tiny backbone from 10 ms to seconds)."""
+        """Async on a CPU: fewer intra-op threads (process-wide), so that the two workers' ops do not
+        oversubscribe the cores."""
         if self.params.async_inference and torch.device(self.params.device).type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
