@@ -145,3 +145,10 @@ def test_bag_eval_cli(setup, tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "path error mean" in out.stdout and (tmp_path / "e.json").exists()
+
+
+def test_bag_replay_names_an_empty_bag(tmp_path, ros):
+    with Writer(tmp_path / "empty", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        writer.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=typestore())
+    with pytest.raises(ValueError, match="no messages"):
+        BagReplay(context=ros.context, parameter_overrides=[Parameter("bag", value=str(tmp_path / "empty"))])

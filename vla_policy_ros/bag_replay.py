@@ -43,6 +43,9 @@ class BagReplay(Node):
         if self.rate <= 0:
             raise ValueError(f"parameter rate: expected > 0, got {self.rate}")
         self.records = self._read()
+        if not self.records:
+            raise ValueError(f"parameter bag: {self.bag} has no messages on {sorted(self.types) or 'any topic'}; "
+                             "expected a bag with messages to replay")
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {topic: self.create_publisher(message_class(msgtype), topic, qos)
                      for topic, msgtype in self.types.items()}

@@ -39,8 +39,14 @@ def assemble(sync: ApproximateSynchronizer, sensor: SensorRingBuffer | None, vie
         newest = sensor.newest_stamp()
         if newest is not None and newest < stamp - max_sensor_lag_s:  # samples still on their way
             return WAITING_FOR_SENSOR
-        window = sensor.window(sensor_window, until=stamp)
-        has_data = len(window) > 0
-        obs["sensor"] = (window if has_data else np.zeros((1, sensor.channels), np.float32))[None]
-        obs["sensor_mask"] = np.array([has_data])
+        obs.update(sensor_inputs(sensor, sensor_window, stamp))
     return stamp, obs
+
+
+def sensor_inputs(sensor: SensorRingBuffer, length: int, until: float) -> dict:
+    """The window of up to `length` samples stamped <= `until` as `sensor` (1, T, C) and `sensor_mask`
+    (1,); without any sample, one zero sample masked out."""
+    window = sensor.window(length, until=until)
+    has_data = len(window) > 0
+    return {"sensor": (window if has_data else np.zeros((1, sensor.channels), np.float32))[None],
+            "sensor_mask": np.array([has_data])}

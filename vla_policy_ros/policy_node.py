@@ -42,7 +42,7 @@ from .chunk_executor import ChunkExecutor
 from .commands import ee_delta_targets, joint_trajectory, multidof_trajectory
 from .image_conversion import ImageConversionError, image_to_rgb
 from .msg import ActionChunk, SensorPacket
-from .observation import STATE_KEY, WAITING_FOR_SENSOR, assemble
+from .observation import STATE_KEY, WAITING_FOR_SENSOR, assemble, sensor_inputs
 from .safety import OutputLimits, StampGuard, Watchdog
 from .sensor_buffer import SensorRingBuffer
 from .synchronizer import ApproximateSynchronizer
@@ -299,9 +299,7 @@ class PolicyNode(Node):
             newest = self.sensor.newest_stamp()
             if newest is not None:
                 stamps.append(newest)
-            window = self.sensor.window(self.spec["sensor_window"], until=max(stamps))
-            obs["sensor"] = (window if len(window) else np.zeros((1, self.spec["sensor_channels"]), np.float32))[None]
-            obs["sensor_mask"] = np.array([len(window) > 0])
+            obs.update(sensor_inputs(self.sensor, self.spec["sensor_window"], max(stamps)))
         stamp = max(stamps)
         if stamp - features[1] > self.params.max_feature_age_s:
             self.stats["stale_features"] += 1
