@@ -3,8 +3,10 @@
     .venv/bin/python bench/async_node.py [--seconds 10] [--json runs/bench/async_node.json]
 
 The node runs as its own process (as deployed) with `tiny` checkpoints; this process plays the robot:
-two cameras at 10 Hz, a 6-channel sensor at 650 Hz (SensorPacket batches of 13 at 50 Hz) and a joint
-state at 50 Hz, all stamped with the wall clock. It subscribes to the chunks and the node's status.
+two cameras at 10 Hz, a 6-channel sensor at 650 Hz (SensorPacket batches of 13 at 50 Hz) and joint
+states at --state-hz (default 100 Hz, the seed robot's rate), all stamped with the wall clock. It
+subscribes to the chunks and the node's status. The node makes a chunk only from inputs newer than its
+last chunk's, so the input rates bound the expert's: 50 packets + 100 states a second here.
 
 - backbone_hz, chunk_hz: from the node's status (runs per second over its last 50 events);
 - sensor_to_chunk_ms: chunk receipt time minus the stamp of the newest sensor sample it used (the
@@ -56,7 +58,8 @@ def stamp_msg(t: float):
     return Time(nanoseconds=int(t * 1e9)).to_msg()
 
 
-def run_config(ckpts: dict, policy_type: str, async_mode: bool, seconds: float, domain: int) -> dict:
+def run_config(ckpts: dict, policy_type: str, async_mode: bool, seconds: float, domain: int,
+               state_hz: float = 100.0) -> dict:
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     exe = Path(sys.executable).parent / "policy_node"
     params = {"regression_checkpoint": ckpts["regression"], "diffusion_checkpoint": ckpts["diffusion"],
@@ -85,9 +88,6 @@ def run_config(ckpts: dict, policy_type: str, async_mode: bool, seconds: float, 
         t = time.time()
         for v in pubs:
             pubs[v].publish(rgb_to_image_msg(frames[rng.integers(4)], stamp_msg(t)))
-        js = JointState(name=[f"j{i}" for i in range(8)], position=rng.normal(size=8).tolist())
-        js.header.stamp = stamp_msg(t)
-        state.publish(js)
 
     def fast():
         t = time.time()
@@ -95,12 +95,15 @@ def run_config(ckpts: dict, policy_type: str, async_mode: bool, seconds: float, 
                               data=rng.normal(size=PACKET * 6).astype(np.float32).tolist())
         packet.header.stamp = stamp_msg(t - (PACKET - 1) / SENSOR_HZ)  # first sample's time: the last is now
         sensor.publish(packet)
+
+    def robot_state():
         js = JointState(name=[f"j{i}" for i in range(8)], position=rng.normal(size=8).tolist())
-        js.header.stamp = stamp_msg(t)
+        js.header.stamp = stamp_msg(time.time())
         state.publish(js)
 
     node.create_timer(0.1, camera)
     node.create_timer(PACKET / SENSOR_HZ, fast)
+    node.create_timer(1.0 / state_hz, robot_state)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     try:
@@ -132,6 +135,7 @@ def run_config(ckpts: dict, policy_type: str, async_mode: bool, seconds: float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--state-hz", type=float, default=100.0, help="joint state rate (default 100 Hz)")
     parser.add_argument("--json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,11 +144,12 @@ def main() -> None:
         domain = 120 + os.getpid() % 50
         for policy_type in ("regression", "diffusion"):
             for async_mode in (False, True):
-                r = run_config(ckpts, policy_type, async_mode, args.seconds, domain)
+                r = run_config(ckpts, policy_type, async_mode, args.seconds, domain, args.state_hz)
                 results.append(r)
                 print(json.dumps(r))
     out = {"machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__}, "cameras_hz": 10,
-           "sensor_hz": SENSOR_HZ, "results": results}
+           "sensor_hz": SENSOR_HZ, "sensor_packet_hz": SENSOR_HZ / PACKET,
+           "state_hz": args.state_hz, "results": results}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))

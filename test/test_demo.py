@@ -5,10 +5,11 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from vla_training.cli import main as vla
-from vla_training.evaluate import wilson_interval
+from vla_training.evaluate import _classify, wilson_interval
 
 SECTIONS = ["## Setup (to reproduce)", "## Closed-loop success (held-out placements)",
             "## Offline path error", "## Latency per stage", "## Diversity and modes"]
@@ -81,3 +82,11 @@ def test_wilson_interval():
     lo, hi = wilson_interval(44, 50)
     assert lo == pytest.approx(0.762, abs=0.005) and hi == pytest.approx(0.944, abs=0.005)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+def test_mode_classifier_uses_the_farthest_point_of_the_path():
+    refs = {-1: np.array([[0.0, -60.0], [0.0, -120.0]]), 1: np.array([[0.0, 60.0], [0.0, 120.0]])}
+    hooked = np.array([[0.0, -50.0], [0.0, -110.0], [20.0, -40.0]])  # reaches mode -1's side, then turns back
+    assert _classify(hooked, refs) == "-1"
+    assert _classify(-hooked, refs) == "+1"
+    assert _classify(np.array([[10.0, 5.0], [40.0, 10.0]]), refs) == "between"  # straight on, between the two

@@ -52,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             policy, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
             sampler=args.sampler, ddim_steps=args.ddim_steps, sample_seed=args.sample_seed,
             save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
-            progress=not args.no_progress)}
+            progress=not args.no_progress, episode_log=args.episode_log)}
         cl = result["closed_loop"][label]
         print(f"closed loop {label}: {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
               f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddim-steps", type=int)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--save-rollouts", type=int, default=0, help="save this many rollouts as GIF + contact sheet")
+    p.add_argument("--episode-log", help="append one JSON line per finished closed-loop episode to this file")
     p.add_argument("--dataset", help="offline path error on this dataset")
     p.add_argument("--latency", action="store_true", help="per-stage latency (with --dataset for the inputs)")
     p.add_argument("--diversity", help="a (bimodal) dataset: K samples per observation, mode fractions")

@@ -6,14 +6,19 @@
 2. Train the regression and the diffusion expert with the CPU preset (state + contact wrench), and
    both again on the bimodal set.
 3. Closed loop on held-out placements (MT1 seed 1), offline path error on the held-out demos,
-   per-stage latency, diversity and modes on the bimodal set.
+   diversity and modes on the bimodal set.
+   Steps 2-3 run as `vla train` / `vla eval` processes in two parallel lanes (`lanes.run_lanes`): the
+   diffusion expert's training and closed loop in one, everything else in the other.
+4. Per-stage latency, measured last with nothing else running, and DIR/report.md with tables and plots.
 4. DIR/report.md with tables and plots.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -23,18 +28,19 @@ import numpy as np
 import torch
 
 from .episodes import list_episodes
-from .evaluate import (SIM_MM_PER_UNIT, closed_loop, diversity, load_for_eval, offline_path_error, stage_latency)
+from .evaluate import SIM_MM_PER_UNIT, load_for_eval, stage_latency
+from .lanes import Job, run_lanes
 from .report import write_report
 from .samples import ChunkDataset, collate
-from .train import train
 
 TASK = "peg-insert-side-v3"
 CONFIG = str(Path(__file__).resolve().parents[1] / "config" / "train_cpu.yaml")
 BUDGETS = {
-    "full": {"demos": 40, "bimodal_demos": 20, "heldout_demos": 10, "diffusion_steps": 2500, "regression_steps": 1000,
-             "bimodal_steps": 600, "eval_episodes": 50, "max_steps": 300, "batch_size": 64},
+    "full": {"demos": 40, "bimodal_demos": 20, "heldout_demos": 10, "diffusion_steps": 4500, "regression_steps": 1000,
+             "bimodal_steps": 600, "bimodal_diffusion_steps": 2000, "eval_episodes": 50, "max_steps": 300,
+             "batch_size": 64},
     "quick": {"demos": 3, "bimodal_demos": 4, "heldout_demos": 2, "diffusion_steps": 20, "regression_steps": 20,
-              "bimodal_steps": 10, "eval_episodes": 2, "max_steps": 40, "batch_size": 16},
+              "bimodal_steps": 10, "bimodal_diffusion_steps": 10, "eval_episodes": 2, "max_steps": 40, "batch_size": 16},
 }
 TRAIN_SEED, HELDOUT_SEED, BIMODAL_SEED = 0, 1, 2
 
@@ -61,8 +67,6 @@ def make_datasets(root: Path, budget: dict) -> dict[str, Path]:
             print(f"reusing {out}")
             continue
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         print(f"generating {out}: {n} demonstrations (placement seed {seed}, modes {modes})")
         procs[name] = subprocess.Popen(_dataset_command(out, n, seed, modes))
@@ -74,11 +78,32 @@ def make_datasets(root: Path, budget: dict) -> dict[str, Path]:
     return {name: root / name for name in specs}
 
 
-def _train(dataset: Path, out: Path, expert: str, steps: int, budget: dict) -> dict:
-    start = time.perf_counter()
-    train({"config": CONFIG, "dataset": str(dataset), "out": str(out), "expert": expert, "max_steps": steps,
-           "batch_size": budget["batch_size"], "checkpoint_every": max(steps // 5, 1), "seed": TRAIN_SEED})
-    return {"steps": steps, "batch_size": budget["batch_size"], "seconds": time.perf_counter() - start}
+def _vla(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vla_training.cli", *args]
+
+
+def _train_job(name: str, dataset: Path, out: Path, expert: str, steps: int, budget: dict) -> Job:
+    run = out / name
+    if run.exists():  # a fresh run: the demo never resumes, and metrics.jsonl counts this run's steps
+        shutil.rmtree(run)
+    argv = _vla("train", "--config", CONFIG, "--dataset", str(dataset), "--out", str(run), "--expert", expert,
+                "--max-steps", str(steps), "--batch-size", str(budget["batch_size"]),
+                "--checkpoint-every", str(max(steps // 5, 1)), "--seed", str(TRAIN_SEED), "--no-progress")
+    return Job(f"train {name}", argv, total=steps, progress_file=run / "metrics.jsonl", progress_key="train/loss")
+
+
+def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path]) -> Job:
+    """Closed loop + offline path error (main runs) or diversity (bimodal runs) -> report/eval_NAME.json."""
+    result = out / "report" / f"eval_{name}.json"
+    argv = _vla("eval", "--checkpoint", str(out / name), "--json", str(result), "--no-progress")
+    if name.startswith("bimodal"):
+        return Job(f"eval {name}", argv + ["--diversity", str(datasets["bimodal"]), "--samples", "16"])
+    log = out / "report" / f"episodes_{name}.jsonl"
+    log.unlink(missing_ok=True)
+    argv += ["--sim", TASK, "--episodes", str(budget["eval_episodes"]), "--seed", str(HELDOUT_SEED),
+             "--max-steps", str(budget["max_steps"]), "--sample-seed", "0", "--save-rollouts", "1",
+             "--episode-log", str(log), "--dataset", str(datasets["heldout"])]
+    return Job(f"eval {name}", argv, total=budget["eval_episodes"], progress_file=log)
 
 
 def _bimodal_paths(policy, dataset: Path, k: int = 16, max_obs: int = 8) -> dict:
@@ -110,32 +135,40 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
     runs = {"regression": ("train", "regression", budget["regression_steps"]),
             "diffusion": ("train", "diffusion", budget["diffusion_steps"]),
             "bimodal_regression": ("bimodal", "regression", budget["bimodal_steps"]),
-            "bimodal_diffusion": ("bimodal", "diffusion", budget["bimodal_steps"])}
-    training = {name: _train(datasets[ds], out / name, expert, steps, budget) for name, (ds, expert, steps) in runs.items()}
+            "bimodal_diffusion": ("bimodal", "diffusion", budget["bimodal_diffusion_steps"])}
+    (out / "report").mkdir(parents=True, exist_ok=True)
+    train_jobs = {name: _train_job(name, datasets[ds], out, expert, steps, budget)
+                  for name, (ds, expert, steps) in runs.items()}
+    eval_jobs = {name: _eval_job(name, out, budget, datasets) for name in runs}
+    # Two lanes of one-thread processes; the diffusion expert's long training has a lane to itself.
+    lanes = [[train_jobs["diffusion"], eval_jobs["diffusion"]],
+             [train_jobs[n] for n in ("regression", "bimodal_regression", "bimodal_diffusion")]
+             + [eval_jobs[n] for n in ("regression", "bimodal_regression", "bimodal_diffusion")]]
+    run_lanes(lanes, out / "logs")
+    results = {name: json.loads((out / "report" / f"eval_{name}.json").read_text()) for name in runs}
+    training = {name: {"steps": runs[name][2], "batch_size": budget["batch_size"], "seconds": job.seconds}
+                for name, job in train_jobs.items()}
+    # Latency last, in this process alone, so that no other job shares the CPU while it is timed.
     policies = {name: load_for_eval(out / name) for name in runs}
-    evals, bimodal_samples = [], {}
     latency = stage_latency({"regression": policies["regression"], "diffusion": policies["diffusion"]},
                             datasets["heldout"], repeats=30 if not quick else 3)
+    evals, bimodal_samples = [], {}
     for name in ("regression", "diffusion"):
-        policy = policies[name]
-        label = "regression" if name == "regression" else "ddim-10"
-        ev = {"name": name, "expert": name, "training": training[name],
-              "closed_loop": {label: closed_loop(policy, TASK, budget["eval_episodes"], HELDOUT_SEED,
-                                                 max_steps=budget["max_steps"], sample_seed=0, save_rollouts=1,
-                                                 out_dir=out / "report" / "rollouts")},
-              "offline": offline_path_error(policy, datasets["heldout"]),
-              "latency": {k: v for k, v in latency.items() if (k == "regression") == (name == "regression")}}
-        evals.append(ev)
+        evals.append({"name": name, "expert": name, "training": training[name],
+                      "closed_loop": results[name]["closed_loop"], "offline": results[name]["offline"],
+                      "latency": {k: v for k, v in latency.items() if (k == "regression") == (name == "regression")}})
     for name in ("bimodal_regression", "bimodal_diffusion"):
         policy = policies[name]
         evals.append({"name": name, "expert": policy.config.expert.type, "training": training[name],
-                      "diversity": diversity(policy, datasets["bimodal"], k=16)})
+                      "diversity": results[name]["diversity"]})
         bimodal_samples[policy.config.expert.type] = _bimodal_paths(policy, datasets["bimodal"])
     total = time.perf_counter() - t0
     context = {
         "command": "make demo (= vla demo)" + (" --quick" if quick else ""),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"torch {torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'CPU'}",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; training and evaluation in 2 parallel lanes of "
+                   f"processes with {max(1, (os.cpu_count() or 1) // 2)} thread(s) each, latency alone in one process "
+                   f"with {torch.get_num_threads()} threads",
         "task": f"Meta-World {TASK}",
         "observation": "39-d simulator state (hand, gripper, peg pose, previous frame, goal) + 12-channel contact "
                        "wrench window (last 64 samples at 400 Hz); no images (CPU preset, backbone none)",
