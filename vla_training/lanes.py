@@ -2,7 +2,7 @@
 lanes at once, with one progress bar per lane.
 
 Why: on a small CPU machine, two single-threaded processes get through more training than one process
-using two threads (the CPU demo preset at batch 64 on the 2-core CI machine: 4.9 steps/s in each of two
+using two threads (the CPU demo preset at batch 64 on the 2-core CI machine: 4.7 steps/s in each of two
 one-thread processes, 6 steps/s in one two-thread process). Each job reports its progress by appending
 lines to a file the parent counts: a training run's metrics.jsonl (one `train/loss` line per step) or a
 closed-loop evaluation's episode log (one line per episode).
@@ -123,6 +123,7 @@ def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None =
         if shown[i] is None:
             shown[i] = (job, _Progress(job))
             bar.reset(total=job.total or None)
+            bar.total = job.total or None  # reset(total=None) would keep the last job's total
             bar.set_description(f"lane {i + 1}: {job.name}")
         bar.n = min(shown[i][1].poll(), job.total) if job.total else 0
         bar.refresh()
