@@ -100,3 +100,16 @@ def test_predictions_are_in_action_units():
     policy.normalizer["action"].fit(torch.randn(500, policy.config.action_dim) * 0.5 + 1000.0)
     out = policy.predict_action_chunk(fake_observation(policy.config, 2), seed=0)
     assert (out > 990).all() and (out < 1010).all()
+
+
+@pytest.mark.parametrize("expert", EXPERTS)
+def test_inference_runs_in_eval_mode_and_restores_the_mode(expert):
+    policy = make_policy("cpu", expert, **{"expert.dropout": 0.5})
+    obs = fake_observation(policy.config, 1)
+    policy.eval()
+    reference = policy.predict_action_chunk(obs, seed=0)
+    assert not policy.training and not any(m.training for m in policy.modules())
+    policy.train()
+    again = policy.predict_action_chunk(obs, seed=0)  # dropout must be off for the call
+    torch.testing.assert_close(again, reference)
+    assert policy.training and all(m.training for m in policy.modules())
