@@ -29,7 +29,7 @@ import torch
 
 from .episodes import list_episodes
 from .evaluate import SIM_MM_PER_UNIT, load_for_eval, stage_latency
-from .lanes import Job, run_lanes
+from .lanes import Job, run_lanes, threads_per_lane
 from .report import write_report
 from .samples import ChunkDataset, collate
 
@@ -144,7 +144,8 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
     lanes = [[train_jobs["diffusion"], eval_jobs["diffusion"]],
              [train_jobs[n] for n in ("regression", "bimodal_regression", "bimodal_diffusion")]
              + [eval_jobs[n] for n in ("regression", "bimodal_regression", "bimodal_diffusion")]]
-    run_lanes(lanes, out / "logs")
+    threads = threads_per_lane(len(lanes))
+    run_lanes(lanes, out / "logs", threads=threads)
     results = {name: json.loads((out / "report" / f"eval_{name}.json").read_text()) for name in runs}
     training = {name: {"steps": runs[name][2], "batch_size": budget["batch_size"], "seconds": job.seconds}
                 for name, job in train_jobs.items()}
@@ -166,8 +167,8 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
     context = {
         "command": "make demo (= vla demo)" + (" --quick" if quick else ""),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; training and evaluation in 2 parallel lanes of "
-                   f"processes with {max(1, (os.cpu_count() or 1) // 2)} thread(s) each, latency alone in one process "
+                   f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; training and evaluation in {len(lanes)} parallel "
+                   f"lanes of processes with {threads} thread(s) each, latency alone in one process "
                    f"with {torch.get_num_threads()} threads",
         "task": f"Meta-World {TASK}",
         "observation": "39-d simulator state (hand, gripper, peg pose, previous frame, goal) + 12-channel contact "

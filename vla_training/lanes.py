@@ -69,6 +69,11 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def threads_per_lane(lanes: int) -> int:
+    """The machine's cores shared evenly between `lanes` parallel processes (at least one each)."""
+    return max(1, (os.cpu_count() or 1) // max(lanes, 1))
+
+
 def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None = None, progress: bool = True,
               poll_s: float = 0.5) -> None:
     """Run every lane's jobs in order, the lanes in parallel. Each job's output goes to LOG_DIR/<name>.log.
@@ -79,7 +84,7 @@ def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None =
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    threads = threads or max(1, (os.cpu_count() or 1) // max(len(lanes), 1))
+    threads = threads or threads_per_lane(len(lanes))
     env = _environment(threads)
     stop = threading.Event()
     current: list[Job | None] = [None] * len(lanes)
