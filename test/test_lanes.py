@@ -54,3 +54,9 @@ def test_a_failing_job_stops_every_lane_and_is_named(tmp_path):
         run_lanes(lanes, tmp_path / "logs", progress=False, poll_s=0.05)
     assert time.perf_counter() - start < 20  # the sleeping job was terminated
     assert not marker.exists()  # nothing after the failure ran
+
+
+def test_a_job_that_cannot_start_is_a_named_failure(tmp_path):
+    lanes = [[Job("missing", [str(tmp_path / "no-such-program")])], [_job("other", "pass")]]
+    with pytest.raises(LaneError, match=r"missing could not start"):
+        run_lanes(lanes, tmp_path / "logs", progress=False, poll_s=0.05)

@@ -84,6 +84,8 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
     instruction = task_instruction(task)
     generator_seed = sample_seed
     results, saved = [], []
+    if episode_log is not None:  # a bad path fails here, not after the first episode
+        Path(episode_log).parent.mkdir(parents=True, exist_ok=True)
     try:
         for ep in tqdm(range(episodes), desc=f"closed loop {cfg.expert.type}", disable=not progress, unit="ep"):
             env.views = recorded if ep < save_rollouts else tuple(cfg.views)  # render only what is used

@@ -99,7 +99,12 @@ def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None =
             log = log_dir / f"{job.name.replace(' ', '_')}.log"
             start = time.perf_counter()
             with open(log, "w") as fh:
-                proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+                try:
+                    proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+                except OSError as exc:  # e.g. no such program: a failure like any other, not a dead thread
+                    failures.append(f"{job.name} could not start ({job.argv[0]}): {exc}")
+                    stop.set()
+                    return
                 running[i] = proc
                 code = proc.wait()
             running[i] = None
