@@ -34,3 +34,5 @@ if [ "$DEVICE" = cuda ]; then
   $PY -m vla_training.cli bench "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" --repeats "$REPEATS" \
     --runners compiled-backbone --variants regression,ddim-10 --json "$OUT/bench_${SPEC}_compiled_backbone.json"
 fi
+# 4. the denoising loop alone: kernels per step (plan, step, scheduler) and loop time, eager and compiled step
+$PY bench/denoise_loop.py --device "$DEVICE" --compile --json "$OUT/denoise_loop.json" | tail -14

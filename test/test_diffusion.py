@@ -8,25 +8,31 @@ from vla_models.testing import fake_observation
 
 
 def _record_timesteps(policy):
-    seen = []
-    original = policy.expert.denoise
+    """The timesteps whose tokens a chunk's loop computes, checked to be one denoising step each."""
+    seen, steps = [], []
+    expert = policy.expert
+    time_tokens, denoise_step = expert.time_tokens, expert.denoise_step
 
-    def spy(noisy, timesteps, cond, memory=None):
-        seen.append(int(timesteps[0]))
-        return original(noisy, timesteps, cond, memory)
+    def tokens_spy(timesteps, dtype):
+        seen.extend(int(t) for t in timesteps)
+        return time_tokens(timesteps, dtype)
 
-    policy.expert.denoise = spy
-    return seen
+    def step_spy(noisy, plan):
+        steps.append(1)
+        return denoise_step(noisy, plan)
+
+    expert.time_tokens, expert.denoise_step = tokens_spy, step_spy
+    return seen, steps
 
 
 @pytest.mark.parametrize("steps", [5, 10, 20])
 def test_ddim_covers_the_whole_schedule(steps):
     policy = make_policy("cpu", "diffusion")
-    seen = _record_timesteps(policy)
+    seen, denoise_steps = _record_timesteps(policy)
     policy.predict_action_chunk(fake_observation(policy.config, 1), seed=0, sampler="ddim", ddim_steps=steps)
     total = policy.config.expert.num_train_timesteps
     stride = total // steps
-    assert len(seen) == steps
+    assert len(seen) == len(denoise_steps) == steps
     assert seen[0] == total - 1  # starts at the noisiest step (the seed started at 90 of 100)
     assert all(a - b == stride for a, b in zip(seen, seen[1:]))  # evenly spaced
     assert seen[-1] - stride < 0  # and the last step lands on the clean sample
@@ -36,8 +42,9 @@ def test_ddim_covers_the_whole_schedule(steps):
 
 def test_ddpm_visits_every_step():
     policy = make_policy("cpu", "diffusion")
-    seen = _record_timesteps(policy)
+    seen, denoise_steps = _record_timesteps(policy)
     policy.predict_action_chunk(fake_observation(policy.config, 1), seed=0, sampler="ddpm")
+    assert len(denoise_steps) == policy.config.expert.num_train_timesteps
     assert seen == list(range(policy.config.expert.num_train_timesteps - 1, -1, -1))
 
 

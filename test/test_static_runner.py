@@ -7,25 +7,27 @@ import torch
 
 from vla_models import build_policy
 from vla_models.config import ExpertConfig
-from vla_models.experts.base import MemoryKV
-from vla_models.experts.diffusion import DiffusionExpert
+from vla_models.experts.diffusion import ChunkPlan, DiffusionExpert
 from vla_models.fusion import Condition
 from vla_models.presets import preset
 from vla_models.static_runner import StaticRunner
 from vla_models.testing import fake_observation, fit_fake_statistics
 
 
-def test_cached_cross_attention_matches_the_decoder():
+def test_chunk_plan_steps_match_the_training_denoiser():
+    """A loop's per-chunk constants (condition keys/values, time tokens) give `denoise` at every timestep."""
     torch.manual_seed(0)
     expert = DiffusionExpert(ExpertConfig(type="diffusion", layers=2, heads=4, feedforward=64, dropout=0.0),
                              32, 8, 3).eval()
     cond = Condition(torch.randn(2, 11, 32), torch.ones(2, 11, dtype=torch.bool))
     cond.mask[1, 7:] = False  # padded condition tokens must stay masked in the cached path
-    x, t = torch.randn(2, 8, 3), torch.tensor([3, 70])
+    x, timesteps = torch.randn(2, 8, 3), torch.tensor([70, 3, 99, 0])
     with torch.no_grad():
-        plain = expert.denoise(x, t, cond)
-        cached = expert.denoise(x, t, cond, MemoryKV(expert.decoder, cond.tokens, cond.mask))
-    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+        plan = ChunkPlan(expert, cond, timesteps)
+        for i, t in enumerate(timesteps.tolist()):
+            plan.select(i)
+            plain = expert.denoise(x, torch.full((2,), t), cond)
+            torch.testing.assert_close(expert.denoise_step(x, plan), plain, atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -118,5 +120,10 @@ def test_compiled_heads_give_the_same_chunks(tiny_policies):
     policy = tiny_policies["diffusion"]
     obs = fake_observation(policy.config, 1, image_size=(56, 56))
     ref = policy.predict_action_chunk(obs, seed=1, ddim_steps=3)
-    fast = StaticRunner(policy, compile_heads=True).predict_action_chunk(obs, seed=1, ddim_steps=3)
-    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+    runner = StaticRunner(policy, compile_heads=True)
+    torch.testing.assert_close(runner.predict_action_chunk(obs, seed=1, ddim_steps=3), ref, atol=1e-4, rtol=1e-4)
+    # one compiled step serves every timestep of every chunk (the plan's buffers keep their addresses):
+    # a recompile per timestep would exhaust dynamo's cache and fall back to eager on a GPU
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        ref = policy.predict_action_chunk(obs, seed=2, ddim_steps=10)
+        torch.testing.assert_close(runner.predict_action_chunk(obs, seed=2, ddim_steps=10), ref, atol=1e-4, rtol=1e-4)

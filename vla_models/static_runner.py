@@ -72,8 +72,8 @@ class StaticRunner:
         self.policy = policy.eval()
         self.cuda_graphs = cuda_graphs and policy.device.type == "cuda"
         expert = policy.expert
-        self._denoise = torch.compile(expert.denoise, dynamic=False) if compile_heads and hasattr(expert, "denoise") \
-            else getattr(expert, "denoise", None)
+        self._denoise_step = torch.compile(expert.denoise_step, dynamic=False) \
+            if compile_heads and hasattr(expert, "denoise_step") else getattr(expert, "denoise_step", None)
         self._predict = torch.compile(expert.predict, dynamic=False) if compile_heads and hasattr(expert, "predict") \
             else getattr(expert, "predict", None)
         self._encode = torch.compile(policy.encode, dynamic=False) if compile_heads else policy.encode
@@ -180,7 +180,7 @@ class StaticRunner:
         loop_generator = None if self.cuda_graphs else generator
 
         def loop(t, m, n):
-            return (expert.denoise_loop(Condition(t, m), n, sampler, steps, loop_generator, denoise=self._denoise),)
+            return (expert.denoise_loop(Condition(t, m), n, sampler, steps, loop_generator, step=self._denoise_step),)
 
         (x,) = self._staged(("diffusion", layout_key, sampler, steps, tuple(cond.tokens.shape)), loop,
                             [cond.tokens, cond.mask, noise])

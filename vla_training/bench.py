@@ -10,7 +10,7 @@ inputs and process. Runners, each an optimisation on top of the previous one (me
 - `compiled`: the same with the encoders and the expert network compiled by torch.compile (CUDA only);
 - `compiled-backbone`: the same with each backbone layer compiled too (CUDA only).
 
-The expert's denoising step is also timed alone (with and without the cached condition keys/values)
+The expert's denoising step is also timed alone (with and without the per-chunk constants precomputed)
 at 1 and 8 samples. A stage that fails is reported with its error, and the others still run.
 """
 
@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from vla_models import build_policy, load_policy, preset
-from vla_models.experts.base import MemoryKV
+from vla_models.experts.diffusion import ChunkPlan
 from vla_models.policy import VLAPolicy
 from vla_models.static_runner import StaticRunner
 from vla_models.testing import fake_observation, fit_fake_statistics
@@ -102,7 +102,9 @@ def time_variants(policies: dict, runner: str, observation: dict, repeats: int, 
 
 @torch.no_grad()
 def time_expert_step(policy: VLAPolicy, observation: dict, repeats: int) -> dict:
-    """One denoising step of the diffusion expert on the policy's real condition, per sample count."""
+    """One denoising step of the diffusion expert on the policy's real condition, per sample count:
+    `uncached` computes everything per step (the training path), `cached` selects the timestep in a
+    `ChunkPlan` (condition keys/values and time tokens computed once per chunk) and runs the step."""
     prepared = policy.prepare(observation)
     cond = policy.encode(prepared)
     expert, out = policy.expert, {"condition_tokens": int(cond.tokens.shape[1])}
@@ -111,9 +113,13 @@ def time_expert_step(policy: VLAPolicy, observation: dict, repeats: int) -> dict
         c = cond.repeat_interleave(n)
         x = torch.randn(n, expert.horizon, expert.action_dim, device=policy.device)
         t = torch.full((n,), 50, dtype=torch.long, device=policy.device)
-        memory = MemoryKV(expert.decoder, c.tokens, c.mask)
-        for name, fn in (("uncached", lambda: expert.denoise(x, t, c)),
-                         ("cached", lambda: expert.denoise(x, t, c, memory))):
+        plan = ChunkPlan(expert, c, t[:1])
+
+        def cached():
+            plan.select(0)
+            return expert.denoise_step(x, plan)
+
+        for name, fn in (("uncached", lambda: expert.denoise(x, t, c)), ("cached", cached)):
             times = []
             for i in range(repeats + 3):
                 sync()

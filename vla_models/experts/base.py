@@ -46,41 +46,50 @@ class ActionExpert(nn.Module, ABC):
 
 
 class MemoryKV:
-    """Cross-attention keys and values of fixed condition tokens, computed once for a whole chunk.
+    """Cross-attention keys and values of a denoising loop's memory, laid out once for a whole chunk.
 
-    A denoising loop attends to the same condition at every step; projecting its L tokens to keys
-    and values per step dominates the step cost when L is large (hundreds of backbone tokens). With
-    this cache a step projects only its own tokens (and `extra` memory tokens that change per step).
-    The arithmetic is that of `nn.TransformerDecoder` (norm_first, GELU, no final norm).
+    The memory is [E per-step tokens, L condition tokens]. A denoising loop attends to the same
+    condition at every step: its keys and values are projected once, into slots E.. of one buffer
+    (layers, 2, B, heads, E+L, head_dim); a step only writes the per-step tokens' keys and values
+    (projected ahead of the loop with `project`) into slots 0..E-1, one copy for every layer, and
+    runs `decode`. The arithmetic is that of `nn.TransformerDecoder` (norm_first, GELU, no final norm).
     """
 
-    def __init__(self, decoder: nn.TransformerDecoder, memory: torch.Tensor, memory_mask: torch.Tensor) -> None:
-        """memory (B, L, D), memory_mask (B, L) bool (True = valid)."""
-        self.decoder = decoder
-        self.mask = memory_mask
-        self.keys_values = [self._project(layer.multihead_attn, memory) for layer in decoder.layers]
+    def __init__(self, decoder: nn.TransformerDecoder, memory: torch.Tensor, memory_mask: torch.Tensor,
+                 extra: int = 1) -> None:
+        """memory (B, L, D), memory_mask (B, L) bool (True = valid), extra: E per-step tokens in front."""
+        self.decoder, self.extra = decoder, extra
+        attn = decoder.layers[0].multihead_attn
+        b, length, d = memory.shape
+        self.keys_values = memory.new_zeros(len(decoder.layers), 2, b, attn.num_heads, extra + length,
+                                            d // attn.num_heads)
+        self.keys_values[:, :, :, :, extra:] = self.project(memory)
+        valid = torch.cat([memory_mask.new_ones(b, extra), memory_mask], dim=1)
+        self.attend = valid[:, None, None, :]  # (B, 1, 1, E+L)
 
-    @staticmethod
-    def _project(attn: nn.MultiheadAttention, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d = attn.embed_dim
-        w, b = attn.in_proj_weight, attn.in_proj_bias
-        k = F.linear(tokens, w[d:2 * d], b[d:2 * d])
-        v = F.linear(tokens, w[2 * d:], b[2 * d:])
-        return _heads(k, attn.num_heads), _heads(v, attn.num_heads)  # (B, heads, L, hd)
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every layer's cross-attention keys and values of tokens (N, T, D): (layers, 2, N, heads, T, head_dim)."""
+        out = []
+        for layer in self.decoder.layers:
+            attn = layer.multihead_attn
+            d, w, b = attn.embed_dim, attn.in_proj_weight, attn.in_proj_bias
+            out.append(torch.stack([_heads(F.linear(tokens, w[d:2 * d], b[d:2 * d]), attn.num_heads),
+                                    _heads(F.linear(tokens, w[2 * d:], b[2 * d:]), attn.num_heads)]))
+        return torch.stack(out)
 
-    def decode(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-        """x (B, H, D) through the decoder; memory = [extra (B, E, D), cached condition (B, L, D)]."""
-        b, e = extra.shape[:2]
-        attend = torch.cat([self.mask.new_ones(b, e), self.mask], dim=1)[:, None, None, :]  # (B, 1, 1, E+L)
-        for layer, (k_cond, v_cond) in zip(self.decoder.layers, self.keys_values):
+    def set_extra(self, keys_values: torch.Tensor) -> None:
+        """The per-step tokens' keys and values (layers, 2, 1 or B, heads, E, head_dim), from `project`."""
+        self.keys_values[:, :, :, :, :self.extra].copy_(keys_values)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, D) through the decoder, attending to the memory as it now stands."""
+        for layer, (keys, values) in zip(self.decoder.layers, self.keys_values):
             h = layer.norm1(x)
             x = x + layer.self_attn(h, h, h, need_weights=False)[0]
             attn = layer.multihead_attn
-            d, heads = attn.embed_dim, attn.num_heads
-            q = _heads(F.linear(layer.norm2(x), attn.in_proj_weight[:d], attn.in_proj_bias[:d]), heads)
-            k_extra, v_extra = self._project(attn, extra)
-            out = F.scaled_dot_product_attention(q, torch.cat([k_extra, k_cond], 2), torch.cat([v_extra, v_cond], 2),
-                                                 attn_mask=attend)  # (B, heads, H, hd)
+            d = attn.embed_dim
+            q = _heads(F.linear(layer.norm2(x), attn.in_proj_weight[:d], attn.in_proj_bias[:d]), attn.num_heads)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=self.attend)  # (B, heads, H, hd)
             x = x + attn.out_proj(out.transpose(1, 2).reshape(x.shape))
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
         return x

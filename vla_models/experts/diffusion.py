@@ -30,6 +30,7 @@ class DiffusionExpert(ActionExpert):
                                              clip_sample=c.clip_sample, prediction_type="epsilon")
         self._inference_schedulers: dict[tuple[str, int], DDPMScheduler | DDIMScheduler] = {}
         self._timesteps: dict[tuple[str, int], list[int]] = {}
+        self._timestep_tensors: dict[tuple, torch.Tensor] = {}
         self.action_in = nn.Linear(self.action_dim, d)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.horizon, d))
         nn.init.normal_(self.pos_embed, std=0.02)
@@ -39,24 +40,30 @@ class DiffusionExpert(ActionExpert):
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, self.action_dim))
 
     # -- the denoiser -----------------------------------------------------------------------------
-    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Condition,
-                memory: MemoryKV | None = None) -> torch.Tensor:
+    def time_tokens(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Timesteps (N,) int -> their tokens (N, D)."""
+        t_emb = get_timestep_embedding(timesteps, self.config.timestep_embed_dim, flip_sin_to_cos=True,
+                                       downscale_freq_shift=0)  # (N, 128)
+        return self.time_mlp(t_emb.to(dtype))
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Condition) -> torch.Tensor:
         """noisy actions (B, H, A), timesteps (B,) int, condition (B, L, D) -> predicted noise (B, H, A).
 
-        memory: the condition's cross-attention keys/values, precomputed once per chunk (sampling).
+        The training path; sampling runs the same arithmetic as `denoise_step` on a `ChunkPlan`.
         """
-        t_emb = get_timestep_embedding(timesteps, self.config.timestep_embed_dim, flip_sin_to_cos=True,
-                                       downscale_freq_shift=0)  # (B, 128)
-        t_tok = self.time_mlp(t_emb.to(noisy.dtype)).unsqueeze(1)  # (B, 1, D)
+        t_tok = self.time_tokens(timesteps, noisy.dtype).unsqueeze(1)  # (B, 1, D)
         # The condition enters every action token directly (as FiLM conditioning does in Diffusion Policy's
         # U-Net) and through cross-attention: with a cross-attention path alone it is learnt far more slowly.
         x = self.action_in(noisy) + self.pos_embed + t_tok + self.cond_in(pooled_condition(cond))  # (B, H, D)
-        if memory is not None:
-            return self.head(memory.decode(x, t_tok))
         memory_tokens = torch.cat([t_tok, cond.tokens], dim=1)  # (B, 1+L, D)
         memory_mask = torch.cat([torch.ones_like(cond.mask[:, :1]), cond.mask], dim=1)  # (B, 1+L)
         x = self.decoder(x, memory_tokens, memory_key_padding_mask=~memory_mask)  # (B, H, D)
         return self.head(x)
+
+    def denoise_step(self, noisy: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+        """`denoise` at the plan's selected timestep: noisy (B, H, A) -> predicted noise (B, H, A)."""
+        x = self.action_in(noisy) + plan.base + plan.time_token  # (B, H, D)
+        return self.head(plan.memory.decode(x))
 
     # -- training ---------------------------------------------------------------------------------
     def loss(self, cond, actions, pad_mask, dim_weight):
@@ -87,6 +94,20 @@ class DiffusionExpert(ActionExpert):
             self._inference_schedulers[key] = sched
         return self._inference_schedulers[key]
 
+    def timesteps(self, sampler: str, steps: int, device: torch.device | None = None) -> list[int] | torch.Tensor:
+        """The timesteps a sampler visits, first to last: python ints, or a (T,) tensor on `device`.
+
+        The tensors are cached per device, so that a loop captured in a CUDA graph (after warm-up
+        calls) copies nothing from the host.
+        """
+        self.inference_scheduler(sampler, steps)
+        key = (sampler, steps if sampler == "ddim" else self.config.num_train_timesteps)
+        if device is None:
+            return self._timesteps[key]
+        if (key, device) not in self._timestep_tensors:
+            self._timestep_tensors[key, device] = torch.tensor(self._timesteps[key], device=device)
+        return self._timestep_tensors[key, device]
+
     def sample(self, cond, num_samples=1, generator=None, **overrides):
         unknown = set(overrides) - set(SAMPLER_OPTIONS)
         if unknown:
@@ -103,19 +124,40 @@ class DiffusionExpert(ActionExpert):
                                                                           self.action_dim)
 
     def denoise_loop(self, cond: Condition, x: torch.Tensor, sampler: str, steps: int,
-                     generator: torch.Generator | None = None, denoise=None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, step=None) -> torch.Tensor:
         """Run the sampler from noise x (B, H, A) to a clean chunk. Shapes are fixed throughout (CUDA-graph safe).
 
-        denoise: a stand-in for `self.denoise` with its signature (e.g. a torch.compile'd one).
+        step: a stand-in for `self.denoise_step` with its signature (e.g. a torch.compile'd one).
         """
-        denoise = denoise or self.denoise
+        step = step or self.denoise_step
         sched = self.inference_scheduler(sampler, steps)
-        memory = MemoryKV(self.decoder, cond.tokens, cond.mask)  # the condition is projected once, not per step
-        t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-        for t in self._timesteps[(sampler, steps if sampler == "ddim" else self.config.num_train_timesteps)]:
-            eps = denoise(x, t_batch.fill_(t), cond, memory)
-            x = sched.step(eps, t, x, generator=generator).prev_sample
+        plan = ChunkPlan(self, cond, self.timesteps(sampler, steps, x.device))
+        for i, t in enumerate(self.timesteps(sampler, steps)):
+            plan.select(i)
+            x = sched.step(step(x, plan), t, x, generator=generator).prev_sample
         return x
+
+
+class ChunkPlan:
+    """What a denoising loop computes once per chunk, so that a step runs only the decoder over its tokens.
+
+    Per chunk: the condition's cross-attention keys/values, the action tokens' constant part (position
+    embedding + projected pooled condition) and, for every timestep the sampler visits, its token and
+    that token's keys/values. `select(i)` puts timestep i's in place (two copies); `denoise_step` reads
+    them. All buffers keep their addresses, so a compiled step runs the same code at every timestep.
+    """
+
+    def __init__(self, expert: DiffusionExpert, cond: Condition, timesteps: torch.Tensor) -> None:
+        """cond (B, L, D); timesteps (T,) int, in the order they will be selected."""
+        self.memory = MemoryKV(expert.decoder, cond.tokens, cond.mask, extra=1)
+        self.base = expert.pos_embed + expert.cond_in(pooled_condition(cond))  # (B, H, D)
+        self.time_tokens = expert.time_tokens(timesteps, cond.tokens.dtype)[:, None, None]  # (T, 1, 1, D)
+        self.time_keys_values = self.memory.project(self.time_tokens[:, 0])  # (layers, 2, T, heads, 1, hd)
+        self.time_token = torch.empty_like(self.time_tokens[0])  # (1, 1, D): the selected timestep's
+
+    def select(self, index: int) -> None:
+        self.time_token.copy_(self.time_tokens[index])
+        self.memory.set_extra(self.time_keys_values[:, :, index:index + 1])
 
 
 def pooled_condition(cond: Condition) -> torch.Tensor:
