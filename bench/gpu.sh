@@ -29,10 +29,11 @@ $PY bench/profile_backbone.py --spec "$SPEC" --device "$DEVICE" --image-size "$I
 # 2. every stage, both experts, each optimisation on top of the previous one (same process, same weights)
 $PY -m vla_training.cli bench "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" --repeats "$REPEATS" \
   --json "$OUT/bench_${SPEC}.json"
-# 3. with the backbone's layers compiled too (long compile: its own process, the two headline variants)
+# 3. with the backbone's layers compiled too, then the expert in bf16 on top (long compile: its own process,
+#    the two headline variants)
 if [ "$DEVICE" = cuda ]; then
   $PY -m vla_training.cli bench "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" --repeats "$REPEATS" \
-    --runners compiled-backbone --variants regression,ddim-10 --json "$OUT/bench_${SPEC}_compiled_backbone.json"
+    --runners compiled-backbone,bf16-expert --variants regression,ddim-10 --json "$OUT/bench_${SPEC}_compiled_backbone.json"
 fi
 # 4. the denoising loop alone: kernels per step (plan, step, scheduler) and loop time, eager and compiled step
 $PY bench/denoise_loop.py --device "$DEVICE" --compile --json "$OUT/denoise_loop.json" | tail -14

@@ -8,6 +8,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from vla_policy_ros.commands import ee_delta_targets, quat_from_euler
 from vla_policy_ros.image_conversion import ImageConversionError, image_to_rgb, rgb_to_image_msg
+from vla_policy_ros.observation import WAITING_FOR_SENSOR, assemble
 from vla_policy_ros.sensor_buffer import SensorRingBuffer
 from vla_policy_ros.synchronizer import ApproximateSynchronizer
 
@@ -99,3 +100,26 @@ def test_ee_delta_targets_accumulate_from_the_current_pose():
     pos, quat = ee_delta_targets(chunk, np.array([0.5, 0, 0.2]), np.array([0, 0, 0, 1.0]), 0.001, np.pi / 180)
     assert np.allclose(pos, [[0.501, 0, 0.2], [0.502, 0.002, 0.2]])
     assert np.allclose(quat[0], quat_from_euler(0, 0, np.pi / 2)) and np.allclose(quat[1], quat[0])
+
+
+def test_observation_waits_for_the_sensor_window():
+    """A policy with a sensor never acts without it: no sample yet, none as old as the set, or too old."""
+    sync = ApproximateSynchronizer(["front", "state"], slop=0.01)
+    sync.add("front", 2.0, np.zeros((4, 4, 3), np.uint8))
+    sync.add("state", 2.0, np.zeros(3, np.float32))
+    sensor = SensorRingBuffer(capacity=16, channels=2)
+
+    def assemble_now():
+        return assemble(sync, sensor, ["front"], 4, "insert", max_sensor_lag_s=0.1)
+
+    assert assemble_now() == WAITING_FOR_SENSOR  # nothing has arrived yet
+    sensor.extend(np.array([2.05]), np.ones((1, 2)))
+    assert assemble_now() == WAITING_FOR_SENSOR  # only samples newer than the set
+    sync.add("front", 2.5, np.zeros((4, 4, 3), np.uint8))
+    sync.add("state", 2.5, np.zeros(3, np.float32))
+    assert assemble_now() == WAITING_FOR_SENSOR  # the newest sample lags the newest set by 0.45 s (> 0.1)
+    sensor.extend(np.array([2.45, 2.5]), np.full((2, 2), 3.0))
+    stamp, obs = assemble_now()
+    assert stamp == 2.5 and obs["sensor_mask"].tolist() == [True]
+    assert obs["sensor"].shape == (1, 3, 2) and obs["sensor"][0, :, 0].tolist() == [1.0, 3.0, 3.0]
+    assert obs["state"].shape == (1, 3) and obs["images"]["front"].shape == (1, 4, 4, 3)

@@ -127,3 +127,19 @@ def test_compiled_heads_give_the_same_chunks(tiny_policies):
     with torch._dynamo.config.patch(error_on_recompile=True):
         ref = policy.predict_action_chunk(obs, seed=2, ddim_steps=10)
         torch.testing.assert_close(runner.predict_action_chunk(obs, seed=2, ddim_steps=10), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+def test_bf16_expert_runner_keeps_the_policy_and_float32_samples(tiny_policies, expert):
+    """expert_dtype=bfloat16: the runner's own copy of the expert; the policy's stays float32, chunks are
+    float32 and within bfloat16 rounding of the float32 policy (in normalised action units)."""
+    policy = tiny_policies[expert]
+    runner = StaticRunner(policy, expert_dtype=torch.bfloat16)
+    assert next(runner.expert.parameters()).dtype == torch.bfloat16
+    assert next(policy.expert.parameters()).dtype == torch.float32
+    obs = fake_observation(policy.config, 1, image_size=(56, 56))
+    fast, ref = runner.predict_action_chunk(obs, seed=5), policy.predict_action_chunk(obs, seed=5)
+    assert fast.dtype == torch.float32
+    normalize = policy.normalizer["action"].normalize
+    error = (normalize(fast) - normalize(ref)).abs().max().item()
+    assert 0 < error < 0.1, error  # rounded (not the float32 weights by mistake), but close

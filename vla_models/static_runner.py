@@ -16,6 +16,7 @@ caller's seed; DDPM's per-step noise inside a graph comes from the CUDA generato
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable
 
@@ -63,15 +64,20 @@ class StaticRunner:
     compile_heads: torch.compile (inductor) the expert's network and the sensor/state encoders, so
     that each denoising step is a few fused kernels instead of ~150 small ones (the loop on a GPU
     is bound by kernel count, not arithmetic). Compiles on first use of each shape.
+    expert_dtype: run the action expert in this dtype (e.g. torch.bfloat16 on a GPU, where a denoising
+    step is bound by reading the expert's weights and launching kernels): the runner keeps its own
+    copy of the expert's weights in it, taken now; the diffusion sample and the scheduler's arithmetic
+    stay in float32.
     Layouts and graphs are cached per (instruction, image sizes, sampler, steps, samples).
     """
 
     def __init__(self, policy: VLAPolicy, cuda_graphs: bool = True, compile_heads: bool = False,
-                 compile_backbone: bool = False) -> None:
+                 compile_backbone: bool = False, expert_dtype: torch.dtype | None = None) -> None:
         policy.normalizer.require_fitted()
         self.policy = policy.eval()
         self.cuda_graphs = cuda_graphs and policy.device.type == "cuda"
-        expert = policy.expert
+        self.expert = expert = policy.expert if expert_dtype in (None, torch.float32) \
+            else copy.deepcopy(policy.expert).to(expert_dtype)
         self._denoise_step = torch.compile(expert.denoise_step, dynamic=False) \
             if compile_heads and hasattr(expert, "denoise_step") else getattr(expert, "denoise_step", None)
         self._predict = torch.compile(expert.predict, dynamic=False) if compile_heads and hasattr(expert, "predict") \
@@ -85,6 +91,10 @@ class StaticRunner:
         self._graphs: dict[tuple, CudaGraph | None] = {}
         self.capture_errors: dict[str, str] = {}  # stage -> why it runs eagerly (capture failed)
         self.last_timings: dict[str, float] = {}
+
+    @property
+    def config(self):
+        return self.policy.config
 
     # -- stages -------------------------------------------------------------------------------------
     def _layout(self, observation: dict, batch: int) -> tuple[tuple, Any]:
@@ -160,8 +170,9 @@ class StaticRunner:
 
     def _expert(self, cond: Condition, num_samples: int, seed: int | None, overrides: dict,
                 layout_key: tuple) -> torch.Tensor:
-        expert = self.policy.expert
+        expert = self.expert
         b = cond.tokens.shape[0]
+        cond = Condition(cond.tokens.to(next(expert.parameters()).dtype), cond.mask)
         if self.policy.config.expert.type != "diffusion":
             if overrides:
                 raise TypeError(f"the regression expert takes no sampler options, got {sorted(overrides)}")
@@ -175,7 +186,7 @@ class StaticRunner:
         steps = int(overrides.get("ddim_steps") or expert.config.ddim_steps)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         noise = torch.randn((b * num_samples, expert.horizon, expert.action_dim), generator=generator)
-        noise = noise.to(cond.tokens.device, cond.tokens.dtype)
+        noise = noise.to(cond.tokens.device)  # float32: the sampler's arithmetic stays in full precision
         cond = cond.repeat_interleave(num_samples)
         loop_generator = None if self.cuda_graphs else generator
 

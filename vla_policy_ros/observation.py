@@ -19,7 +19,9 @@ WAITING_FOR_SENSOR = "waiting_for_sensor"
 def assemble(sync: ApproximateSynchronizer, sensor: SensorRingBuffer | None, views, sensor_window: int,
              instruction: str, max_sensor_lag_s: float):
     """(stamp, observation) for the newest matching set; None while inputs are missing; or
-    WAITING_FOR_SENSOR while the newest sensor sample is older than the set by more than the lag."""
+    WAITING_FOR_SENSOR while the set's sensor window is empty (no sample yet, or none as old as the
+    set) or the newest sample is older than the set by more than the lag: a policy trained with the
+    sensor never acts without it."""
     obs: dict = {}
     if sync.names:
         matched = sync.latest()
@@ -36,10 +38,10 @@ def assemble(sync: ApproximateSynchronizer, sensor: SensorRingBuffer | None, vie
         if stamp is None:
             return None
     if sensor is not None:
-        newest = sensor.newest_stamp()
-        if newest is not None and newest < stamp - max_sensor_lag_s:  # samples still on their way
-            return WAITING_FOR_SENSOR
-        obs.update(sensor_inputs(sensor, sensor_window, stamp))
+        newest, inputs = sensor.newest_stamp(), sensor_inputs(sensor, sensor_window, stamp)
+        if newest is None or newest < stamp - max_sensor_lag_s or not inputs["sensor_mask"][0]:
+            return WAITING_FOR_SENSOR  # no sample yet, samples still on their way, or none as old as the set
+        obs.update(inputs)
     return stamp, obs
 
 

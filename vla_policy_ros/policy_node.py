@@ -282,7 +282,8 @@ class PolicyNode(Node):
         """Async: the newest cached backbone features + the freshest sensor window and state.
 
         The stamp is that of the freshest input (newest sensor sample, else state, else frame).
-        None while features are missing, of another policy type, or older than max_feature_age_s.
+        None while features, state or any sensor sample are missing, features are of another policy
+        type, or older than max_feature_age_s.
         """
         with self._lock:
             features, policy_type = self.features, self.params.policy_type
@@ -297,8 +298,10 @@ class PolicyNode(Node):
             obs["state"] = self.latest_state[1][None]
         if self.sensor is not None:
             newest = self.sensor.newest_stamp()
-            if newest is not None:
-                stamps.append(newest)
+            if newest is None:  # never act on an empty sensor window
+                self.stats["waiting_for_sensor"] += 1
+                return None
+            stamps.append(newest)
             obs.update(sensor_inputs(self.sensor, self.spec["sensor_window"], max(stamps)))
         stamp = max(stamps)
         if stamp - features[1] > self.params.max_feature_age_s:
@@ -475,8 +478,8 @@ class PolicyNode(Node):
     # -- status -------------------------------------------------------------------------------------
     def _publish_status(self) -> None:
         params = self.params
-        waiting = self.sync.latest() is None if self.sync.names else (self.sensor is None or
-                                                                     self.sensor.newest_stamp() is None)
+        waiting = (bool(self.sync.names) and self.sync.latest() is None) or \
+            (self.sensor is not None and self.sensor.newest_stamp() is None)  # no sample: no inference
         level = DiagnosticStatus.WARN if (waiting or self.last_error or self.stale) else DiagnosticStatus.OK
         values = {"policy_type": params.policy_type, "sampler": params.sampler, "ddim_steps": params.ddim_steps,
                   "dry_run": params.dry_run, "loaded": ",".join(sorted(self.policies)),

@@ -8,7 +8,9 @@ inputs and process. Runners, each an optimisation on top of the previous one (me
 - `static`: `StaticRunner` without graphs: prompt layout precomputed, images processed by torch on the device;
 - `graphs`: `StaticRunner` with each stage captured in a CUDA graph (CUDA only);
 - `compiled`: the same with the encoders and the expert network compiled by torch.compile (CUDA only);
-- `compiled-backbone`: the same with each backbone layer compiled too (CUDA only).
+- `compiled-backbone`: the same with each backbone layer compiled too (CUDA only);
+- `bf16-expert`: the same with the expert's weights in bfloat16 (its own copy; samples and the
+  scheduler stay float32), halving the bytes a denoising step reads (CUDA only).
 
 The expert's denoising step is also timed alone (with and without the per-chunk constants precomputed)
 at 1 and 8 samples. A stage that fails is reported with its error, and the others still run.
@@ -36,8 +38,10 @@ from vla_models.testing import fake_observation, fit_fake_statistics
 
 from .evaluate import LATENCY_VARIANTS, resolve_checkpoint
 
-RUNNERS = ("eager", "eager-bf16", "static", "graphs", "compiled", "compiled-backbone")
-GRAPHED = ("graphs", "compiled", "compiled-backbone")
+RUNNERS = ("eager", "eager-bf16", "static", "graphs", "compiled", "compiled-backbone", "bf16-expert")
+GRAPHED = ("graphs", "compiled", "compiled-backbone", "bf16-expert")
+COMPILED = ("compiled", "compiled-backbone", "bf16-expert")
+BACKBONE_COMPILED = ("compiled-backbone", "bf16-expert")  # long compiles: not run by default (bench/gpu.sh runs them)
 
 
 def machine_info(device: torch.device) -> dict:
@@ -75,8 +79,9 @@ def _summary(runs: list[dict]) -> dict:
 def time_variants(policies: dict, runner: str, observation: dict, repeats: int, warmup: int,
                   variants: list[str]) -> dict:
     out: dict = {}
-    engines = {name: (StaticRunner(p, cuda_graphs=runner in GRAPHED, compile_heads=runner.startswith("compiled"),
-                                   compile_backbone=runner == "compiled-backbone")
+    engines = {name: (StaticRunner(p, cuda_graphs=runner in GRAPHED, compile_heads=runner in COMPILED,
+                                   compile_backbone=runner in BACKBONE_COMPILED,
+                                   expert_dtype=torch.bfloat16 if runner == "bf16-expert" else None)
                       if runner == "static" or runner in GRAPHED else p)
                for name, p in policies.items()}
     for label, overrides in LATENCY_VARIANTS:
@@ -141,7 +146,7 @@ def run_bench(spec: str, device: str = "cpu", runners: list[str] | None = None, 
     overrides: dotted config keys for a preset, e.g. {"hidden_dim": 1024}.
     """
     dev = torch.device(device)
-    runners = runners or (list(RUNNERS[:-1]) if dev.type == "cuda" else ["eager", "static"])
+    runners = runners or ([r for r in RUNNERS if r not in BACKBONE_COMPILED] if dev.type == "cuda" else ["eager", "static"])
     unknown = [r for r in runners if r not in RUNNERS]
     if unknown:
         raise ValueError(f"runners: unknown {unknown}; expected some of {list(RUNNERS)}")

@@ -46,10 +46,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy = load_for_eval(args.checkpoint, args.device)
     result: dict = {"checkpoint": str(args.checkpoint), "expert": policy.config.expert.type}
     if args.sim:
+        engine = policy
+        if args.expert_dtype != "float32":  # the expert's weights in bfloat16 (as the GPU runner can run it)
+            import torch
+
+            from vla_models.static_runner import StaticRunner
+
+            engine = StaticRunner(policy, expert_dtype=getattr(torch, args.expert_dtype))
+            result["expert_dtype"] = args.expert_dtype
         label = "regression" if policy.config.expert.type == "regression" else \
             (f"ddim-{args.ddim_steps or policy.config.expert.ddim_steps}" if (args.sampler or "ddim") == "ddim" else "ddpm-100")
         result["closed_loop"] = {label: closed_loop(
-            policy, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
+            engine, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
             sampler=args.sampler, ddim_steps=args.ddim_steps, sample_seed=args.sample_seed,
             save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
             progress=not args.no_progress, episode_log=args.episode_log)}
@@ -261,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--save-rollouts", type=int, default=0, help="save this many rollouts as GIF + contact sheet")
     p.add_argument("--episode-log", help="append one JSON line per finished closed-loop episode to this file")
+    p.add_argument("--expert-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="closed loop with the expert's weights in this dtype (bench's bf16-expert runner)")
     p.add_argument("--dataset", help="offline path error on this dataset")
     p.add_argument("--latency", action="store_true", help="per-stage latency (with --dataset for the inputs)")
     p.add_argument("--diversity", help="a (bimodal) dataset: K samples per observation, mode fractions")
@@ -279,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", default="tiny",
                    help="preset (tiny, cpu, 3b, ...) or checkpoint run(s) RUN[,RUN] (default tiny)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--runners", help="comma list of eager,eager-bf16,static,graphs,compiled,compiled-backbone "
-                        "(default: all but compiled-backbone that the device supports)")
+    p.add_argument("--runners", help="comma list of eager,eager-bf16,static,graphs,compiled,compiled-backbone,"
+                        "bf16-expert (default: those the device supports but the last two, slow to compile)")
     p.add_argument("--variants", help="comma list of regression,ddim-5,ddim-10,ddim-20,ddpm-100 (default all)")
     p.add_argument("--image-size", default="640x360", help="camera image WIDTHxHEIGHT (default 640x360)")
     p.add_argument("--override", "-o", action="append", metavar="KEY=VALUE",

@@ -61,9 +61,15 @@ class DiffusionExpert(ActionExpert):
         return self.head(x)
 
     def denoise_step(self, noisy: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
-        """`denoise` at the plan's selected timestep: noisy (B, H, A) -> predicted noise (B, H, A)."""
-        x = self.action_in(noisy) + plan.base + plan.time_token  # (B, H, D)
-        return self.head(plan.memory.decode(x))
+        """`denoise` at the plan's selected timestep: noisy (B, H, A) -> predicted noise (B, H, A).
+
+        The network runs in its weights' dtype; the noise comes back in the sample's (float32 samples
+        with bfloat16 weights: the scheduler's arithmetic keeps full precision).
+        """
+        dtype = plan.base.dtype
+        x = self.action_in(noisy if noisy.dtype == dtype else noisy.to(dtype)) + plan.base + plan.time_token
+        eps = self.head(plan.memory.decode(x))  # (B, H, A)
+        return eps if eps.dtype == noisy.dtype else eps.to(noisy.dtype)
 
     # -- training ---------------------------------------------------------------------------------
     def loss(self, cond, actions, pad_mask, dim_weight):
