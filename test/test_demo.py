@@ -72,6 +72,17 @@ def test_eval_and_compare_cli(quick_demo, tmp_path):
     assert "## Closed-loop success" in (tmp_path / "cmp" / "report.md").read_text()
 
 
+def test_eval_with_a_bf16_expert(quick_demo, tmp_path, capsys):
+    run = quick_demo / "runs" / "diffusion"
+    out = tmp_path / "eval_bf16.json"
+    assert vla(["eval", "--checkpoint", str(run), "--sim", "peg-insert-side-v3", "--episodes", "1", "--max-steps", "16",
+                "--expert-dtype", "bfloat16", "--json", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["expert_dtype"] == "bfloat16" and result["closed_loop"]["ddim-10"]["episodes"] == 1
+    assert vla(["eval", "--checkpoint", str(run), "--expert-dtype", "bfloat16", "--dataset", str(tmp_path)]) == 2
+    assert "applies to the closed loop only" in capsys.readouterr().err
+
+
 def test_compare_without_evaluation_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert vla(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2

@@ -43,6 +43,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import closed_loop, diversity, load_for_eval, offline_path_error, stage_latency
 
+    if args.expert_dtype != "float32" and not args.sim:
+        raise ConfigError(f"--expert-dtype {args.expert_dtype}: applies to the closed loop only; expected --sim TASK")
     policy = load_for_eval(args.checkpoint, args.device)
     result: dict = {"checkpoint": str(args.checkpoint), "expert": policy.config.expert.type}
     if args.sim:
