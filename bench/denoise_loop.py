@@ -1,21 +1,25 @@
 """Operators and time of the diffusion expert's denoising loop alone (random weights, batch 1).
 
-On a GPU the loop is bound by how many kernels a step launches, not by arithmetic; this counts
-them (CUDA kernels from the profiler; on a CPU the top-level aten operators, each at least one
-kernel on a GPU): the per-chunk part (`ChunkPlan`), one denoising step, one scheduler step and a
-whole DDIM loop, and times the loop (eager, and with --compile a torch.compile'd step).
+On a GPU the loop is bound by how many kernels a step launches and how many weight bytes it reads,
+not by arithmetic. This counts the kernels (CUDA kernels from the profiler; on a CPU the top-level
+aten operators, each at least one kernel on a GPU) of the per-chunk part (`ChunkPlan`), one
+denoising step, one scheduler step and a whole DDIM loop, lists the loop's costliest kernels (CUDA),
+and times the loop: eager, with a torch.compile'd step (--compile), with the expert's weights in
+bf16 (--bf16), and on CUDA also replayed from a CUDA graph as `StaticRunner` runs it.
 
     python bench/denoise_loop.py                                  # seed-size expert, this CPU
     python bench/denoise_loop.py --hidden 64 --layers 2 --heads 4 --feedforward 256 --tokens 20   # tiny
-    python bench/denoise_loop.py --device cuda --compile --json $OUT/denoise_loop.json
+    python bench/denoise_loop.py --device cuda --compile --bf16 --json $OUT/denoise_loop.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -24,20 +28,35 @@ from torch.profiler import ProfilerActivity, profile
 from vla_models.config import ExpertConfig
 from vla_models.experts.diffusion import ChunkPlan, DiffusionExpert
 from vla_models.fusion import Condition
+from vla_models.static_runner import CudaGraph
 
 
-def count_ops(fn, device: torch.device) -> int:
-    """Kernels launched by fn() on CUDA; top-level aten operators on a CPU."""
+def profile_ops(fn, device: torch.device, top: int = 0) -> tuple[int, list]:
+    """(kernels launched by fn() on CUDA, or top-level aten operators on a CPU; on CUDA the `top`
+    kernels by total device time as [name, calls, total us])."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-    events = prof.events()
-    if device.type == "cuda":
-        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    return sum(1 for e in events if e.name.startswith("aten::")
-               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    if device.type != "cuda":
+        return sum(1 for e in prof.events() if e.name.startswith("aten::")
+                   and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))), []
+    kernels = sorted((e for e in prof.key_averages() if e.device_type.name == "CUDA"),  # as profile_backbone.py
+                     key=lambda e: e.self_device_time_total, reverse=True)
+    return int(sum(e.count for e in kernels)), [[e.key[:120], e.count, round(e.self_device_time_total, 1)]
+                                                for e in kernels[:top]]
+
+
+def median_ms(fn, repeats: int, sync) -> dict:
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median": round(statistics.median(times), 3), "min": round(min(times), 3)}
 
 
 def main() -> None:
@@ -52,7 +71,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=164, help="condition tokens")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd step")
+    parser.add_argument("--compile", action="store_true", help="also a torch.compile'd step")
+    parser.add_argument("--bf16", action="store_true", help="also the expert's weights in bfloat16")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -62,36 +82,44 @@ def main() -> None:
     expert = DiffusionExpert(config, args.hidden, args.horizon, args.action_dim).to(device).eval()
     cond = Condition(torch.randn(1, args.tokens, args.hidden, device=device),
                      torch.ones(1, args.tokens, dtype=torch.bool, device=device))
-    noise = torch.randn(1, args.horizon, args.action_dim, device=device)
-    steps = {"eager": expert.denoise_step}
-    if args.compile:
-        steps["compiled"] = torch.compile(expert.denoise_step, dynamic=False)
+    noise = torch.randn(1, args.horizon, args.action_dim, device=device)  # the sample stays float32
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "args": vars(args) | {"json": str(args.json)}}
+              "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+              "args": vars(args) | {"json": str(args.json)},
+              "expert_parameters": sum(p.numel() for p in expert.parameters())}
     with torch.no_grad():
         sched = expert.inference_scheduler("ddim", args.steps)
         timesteps = expert.timesteps("ddim", args.steps, device)
         plan = ChunkPlan(expert, cond, timesteps)
         eps = expert.denoise_step(noise, plan)
-        result["ops"] = {"chunk_plan": count_ops(lambda: ChunkPlan(expert, cond, timesteps), device),
-                         "denoise_step": count_ops(lambda: (plan.select(1), expert.denoise_step(noise, plan)), device),
-                         "scheduler_step": count_ops(lambda: sched.step(eps, 50, noise), device)}
-        for name, step in steps.items():
-            def loop():
-                return expert.denoise_loop(cond, noise, "ddim", args.steps, step=step)
+        result["ops"] = {"chunk_plan": profile_ops(lambda: ChunkPlan(expert, cond, timesteps), device)[0],
+                         "denoise_step": profile_ops(lambda: (plan.select(1), expert.denoise_step(noise, plan)),
+                                                     device)[0],
+                         "scheduler_step": profile_ops(lambda: sched.step(eps, 50, noise), device)[0]}
+        for dtype in [torch.float32] + ([torch.bfloat16] if args.bf16 else []):
+            net = expert if dtype == torch.float32 else copy.deepcopy(expert).to(dtype)
+            c = Condition(cond.tokens.to(dtype), cond.mask)
+            for mode in ["eager"] + (["compiled"] if args.compile else []):
+                name = f"{str(dtype).removeprefix('torch.')}-{mode}"
+                try:
+                    step = torch.compile(net.denoise_step, dynamic=False) if mode == "compiled" else None
 
-            for _ in range(3):
-                loop()
-            ops = count_ops(loop, device)
-            times = []
-            for _ in range(args.repeats):
-                sync()
-                start = time.perf_counter()
-                loop()
-                sync()
-                times.append((time.perf_counter() - start) * 1e3)
-            result[name] = {"ops_per_loop": ops, "loop_ms_median": round(statistics.median(times), 3),
-                            "loop_ms_min": round(min(times), 3)}
+                    def loop(tokens=c.tokens, mask=c.mask, x=noise, model=net, step=step):
+                        return (model.denoise_loop(Condition(tokens, mask), x, "ddim", args.steps, step=step),)
+
+                    for _ in range(3):
+                        loop()
+                    ops, top = profile_ops(loop, device, top=8)
+                    figures = {"ops_per_loop": ops, "loop_ms": median_ms(loop, args.repeats, sync)}
+                    if top:
+                        figures["top_kernels_name_calls_us"] = top
+                    if device.type == "cuda":  # as StaticRunner runs it: the whole loop replayed from one graph
+                        graph = CudaGraph(loop, [c.tokens, c.mask, noise])
+                        figures["graph_loop_ms"] = median_ms(lambda: graph(c.tokens, c.mask, noise), args.repeats, sync)
+                except Exception as exc:  # reported, not hidden: the other variants still run
+                    figures = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=3)}
+                result[name] = figures
+                print(name, json.dumps(figures), flush=True)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

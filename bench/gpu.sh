@@ -35,5 +35,6 @@ if [ "$DEVICE" = cuda ]; then
   $PY -m vla_training.cli bench "$SPEC" --device "$DEVICE" --image-size "$IMAGE_SIZE" --repeats "$REPEATS" \
     --runners compiled-backbone,bf16-expert --variants regression,ddim-10 --json "$OUT/bench_${SPEC}_compiled_backbone.json"
 fi
-# 4. the denoising loop alone: kernels per step (plan, step, scheduler) and loop time, eager and compiled step
-$PY bench/denoise_loop.py --device "$DEVICE" --compile --json "$OUT/denoise_loop.json" | tail -14
+# 4. the denoising loop alone: kernels per step (plan, step, scheduler), the costliest kernels, loop time:
+#    eager and compiled step, fp32 and bf16 weights, on CUDA also replayed from a CUDA graph
+$PY bench/denoise_loop.py --device "$DEVICE" --compile --bf16 --json "$OUT/denoise_loop.json" | grep -E "^(float|bfloat)"
