@@ -171,13 +171,12 @@ class StaticRunner:
     def _expert(self, cond: Condition, num_samples: int, seed: int | None, overrides: dict,
                 layout_key: tuple) -> torch.Tensor:
         expert = self.expert
-        b = cond.tokens.shape[0]
-        cond = Condition(cond.tokens.to(next(expert.parameters()).dtype), cond.mask)
+        b, dtype = cond.tokens.shape[0], next(expert.parameters()).dtype  # tokens cast inside the captured stage
         if self.policy.config.expert.type != "diffusion":
             if overrides:
                 raise TypeError(f"the regression expert takes no sampler options, got {sorted(overrides)}")
             (chunk,) = self._staged(("regression", layout_key, tuple(cond.tokens.shape)),
-                                    lambda t, m: (self._predict(Condition(t, m)),), [cond.tokens, cond.mask])
+                                    lambda t, m: (self._predict(Condition(t.to(dtype), m)),), [cond.tokens, cond.mask])
             return chunk.unsqueeze(1).expand(-1, num_samples, -1, -1)
         unknown = set(overrides) - set(SAMPLER_OPTIONS)
         if unknown:
@@ -191,7 +190,8 @@ class StaticRunner:
         loop_generator = None if self.cuda_graphs else generator
 
         def loop(t, m, n):
-            return (expert.denoise_loop(Condition(t, m), n, sampler, steps, loop_generator, step=self._denoise_step),)
+            return (expert.denoise_loop(Condition(t.to(dtype), m), n, sampler, steps, loop_generator,
+                                        step=self._denoise_step),)
 
         (x,) = self._staged(("diffusion", layout_key, sampler, steps, tuple(cond.tokens.shape)), loop,
                             [cond.tokens, cond.mask, noise])
