@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import statistics
-import time
 import traceback
 from pathlib import Path
 
@@ -29,33 +28,25 @@ from vla_models.config import ExpertConfig
 from vla_models.experts.diffusion import ChunkPlan, DiffusionExpert
 from vla_models.fusion import Condition
 from vla_models.static_runner import CudaGraph
+from vla_training.bench import wall_times_ms
+
+from profile_backbone import kernel_profile  # bench/, beside this script
 
 
 def profile_ops(fn, device: torch.device, top: int = 0) -> tuple[int, list]:
     """(kernels launched by fn() on CUDA, or top-level aten operators on a CPU; on CUDA the `top`
-    kernels by total device time as [name, calls, total us])."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    kernels by device time, as profile_backbone.py lists them)."""
+    if device.type == "cuda":
+        kernels = kernel_profile(fn, device, top)
+        return kernels["kernels"], kernels["top"]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    if device.type != "cuda":
-        return sum(1 for e in prof.events() if e.name.startswith("aten::")
-                   and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))), []
-    kernels = sorted((e for e in prof.key_averages() if e.device_type.name == "CUDA"),  # as profile_backbone.py
-                     key=lambda e: e.self_device_time_total, reverse=True)
-    return int(sum(e.count for e in kernels)), [[e.key[:120], e.count, round(e.self_device_time_total, 1)]
-                                                for e in kernels[:top]]
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))), []
 
 
-def median_ms(fn, repeats: int, sync) -> dict:
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
+def median_ms(fn, repeats: int, device: torch.device) -> dict:
+    times = wall_times_ms(fn, repeats, device)
     return {"median": round(statistics.median(times), 3), "min": round(min(times), 3)}
 
 
@@ -76,7 +67,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     config = ExpertConfig(type="diffusion", layers=args.layers, heads=args.heads, feedforward=args.feedforward)
     expert = DiffusionExpert(config, args.hidden, args.horizon, args.action_dim).to(device).eval()
@@ -110,12 +100,12 @@ def main() -> None:
                     for _ in range(3):
                         loop()
                     ops, top = profile_ops(loop, device, top=8)
-                    figures = {"ops_per_loop": ops, "loop_ms": median_ms(loop, args.repeats, sync)}
+                    figures = {"ops_per_loop": ops, "loop_ms": median_ms(loop, args.repeats, device)}
                     if top:
-                        figures["top_kernels_name_calls_us"] = top
+                        figures["top_kernels"] = top
                     if device.type == "cuda":  # as StaticRunner runs it: the whole loop replayed from one graph
                         graph = CudaGraph(loop, [c.tokens, c.mask, noise])
-                        figures["graph_loop_ms"] = median_ms(lambda: graph(c.tokens, c.mask, noise), args.repeats, sync)
+                        figures["graph_loop_ms"] = median_ms(lambda: graph(c.tokens, c.mask, noise), args.repeats, device)
                 except Exception as exc:  # reported, not hidden: the other variants still run
                     figures = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=3)}
                 result[name] = figures

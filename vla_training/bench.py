@@ -105,6 +105,21 @@ def time_variants(policies: dict, runner: str, observation: dict, repeats: int, 
     return out
 
 
+def wall_times_ms(fn, repeats: int, device: torch.device, warmup: int = 0) -> list[float]:
+    """Wall times of `repeats` calls of fn() after `warmup` untimed ones (CUDA synchronised around each)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 @torch.no_grad()
 def time_expert_step(policy: VLAPolicy, observation: dict, repeats: int) -> dict:
     """One denoising step of the diffusion expert on the policy's real condition, per sample count:
@@ -113,7 +128,6 @@ def time_expert_step(policy: VLAPolicy, observation: dict, repeats: int) -> dict
     prepared = policy.prepare(observation)
     cond = policy.encode(prepared)
     expert, out = policy.expert, {"condition_tokens": int(cond.tokens.shape[1])}
-    sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
     for n in (1, 8):
         c = cond.repeat_interleave(n)
         x = torch.randn(n, expert.horizon, expert.action_dim, device=policy.device)
@@ -125,15 +139,7 @@ def time_expert_step(policy: VLAPolicy, observation: dict, repeats: int) -> dict
             return expert.denoise_step(x, plan)
 
         for name, fn in (("uncached", lambda: expert.denoise(x, t, c)), ("cached", cached)):
-            times = []
-            for i in range(repeats + 3):
-                sync()
-                start = time.perf_counter()
-                fn()
-                sync()
-                if i >= 3:
-                    times.append((time.perf_counter() - start) * 1e3)
-            out[f"step_ms_{name}_samples{n}"] = statistics.median(times)
+            out[f"step_ms_{name}_samples{n}"] = statistics.median(wall_times_ms(fn, repeats, policy.device, warmup=3))
     return out
 
 

@@ -10,7 +10,6 @@
    Steps 2-3 run as `vla train` / `vla eval` processes in two parallel lanes (`lanes.run_lanes`): the
    diffusion expert's training and closed loop in one, everything else in the other.
 4. Per-stage latency, measured last with nothing else running, and DIR/report.md with tables and plots.
-4. DIR/report.md with tables and plots.
 """
 
 from __future__ import annotations

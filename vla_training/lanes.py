@@ -69,6 +69,12 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _terminate(processes: list[subprocess.Popen | None]) -> None:
+    for proc in processes:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+
+
 def threads_per_lane(lanes: int) -> int:
     """The machine's cores shared evenly between `lanes` parallel processes (at least one each)."""
     return max(1, (os.cpu_count() or 1) // max(lanes, 1))
@@ -143,9 +149,7 @@ def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None =
             w.start()
         while any(w.is_alive() for w in workers):
             if stop.is_set():
-                for proc in running:
-                    if proc is not None and proc.poll() is None:
-                        proc.terminate()
+                _terminate(running)
             for i in range(len(lanes)):
                 refresh(i, current[i])
             time.sleep(poll_s)
@@ -153,9 +157,7 @@ def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None =
             refresh(i, None)
     except BaseException:
         stop.set()
-        for proc in running:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
+        _terminate(running)
         raise
     finally:
         for w in workers:

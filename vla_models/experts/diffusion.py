@@ -84,7 +84,7 @@ class DiffusionExpert(ActionExpert):
     # -- sampling ---------------------------------------------------------------------------------
     def inference_scheduler(self, sampler: str, ddim_steps: int) -> DDPMScheduler | DDIMScheduler:
         """The scheduler for a sampler, its timesteps set (cached: set_timesteps is done once)."""
-        key = (sampler, ddim_steps if sampler == "ddim" else self.config.num_train_timesteps)
+        key = self._schedule_key(sampler, ddim_steps)
         if key not in self._inference_schedulers:
             if sampler == "ddim":
                 if not 1 <= ddim_steps <= self.config.num_train_timesteps:
@@ -100,6 +100,10 @@ class DiffusionExpert(ActionExpert):
             self._inference_schedulers[key] = sched
         return self._inference_schedulers[key]
 
+    def _schedule_key(self, sampler: str, ddim_steps: int) -> tuple[str, int]:
+        """(sampler, steps it takes): DDPM always visits every training timestep."""
+        return sampler, ddim_steps if sampler == "ddim" else self.config.num_train_timesteps
+
     def timesteps(self, sampler: str, steps: int, device: torch.device | None = None) -> list[int] | torch.Tensor:
         """The timesteps a sampler visits, first to last: python ints, or a (T,) tensor on `device`.
 
@@ -107,7 +111,7 @@ class DiffusionExpert(ActionExpert):
         calls) copies nothing from the host.
         """
         self.inference_scheduler(sampler, steps)
-        key = (sampler, steps if sampler == "ddim" else self.config.num_train_timesteps)
+        key = self._schedule_key(sampler, steps)
         if device is None:
             return self._timesteps[key]
         if (key, device) not in self._timestep_tensors:
