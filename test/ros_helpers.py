@@ -83,3 +83,15 @@ def publish_inputs(pubs: dict, t: float, views: list[str], state_dim: int, rng: 
     js = JointState(name=[f"j{i}" for i in range(state_dim)], position=rng.normal(size=state_dim).tolist())
     js.header.stamp = stamp(t)
     pubs["state"].publish(js)
+
+
+def start_policy_node(ros, params: dict):
+    """A PolicyNode in the harness, waited on until autostart has activated it (or failed, raised)."""
+    from rclpy.parameter import Parameter
+
+    from vla_policy_ros.policy_node import PolicyNode
+
+    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    ros.wait_for(lambda: node.active or node.failed, timeout=60, what="the policy node to activate")
+    assert not node.failed, node.failed
+    return node

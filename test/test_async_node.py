@@ -7,14 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from rclpy.parameter import Parameter
-from ros_helpers import stamp
+from ros_helpers import stamp, start_policy_node
 
 from geometry_msgs.msg import WrenchStamped  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from vla_policy_ros.image_conversion import rgb_to_image_msg  # noqa: E402
 from vla_policy_ros.msg import ActionChunk  # noqa: E402
-from vla_policy_ros.policy_node import PolicyNode  # noqa: E402
 
 VIEWS = ("front", "wrist")
 
@@ -59,9 +57,9 @@ class Robot:
 
 def _start(ros, checkpoints, topic: str = "action_chunk", **overrides):
     params = {"regression_checkpoint": checkpoints["regression"], "diffusion_checkpoint": checkpoints["diffusion"],
-              "instruction": "insert the needle", "slop_s": 0.02, **overrides}
-    node = ros.add(PolicyNode(context=ros.context,
-                              parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+              "instruction": "insert the needle", "slop_s": 0.02, "sensor_topic": "sensor", "command_interface": "none",
+              **overrides}
+    node = start_policy_node(ros, params)
     received = []
     listener = ros.add(__import__("rclpy.node", fromlist=["Node"]).Node("listener", context=ros.context))
     listener.create_subscription(ActionChunk, f"/vla_policy/{topic}", received.append, 100)
@@ -116,13 +114,13 @@ def test_action_stream_at_the_control_period(ros, checkpoints, mode):
     periods = np.diff(stamps)
     assert np.all(periods > 0)
     assert abs(np.median(periods) - 0.1) < 0.03  # the checkpoint's dt
-    counts = node.chunk_executor.counts
+    counts = node.action_executor.counts
     assert counts["chunks"] >= 2 and counts["out_of_order"] == 0
 
 
 def test_action_stream_is_silent_in_dry_run(ros, checkpoints):
     node, actions = _start(ros, checkpoints, topic="action", rate_hz=5.0, stream_actions=True, dry_run=True)
     Robot(ros, camera_hz=10.0, sensor_hz=50.0)
-    ros.wait_for(lambda: node.chunk_executor.counts["ticks"] >= 10 and node.chunk_executor.counts["chunks"] >= 1,
+    ros.wait_for(lambda: node.action_executor.counts["ticks"] >= 10 and node.action_executor.counts["chunks"] >= 1,
                  timeout=30, what="ticks")
     assert actions == []

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from conftest import make_policy
 from rclpy.parameter import Parameter
-from ros_helpers import RosHarness
+from ros_helpers import RosHarness, start_policy_node
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from vla_policy_ros.bag_recorder import BagRecorder  # noqa: E402
 from vla_policy_ros.bag_replay import BagReplay  # noqa: E402
-from vla_policy_ros.policy_node import PolicyNode  # noqa: E402
 from vla_training.bag_eval import bag_eval  # noqa: E402
 from vla_training.episodes import DatasetError  # noqa: E402
 from vla_training.import_bag import typestore  # noqa: E402
@@ -110,9 +109,9 @@ def test_live_replay_gives_one_chunk_per_frame_matching_the_offline_ones(setup, 
     root, _, ckpt = setup
     ros = RosHarness()
     try:
-        node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in {
+        node = start_policy_node(ros, {
             "regression_checkpoint": str(ckpt), "rate_hz": 50.0, "slop_s": 0.01, "sensor_topic": "/sensor/wrench",
-            "instruction": "insert the needle", "max_sensor_lag_s": 0.0}.items()]))
+            "instruction": "insert the needle", "max_sensor_lag_s": 0.0})
         replay = ros.add(BagReplay(context=ros.context, parameter_overrides=[
             Parameter("bag", value=str(root / "session")), Parameter("wait_for_subscribers_s", value=20.0)]))
         out = tmp_path / "outputs"

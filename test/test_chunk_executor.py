@@ -4,7 +4,7 @@ temporal ensembling, holding when starved, and the jitter figures."""
 import numpy as np
 import pytest
 
-from vla_policy_ros.chunk_executor import ChunkExecutor
+from vla_models.runtime.chunk_executor import ChunkExecutor
 
 DT = 0.1
 

@@ -7,15 +7,12 @@ import time
 import numpy as np
 import pytest
 from conftest import make_policy
-from rclpy.parameter import Parameter
-from ros_helpers import RosHarness, publish_inputs, stamp
+from ros_helpers import RosHarness, publish_inputs, stamp, start_policy_node
 
 from geometry_msgs.msg import PoseStamped, WrenchStamped  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
 from vla_policy_ros.msg import ActionChunk  # noqa: E402
-from vla_policy_ros.policy_node import PolicyNode  # noqa: E402
 
 WS_MIN, WS_MAX, MAX_SPEED, MAX_DELTA = np.array([0.3, -0.2, 0.0]), np.array([0.7, 0.2, 0.5]), 0.05, 0.3
 FUZZ_MESSAGES = 1200
@@ -82,11 +79,12 @@ def ros():
 
 def test_fuzz_node_survives_and_respects_limits(ros, tmp_path):
     ckpt = str(make_policy("tiny", "regression").save(tmp_path / "regression"))
-    params = {"regression_checkpoint": ckpt, "rate_hz": 50.0, "slop_s": 0.02, "dry_run": False,
+    params = {"regression_checkpoint": ckpt, "rate_hz": 50.0, "slop_s": 0.02, "dry_run": False, "sensor_topic": "sensor",
+              "command_interface": "pose_target", "max_command_age_s": 10.0,
               "pose_topic": "ee_pose", "max_delta": [MAX_DELTA] * 4, "workspace_min": WS_MIN.tolist(),
               "workspace_max": WS_MAX.tolist(), "max_speed": MAX_SPEED, "limit_mode": "clip",
               "translation_scale": 0.01, "input_timeout_s": 5.0}
-    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    node = start_policy_node(ros, params)
     client = ros.add(__import__("rclpy").node.Node("fuzzer", context=ros.context))
     pubs = {v: client.create_publisher(Image, f"camera/{v}/image_raw", 1000) for v in ("front", "wrist")}
     pubs["sensor"] = client.create_publisher(WrenchStamped, "sensor", 1000)
@@ -95,7 +93,7 @@ def test_fuzz_node_survives_and_respects_limits(ros, tmp_path):
     text_pub = client.create_publisher(String, "instruction", 1000)
     chunks, commands = [], []
     client.create_subscription(ActionChunk, "/vla_policy/action_chunk", chunks.append, 100)
-    client.create_subscription(MultiDOFJointTrajectory, "/vla_policy/command_trajectory", commands.append, 100)
+    client.create_subscription(PoseStamped, "/target_frame", commands.append, 1000)
     ros.wait_for(lambda: all(p.get_subscription_count() for p in [*pubs.values(), pose_pub, text_pub]), what="discovery")
     pose = PoseStamped()
     pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
@@ -136,17 +134,18 @@ def test_fuzz_node_survives_and_respects_limits(ros, tmp_path):
 
     ros.wait_for(settled, timeout=60, what="the node to work through the fuzz messages")
     assert drops() >= 0.6 * FUZZ_MESSAGES  # best-effort transport may lose some before they reach the node
-    assert all(w.is_alive() for w in node._workers) and ros.context.ok()
+    assert node.worker.running and ros.context.ok()
     n_chunks, n_commands = len(chunks), len(commands)
     t += 10.0
     good_until(lambda: len(chunks) > n_chunks + 2 and len(commands) > n_commands + 2)
     last = chunks[-1]
     assert (last.horizon, last.action_dim) == (8, 4) and np.isfinite(np.asarray(last.actions)).all()
-    for cmd in commands:  # every command ever published is inside the limits
-        points = np.array([[p.transforms[0].translation.x, p.transforms[0].translation.y,
-                            p.transforms[0].translation.z] for p in cmd.points])
-        assert np.all(points >= WS_MIN - 1e-9) and np.all(points <= WS_MAX + 1e-9)
-        steps = np.linalg.norm(np.diff(np.vstack([[0.5, 0.0, 0.0], points]), axis=0), axis=1)
-        assert np.all(steps <= MAX_SPEED * 0.1 + 1e-9)
+    horizon = chunks[-1].horizon
+    for cmd in commands:  # every target ever published is finite, in the workspace, within reach of the speed limit
+        p = cmd.pose.position
+        point = np.array([p.x, p.y, p.z])
+        assert np.isfinite(point).all()
+        assert np.all(point >= WS_MIN - 1e-9) and np.all(point <= WS_MAX + 1e-9)
+        assert np.linalg.norm(point - [0.5, 0.0, 0.0]) <= MAX_SPEED * 0.1 * horizon + 1e-9
     print(f"fuzz: {FUZZ_MESSAGES} malformed messages of {len(kinds)} kinds {sorted(kinds)}; dropped {drops()}; "
           f"stats {dict(node.stats)}")

@@ -9,23 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rclpy.parameter import Parameter
-from ros_helpers import publish_inputs
+from ros_helpers import publish_inputs, start_policy_node
 
-from geometry_msgs.msg import PoseStamped, WrenchStamped  # noqa: E402
+from geometry_msgs.msg import WrenchStamped  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
+from geometry_msgs.msg import TwistStamped  # noqa: E402
 from vla_policy_ros.msg import ActionChunk  # noqa: E402
-from vla_policy_ros.policy_node import PolicyNode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _start(ros, checkpoints, **overrides):
     params = {"regression_checkpoint": checkpoints["regression"], "diffusion_checkpoint": checkpoints["diffusion"],
+              "sensor_topic": "sensor",
               "rate_hz": 20.0, "instruction": "insert the needle", "slop_s": 0.02, **overrides}
-    node = ros.add(PolicyNode(context=ros.context,
-                              parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    node = start_policy_node(ros, params)
     client = ros.add(rclpy_node(ros, "test_client"))
     pubs = {v: client.create_publisher(Image, f"camera/{v}/image_raw", 10) for v in ("front", "wrist")}
     pubs["sensor"] = client.create_publisher(WrenchStamped, "sensor", 10)
@@ -101,30 +100,10 @@ def test_live_switch_and_rejected_values(ros, checkpoints):
     assert chunks[-1].policy_type == "diffusion"  # still serving, with its state kept
 
 
-def test_command_trajectory_from_the_current_pose(ros, checkpoints):
-    node, client, pubs, chunks = _start(ros, checkpoints, dry_run=False, pose_topic="ee_pose")
-    commands = []
-    client.create_subscription(MultiDOFJointTrajectory, "/vla_policy/command_trajectory", commands.append, 10)
-    pose_pub = client.create_publisher(PoseStamped, "ee_pose", 10)
-    ros.wait_for(lambda: pose_pub.get_subscription_count() > 0, what="pose discovery")
-    pose = PoseStamped()
-    pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
-    ros.wait_for(lambda: (pose_pub.publish(pose), node.pose is not None)[1], what="pose")
-    _feed_until(ros, pubs, chunks, 0, predicate=lambda: len(commands) >= 1)
-    cmd = commands[-1]
-    assert len(cmd.points) == 8 and cmd.joint_names == ["end_effector"]
-    chunk = next(c for c in chunks if c.header.stamp == cmd.header.stamp)
-    actions = np.asarray(chunk.actions).reshape(8, 4)
-    expected_x = 0.5 + np.cumsum(actions[:, 0]) * 0.001
-    got_x = [p.transforms[0].translation.x for p in cmd.points]
-    assert np.allclose(got_x, expected_x, atol=1e-6)
-    assert cmd.points[1].time_from_start.nanosec == pytest.approx(2 * 0.1 * 1e9, abs=10)
-
-
 def test_dry_run_publishes_no_command(ros, checkpoints):
     node, client, pubs, chunks = _start(ros, checkpoints, pose_topic="ee_pose")
     commands = []
-    client.create_subscription(MultiDOFJointTrajectory, "/vla_policy/command_trajectory", commands.append, 10)
+    client.create_subscription(TwistStamped, "/servo_node/delta_twist_cmds", commands.append, 10)
     _feed_until(ros, pubs, chunks, 3)
     assert node.params.dry_run and commands == []
 

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from vla_policy_ros.commands import ee_delta_targets, quat_from_euler
+from vla_policy_ros.command_interfaces import ActionLayout, PoseTargetCommand, RobotState
+from vla_policy_ros.quaternions import quat_from_euler
+from vla_policy_ros.safety import OutputLimits
 from vla_policy_ros.image_conversion import ImageConversionError, image_to_rgb, rgb_to_image_msg
-from vla_policy_ros.observation import WAITING_FOR_SENSOR, assemble
-from vla_policy_ros.sensor_buffer import SensorRingBuffer
-from vla_policy_ros.synchronizer import ApproximateSynchronizer
+from vla_models.runtime.observation import WAITING_FOR_SENSOR, assemble
+from vla_models.runtime.sensor_buffer import SensorRingBuffer
+from vla_models.runtime.synchronizer import ApproximateSynchronizer
 
 RGB = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
 
@@ -95,11 +97,16 @@ def test_sensor_buffer_windows():
     assert buf.window(100).shape == (10, 2)  # only what the ring holds
 
 
-def test_ee_delta_targets_accumulate_from_the_current_pose():
+def test_pose_targets_accumulate_from_the_pose_at_the_observation():
     chunk = np.array([[1.0, 0, 0, 0, 0, 90.0], [1.0, 2.0, 0, 0, 0, 0]])
-    pos, quat = ee_delta_targets(chunk, np.array([0.5, 0, 0.2]), np.array([0, 0, 0, 1.0]), 0.001, np.pi / 180)
-    assert np.allclose(pos, [[0.501, 0, 0.2], [0.502, 0.002, 0.2]])
-    assert np.allclose(quat[0], quat_from_euler(0, 0, np.pi / 2)) and np.allclose(quat[1], quat[0])
+    layout = ActionLayout.from_names(["dx", "dy", "dz", "da", "db", "dr"])
+    command = PoseTargetCommand(layout, OutputLimits(max_delta=np.full(6, np.inf)), 0.1, 0.001, np.pi / 180, "")
+    robot = RobotState(pose=(np.array([0.5, 0, 0.2]), np.array([0, 0, 0, 1.0]), "base_link"))
+    planned = command.plan(chunk, robot, 1.0)
+    assert planned.outcome == "ok" and planned.frame == "base_link"
+    assert np.allclose(planned.rows[:, :3], [[0.501, 0, 0.2], [0.502, 0.002, 0.2]])
+    assert np.allclose(planned.rows[0, 3:], quat_from_euler(0, 0, np.pi / 2)) and np.allclose(planned.rows[1, 3:],
+                                                                                              planned.rows[0, 3:])
 
 
 def test_observation_waits_for_the_sensor_window():

@@ -19,6 +19,7 @@ _SMALL_SENSOR = {"window": 64, "conv_channels": [32, 64], "transformer_layers": 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "action_dim": 4, "horizon": 8, "views": ["front", "wrist"], "hidden_dim": 64,
+        "action_names": ["dx", "dy", "dz", "gripper"],
         "backbone": {"type": "qwen_vl", "variant": "qwen2_5_vl", "size": "tiny", "min_pixels": 56 * 56,
                      "max_pixels": 64 * 64, "lora": {"enabled": False, "r": 4, "alpha": 8, "dropout": 0.0}},
         "sensor": {"channels": 6, **_SMALL_SENSOR},
@@ -27,6 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "action_dim": 4, "horizon": 16, "hidden_dim": 128,
+        "action_names": ["dx", "dy", "dz", "gripper"],  # Meta-World: hand translation + gripper effort
         "sensor": {"channels": 12, **_SMALL_SENSOR},
         "state": {"dim": 39, "hidden": 128},
         "expert": {"layers": 3, "heads": 4, "feedforward": 512, "dropout": 0.0},

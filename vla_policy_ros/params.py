@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
@@ -13,10 +13,13 @@ EXPERT_TYPES = ("regression", "diffusion")
 SAMPLERS = ("ddim", "ddpm")
 SENSOR_TYPES = ("wrench", "packet", "array")
 STATE_TYPES = ("joint_state", "pose")
-ACTION_SPACES = ("ee_delta", "joint_delta")
+COMMAND_INTERFACES = ("joint_trajectory", "servo_twist", "pose_target", "none")
+# The topic each interface's controller listens on by default (remap or set command_topic for yours).
+DEFAULT_COMMAND_TOPICS = {"joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
+                          "servo_twist": "/servo_node/delta_twist_cmds", "pose_target": "/target_frame", "none": ""}
 
 # Array parameters default to empty; an empty list has no type of its own, so they are declared by type.
-ARRAY_TYPES = {"image_topics": Parameter.Type.STRING_ARRAY, "joint_names": Parameter.Type.STRING_ARRAY,
+ARRAY_TYPES = {"image_topics": Parameter.Type.STRING_ARRAY, "action_roles": Parameter.Type.STRING_ARRAY,
                "max_delta": Parameter.Type.DOUBLE_ARRAY, "workspace_min": Parameter.Type.DOUBLE_ARRAY,
                "workspace_max": Parameter.Type.DOUBLE_ARRAY}
 LIMIT_MODES = ("clip", "reject")
@@ -32,14 +35,15 @@ class NodeParams:
     rate_hz: float = 0.0  # 0 = adaptive: interval = max(1.15 x mean recent latency, min_interval_s)
     min_interval_s: float = 0.1
     instruction: str = ""
-    dry_run: bool = True  # publish chunks but no command trajectory
+    dry_run: bool = True  # publish chunks but no commands; live: can be switched on, off only through ~/enable
     execute_steps: int = 0  # stream_actions, receding mode: actions executed per chunk (0 = all)
     # -- fixed at start --
+    autostart: bool = True  # configure and activate at start; false: wait for a lifecycle manager
     regression_checkpoint: str = ""
     diffusion_checkpoint: str = ""
     device: str = "cpu"
     image_topics: tuple = ()  # one per checkpoint view, in the checkpoint's order; default camera/<view>/image_raw
-    sensor_topic: str = "sensor"
+    sensor_topic: str = "sensor/wrench"
     sensor_type: str = "wrench"
     state_topic: str = "joint_states"
     state_type: str = "joint_state"
@@ -47,11 +51,21 @@ class NodeParams:
     instruction_topic: str = "instruction"
     slop_s: float = 0.05
     max_sensor_lag_s: float = 0.1  # wait while the newest sensor sample is older than the observation by more
-    action_space: str = "ee_delta"
+    state_history_s: float = 2.0  # seconds of robot state kept and interpolated at the cameras' stamp
+    # -- commands (docs/ros.md "Deploy on your arm") --
+    command_interface: str = "servo_twist"
+    command_topic: str = ""  # "" = the interface's usual controller topic (DEFAULT_COMMAND_TOPICS)
+    command_frame: str = ""  # cartesian commands: "" = the frame of the pose messages
+    command_rate_hz: float = 100.0  # streamed interfaces: commands per second
+    action_roles: tuple = ()  # per action dimension: x y z roll pitch yaw gripper, a joint name, or "" (ignored)
+    control_period_s: float = 0.0  # time per action; 0 = the checkpoint's dt
     translation_scale: float = 0.001  # action units -> metres (the seed's actions are mm)
     rotation_scale: float = 0.017453292519943295  # action units -> radians (the seed's are degrees)
-    joint_names: tuple = ()
-    frame_id: str = "base_link"
+    gripper_topic: str = ""  # std_msgs/Float64MultiArray gripper command ("" = none)
+    gripper_scale: float = 1.0
+    max_command_age_s: float = 0.5  # a command whose observation is older at publication is not sent (hold)
+    heartbeat_topic: str = ""  # std_msgs/Bool from the operator's station; "" = no heartbeat
+    heartbeat_timeout_s: float = 0.5  # no heartbeat (or false) for longer: hold and disarm
     # -- asynchronous inference and chunk execution (docs/performance.md) --
     async_inference: bool = False  # backbone on new frames in its own thread; expert at rate_hz on cached features
     max_feature_age_s: float = 1.0  # async: backbone features older than this (vs the newest input) are not used
@@ -63,6 +77,8 @@ class NodeParams:
     workspace_min: tuple = ()  # x y z metres for absolute targets; () = unlimited
     workspace_max: tuple = ()
     max_speed: float = 0.0  # m/s between consecutive targets; 0 = unlimited
+    robot_description: str = ""  # URDF; joint position/velocity limits for joint_trajectory ("" = /robot_description)
+    max_chunk_motion: float = 0.0  # joint_trajectory: largest |target - current| per joint in a chunk; 0 = unlimited
     limit_mode: str = "clip"  # clip | reject
     input_timeout_s: float = 1.0  # watchdog: no inference/command while an input is older; 0 = off
     future_stamp_tolerance_s: float = 1.0
@@ -71,6 +87,13 @@ class NodeParams:
 
 LIVE = ("policy_type", "sampler", "ddim_steps", "seed", "rate_hz", "min_interval_s", "instruction", "dry_run",
         "execute_steps")
+# Numeric ranges announced in the parameter descriptors (ros2 param describe) and enforced by rcl.
+RANGES = {"ddim_steps": (1, 1000), "seed": (-1, 2**31 - 1), "rate_hz": (0.0, 1000.0), "min_interval_s": (0.0, 10.0),
+          "execute_steps": (0, 1000), "slop_s": (0.0, 1.0), "max_sensor_lag_s": (0.0, 10.0),
+          "state_history_s": (0.1, 60.0), "command_rate_hz": (1.0, 2000.0), "control_period_s": (0.0, 10.0),
+          "max_command_age_s": (0.0, 10.0), "heartbeat_timeout_s": (0.01, 10.0), "max_feature_age_s": (0.001, 60.0),
+          "ensemble_decay": (0.0, 10.0), "max_speed": (0.0, 10.0), "max_chunk_motion": (0.0, 10.0),
+          "input_timeout_s": (0.0, 60.0), "future_stamp_tolerance_s": (0.0, 1e9), "max_message_bytes": (1, 2**31 - 1)}
 EXECUTION_MODES = ("receding", "temporal")
 
 DESCRIPTIONS = {
@@ -81,7 +104,23 @@ DESCRIPTIONS = {
     "rate_hz": "inference rate in Hz; 0 = adaptive (max(1.15 x mean latency, min_interval_s))",
     "min_interval_s": "floor of the adaptive inference interval (s)",
     "instruction": "task instruction (a std_msgs/String on instruction_topic overrides it)",
-    "dry_run": "true: publish action chunks only, never a command trajectory",
+    "dry_run": "true: publish action chunks only, never a command; live: may be set true, arming is ~/enable only",
+    "autostart": "configure and activate at start (false: wait for a lifecycle manager's transitions)",
+    "state_history_s": "seconds of robot state kept, interpolated at the cameras' stamp",
+    "command_interface": f"how chunks reach the controller: one of {list(COMMAND_INTERFACES)}",
+    "command_topic": "controller command topic ('' = the interface's usual topic)",
+    "command_frame": "frame of cartesian commands ('' = the frame of the pose messages)",
+    "command_rate_hz": "servo_twist / pose_target: commands per second",
+    "action_roles": "per action dimension: x y z roll pitch yaw gripper, a joint name, or '' ([] = the checkpoint's "
+                    "action_names)",
+    "control_period_s": "seconds per action (0 = the checkpoint's dt)",
+    "gripper_topic": "std_msgs/Float64MultiArray gripper command topic ('' = none)",
+    "gripper_scale": "gripper action -> gripper command",
+    "max_command_age_s": "a command whose observation is older than this at publication is not sent; hold instead",
+    "heartbeat_topic": "std_msgs/Bool heartbeat; missing or false for heartbeat_timeout_s: hold and disarm ('' = off)",
+    "heartbeat_timeout_s": "heartbeat timeout (s)",
+    "robot_description": "URDF with the joint limits ('' = the /robot_description topic)",
+    "max_chunk_motion": "joint_trajectory: largest |target - current| per joint within a chunk (0 = unlimited)",
     "execute_steps": "stream_actions, receding mode: at most this many actions of a chunk are executed (0 = all)",
     "async_inference": "run the backbone on new frames in its own thread and the expert at rate_hz on cached features",
     "max_feature_age_s": "async: backbone features older than this (vs the newest input) are not used (s)",
@@ -100,11 +139,8 @@ DESCRIPTIONS = {
     "instruction_topic": "std_msgs/String topic that sets the instruction",
     "slop_s": "approximate-time synchronisation window for the views and the state (s)",
     "max_sensor_lag_s": "inference waits while the newest sensor sample is older than the observation by more (s)",
-    "action_space": f"how chunks become commands: one of {list(ACTION_SPACES)}",
     "translation_scale": "action translation units -> metres",
     "rotation_scale": "action rotation units -> radians",
-    "joint_names": "joint names for joint_delta commands (default: those of the JointState)",
-    "frame_id": "frame of the command trajectory",
     "max_delta": "maximum |action| per dimension for commands, in action units ([] = unlimited)",
     "workspace_min": "lower x y z bound (m) of absolute ee targets ([] = unlimited)",
     "workspace_max": "upper x y z bound (m) of absolute ee targets ([] = unlimited)",
@@ -121,6 +157,12 @@ def declare(node) -> NodeParams:
     for f in fields(NodeParams):
         default = f.default
         descriptor = ParameterDescriptor(description=DESCRIPTIONS[f.name], read_only=f.name not in LIVE)
+        if f.name in RANGES:
+            low, high = RANGES[f.name]
+            if isinstance(low, int):
+                descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=0)]
+            else:
+                descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
         if f.name in ARRAY_TYPES:
             default = ARRAY_TYPES[f.name]  # uninitialised unless overridden; read() turns that into ()
         node.declare_parameter(f.name, default, descriptor)
@@ -154,12 +196,15 @@ def validate(name: str, value, num_train_timesteps: int | None, loaded: set[str]
         return f"{name}: expected a number >= 0, got {value!r}"
     if name == "execute_steps" and (not isinstance(value, int) or value < 0):
         return f"execute_steps: expected an integer >= 0 (0 = the whole chunk), got {value!r}"
+    if name == "dry_run" and value is False:
+        return "dry_run: cannot be switched off by a parameter; arm through the ~/enable service (std_srvs/SetBool)"
     return None
 
 
 def validate_static(params: NodeParams) -> None:
     """Start-up checks of the fixed parameters (raises ValueError naming the parameter)."""
-    for name, allowed in (("sensor_type", SENSOR_TYPES), ("state_type", STATE_TYPES), ("action_space", ACTION_SPACES),
+    for name, allowed in (("sensor_type", SENSOR_TYPES), ("state_type", STATE_TYPES),
+                          ("command_interface", COMMAND_INTERFACES),
                           ("policy_type", EXPERT_TYPES), ("sampler", SAMPLERS), ("limit_mode", LIMIT_MODES),
                           ("execution_mode", EXECUTION_MODES)):
         if getattr(params, name) not in allowed:

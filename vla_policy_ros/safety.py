@@ -84,14 +84,27 @@ class OutputLimits:
 
 
 class StampGuard:
-    """Per-input header stamp checks: not zero, not going backwards, not in the future."""
+    """Per-input header stamp checks: not zero, not going backwards, not in the future.
+
+    When the clock itself jumps back (a bag replayed in a loop, a simulator reset, use_sim_time),
+    every input's history is forgotten (`resets` counts it): otherwise each input would be refused
+    until its stamps caught up with the time before the jump."""
 
     def __init__(self, future_tolerance_s: float = 1.0) -> None:
         self.future_tolerance_s = future_tolerance_s
         self._last: dict[str, float] = {}
+        self._last_now: float | None = None
+        self.resets = 0
+
+    def reset(self) -> None:
+        self._last.clear()
+        self.resets += 1
 
     def check(self, name: str, stamp: float, now: float) -> str | None:
         """Why the stamp is refused, or None (and then it becomes the input's latest)."""
+        if self._last_now is not None and now < self._last_now:
+            self.reset()
+        self._last_now = now
         if stamp <= 0:
             return "zero stamp"
         if stamp > now + self.future_tolerance_s:
@@ -110,10 +123,15 @@ class Watchdog:
         self.timeout_s = timeout_s
         self._seen = dict.fromkeys(inputs)
 
+    @property
+    def inputs(self) -> list[str]:
+        return list(self._seen)
+
     def feed(self, name: str, now: float) -> None:
         self._seen[name] = now
 
-    def stale(self, now: float) -> list[str]:
+    def stale(self, now: float, only: list[str] | None = None) -> list[str]:
+        """Inputs (all, or those in `only`) never seen or older than the timeout."""
         if self.timeout_s <= 0:
             return []
-        return [n for n, t in self._seen.items() if t is None or now - t > self.timeout_s]
+        return [n for n, t in self._seen.items() if (only is None or n in only) and (t is None or now - t > self.timeout_s)]

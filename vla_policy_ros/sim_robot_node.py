@@ -9,7 +9,13 @@ use_sim_time:=true see the same time):
 - ee_pose (geometry_msgs/PoseStamped): the hand position,
 - ~/executed_action (vla_policy_ros/ActionChunk, horizon 1): each action applied, stamped at its step,
 - ~/episode_result (std_msgs/String, JSON): success and length of each episode.
-It executes the first `execute_steps` actions of each ActionChunk it receives (receding horizon).
+It executes the first `execute_steps` actions of each ActionChunk it receives (receding horizon),
+or, with `command_interface` servo_twist / pose_target, acts as a Cartesian controller would: it
+takes geometry_msgs/TwistStamped (MoveIt Servo's delta_twist_cmds) or PoseStamped targets
+(a cartesian controller's target_frame) in frame `world` only, and the gripper effort from a
+std_msgs/Float64MultiArray (a forward command controller); non-finite or wrongly framed commands
+are refused (counted in the episode result). In lockstep it waits, for each step, for the command
+stamped at the simulated time of that step, after the chunk of the observation has come.
 
 Clock: in `lockstep` (default) the simulation advances only when the chunk answering the current
 observation has arrived, so the loop runs as fast as the policy allows (faster than real time when
@@ -28,19 +34,20 @@ import time
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, String
 
-from .chunk_executor import ChunkExecutor
+from vla_models.runtime import ChunkExecutor
 from .image_conversion import rgb_to_image_msg
 from .msg import ActionChunk, SensorPacket
 
 PAD_SAMPLES = 64  # zero samples before an episode's first reading (the evaluation's window)
+COMMAND_INTERFACES = ("chunk", "servo_twist", "pose_target")
 
 
 def to_time(seconds: float):
@@ -54,7 +61,11 @@ class SimRobotNode(Node):
             ("task", "peg-insert-side-v3"), ("placement_seed", 1), ("episodes", 10), ("first_placement", 0),
             ("views", [""]), ("image_size", 96), ("execute_steps", 8), ("max_steps", 300), ("lockstep", True),
             ("chunk_topic", "/vla_policy/action_chunk"), ("chunk_timeout_s", 30.0), ("expert", False),
-            ("start_time", 1000.0))}
+            ("start_time", 1000.0), ("command_interface", "chunk"), ("twist_topic", "/servo_node/delta_twist_cmds"),
+            ("pose_target_topic", "/target_frame"), ("gripper_topic", "gripper_command"), ("frame", "world"))}
+        if p["command_interface"] not in COMMAND_INTERFACES:
+            raise ValueError(f"parameter command_interface: expected one of {list(COMMAND_INTERFACES)}, "
+                             f"got {p['command_interface']!r}")
         self.p = p
         views = tuple(v for v in p["views"] if v)
         from vla_training.sim import SimEnv
@@ -73,6 +84,15 @@ class SimRobotNode(Node):
         self._chunk_lock = threading.Condition()
         self._chunks: list[tuple[float, np.ndarray]] = []
         self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, 10)
+        self._commands: dict[int, np.ndarray] = {}  # streamed commands by stamp (ns): xyz action
+        self.gripper = 0.0
+        self.refused = 0
+        self.waits: list[float] = []
+        if p["command_interface"] == "servo_twist":
+            self.create_subscription(TwistStamped, p["twist_topic"], self._on_twist, 100)
+        elif p["command_interface"] == "pose_target":
+            self.create_subscription(PoseStamped, p["pose_target_topic"], self._on_pose_target, 100)
+        self.create_subscription(Float64MultiArray, p["gripper_topic"], self._on_gripper, 100)
         self.results: list[dict] = []
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # sensor samples not yet published
         self.finished = threading.Event()
@@ -88,6 +108,53 @@ class SimRobotNode(Node):
             self._chunks.append((stamp, chunk))
             self._chunks = self._chunks[-20:]
             self._chunk_lock.notify_all()
+
+    def _command(self, msg, values: list[float], to_action) -> None:
+        """A streamed command: refused unless finite and in the sim's frame; else stored by its stamp."""
+        if msg.header.frame_id != self.p["frame"] or not np.isfinite(values).all():
+            self.refused += 1
+            self.get_logger().warning(f"refused a command in frame {msg.header.frame_id!r} (expected "
+                                      f"{self.p['frame']!r}) or with non-finite values", throttle_duration_sec=2.0)
+            return
+        ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self._chunk_lock:
+            self._commands[ns] = to_action(np.asarray(values, float))
+            if len(self._commands) > 200:
+                self._commands.pop(min(self._commands))
+            self._chunk_lock.notify_all()
+
+    def _on_twist(self, msg: TwistStamped) -> None:
+        v, w = msg.twist.linear, msg.twist.angular
+        # velocity (m/s) over one control period -> the env's normalised mocap delta
+        self._command(msg, [v.x, v.y, v.z, w.x, w.y, w.z], lambda x: x[:3] * self.dt / self.env.env.action_scale)
+
+    def _on_pose_target(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        # the mocap (the hand's setpoint) moves to the target: the delta from where it is now
+        self._command(msg, [p.x, p.y, p.z, q.x, q.y, q.z, q.w],
+                      lambda x: (x[:3] - self.env.env.data.mocap_pos[0]) / self.env.env.action_scale)
+
+    def _on_gripper(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) == 1 and np.isfinite(msg.data[0]):
+            self.gripper = float(msg.data[0])
+
+    def _command_at(self, t: float, timeout: float) -> np.ndarray | None:
+        """Lockstep, streamed: the command stamped at simulated time t (waits for it), as an env action."""
+        ns = int(round(t * 1e9))
+        t_start = time.monotonic()
+        deadline = time.monotonic() + timeout
+        with self._chunk_lock:
+            while not self._stop.is_set():
+                match = [k for k in self._commands if abs(k - ns) <= 1000]
+                if match:
+                    xyz = self._commands.pop(match[0])
+                    self.waits.append(time.monotonic() - t_start)
+                    return np.r_[xyz, self.gripper].astype(np.float32)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._chunk_lock.wait(min(left, 0.1))
+        return None
 
     def _chunk_for(self, stamp: float, timeout: float) -> np.ndarray | None:
         """Lockstep: the chunk computed from the observation stamped `stamp` (waits for it)."""
@@ -214,6 +281,8 @@ class SimRobotNode(Node):
                                      f"{self.p['chunk_timeout_s']} s"}
                 chunks += 1
                 actions = chunk[:self.p["execute_steps"]]
+                if self.p["command_interface"] != "chunk":  # the controller's commands, one per step
+                    actions = self._streamed(len(actions), record)
             else:  # real time: one control period per step; the action due now from the newest chunk, or hold
                 time.sleep(max(0.0, wall_start + self.dt - time.monotonic()))
                 wall_start = time.monotonic()
@@ -225,6 +294,9 @@ class SimRobotNode(Node):
                 holds += due is None
                 actions = [np.zeros(4, np.float32) if due is None else due.action]
             for action in actions:
+                if action is None:
+                    return {"placement": placement, "success": False, "length": steps, "chunks": chunks,
+                            "error": f"no {self.p['command_interface']} command at t={self.clock_t:.4f}"}
                 record = self._step(action)
                 steps += 1
                 if record.success or steps >= self.p["max_steps"]:
@@ -232,7 +304,16 @@ class SimRobotNode(Node):
                     break
         self._flush_sensor()  # the last step's samples
         return {"placement": placement, "success": bool(success), "length": steps, "chunks": chunks,
-                "holds": holds}
+                "holds": holds, "refused_commands": self.refused,
+                "wait_ms": [round(1e3 * float(np.percentile(self.waits, q)), 1) for q in (50, 90, 99)] if self.waits else []}
+
+    def _streamed(self, count: int, record):
+        """Lockstep with a streamed interface: for each of `count` steps, the command stamped at the
+        step's time (the node publishes it when the simulated clock reaches it), then the step."""
+        for k in range(count):
+            if k:
+                self._publish_clock()  # the node's command timer runs on this clock
+            yield self._command_at(self.clock_t, self.p["chunk_timeout_s"])
 
     def summary(self) -> dict:
         done = [r for r in self.results if "success" in r]

@@ -1,7 +1,7 @@
 """`vla bag-eval`: a policy on a recorded rosbag2, offline (rosbags, no ROS), or its live outputs.
 
 Offline: the bag's streams are fed in stamp order into the node's own synchroniser and sensor
-buffer (vla_policy_ros.observation.assemble), and at each anchor (camera frame, or state message
+buffer (vla_models.runtime.observation.assemble), and at each anchor (camera frame, or state message
 without cameras) the observation the node would have built is given to the policy. Live: with
 `chunks_topic`, the ActionChunk messages a node published during a replay (recorded in the bag)
 are taken instead, each matched to the anchor it was computed from (its stamp).
@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vla_policy_ros.observation import STATE_KEY, WAITING_FOR_SENSOR, assemble
-from vla_policy_ros.sensor_buffer import SensorRingBuffer
-from vla_policy_ros.synchronizer import ApproximateSynchronizer
+from vla_models.runtime import (STATE_KEY, WAITING_FOR_SENSOR, ApproximateSynchronizer, SensorRingBuffer, StateHistory,
+                                assemble)
 
 from .episodes import DatasetError
 from .evaluate import summarise
@@ -40,7 +39,8 @@ def _observations(data, config, slop: float, max_frames: int | None):
     if config.sensor.channels and (data.sensor is None or data.sensor.shape[1] != config.sensor.channels):
         got = None if data.sensor is None else data.sensor.shape[1]
         raise DatasetError(f"field 'sensor': the policy expects {config.sensor.channels} channels, the bag has {got}")
-    sync = ApproximateSynchronizer(views + ([STATE_KEY] if config.state.dim else []), slop)
+    sync = ApproximateSynchronizer(views, slop)
+    state = StateHistory(tolerance_s=slop) if config.state.dim else None  # as the node: interpolated at the views
     sensor = SensorRingBuffer(4 * config.sensor.window, config.sensor.channels) if config.sensor.channels else None
     cursors = {v: 0 for v in views} | {STATE_KEY: 0, "sensor": 0}
     streams = {v: (data.images_t[v], data.images[v]) for v in views}
@@ -50,14 +50,18 @@ def _observations(data, config, slop: float, max_frames: int | None):
     for k, t in enumerate(anchors):
         for name, (stamps, values) in streams.items():
             while cursors[name] < len(stamps) and stamps[cursors[name]] <= t + 1e-9:
-                sync.add(name, float(stamps[cursors[name]]), values[cursors[name]])
+                if name == STATE_KEY:
+                    state.add(float(stamps[cursors[name]]), values[cursors[name]])
+                else:
+                    sync.add(name, float(stamps[cursors[name]]), values[cursors[name]])
                 cursors[name] += 1
         if sensor is not None:
             end = int(np.searchsorted(data.sensor_t, t + 1e-9, side="right"))
             if end > cursors["sensor"]:
                 sensor.extend(data.sensor_t[cursors["sensor"]:end], data.sensor[cursors["sensor"]:end])
                 cursors["sensor"] = end
-        result = assemble(sync, sensor, views, config.sensor.window, data.instruction, max_sensor_lag_s=np.inf)
+        result = assemble(sync, sensor, views, config.sensor.window, data.instruction, max_sensor_lag_s=np.inf,
+                          state=state)
         if result is None or result == WAITING_FOR_SENSOR:
             continue
         yield k, result[0], result[1]

@@ -149,13 +149,13 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_ros_demo(args: argparse.Namespace) -> int:
-    from vla_policy_ros.sim_demo import run_ros_demo
+    from .ros_demo import run_ros_demo
 
     from .evaluate import resolve_checkpoint, wilson_interval
 
     summary = run_ros_demo(resolve_checkpoint(args.checkpoint), episodes=args.episodes, placement_seed=args.seed,
                            execute_steps=args.execute, task=args.task, max_steps=args.max_steps, sampler=args.sampler,
-                           ddim_steps=args.ddim_steps, log_dir=args.logs)
+                           ddim_steps=args.ddim_steps, log_dir=args.logs, command_interface=args.command_interface)
     lo, hi = wilson_interval(summary["successes"], summary["episodes"])
     summary["success_ci95"] = [lo, hi]
     print(f"through ROS 2: {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--sampler", choices=["ddim", "ddpm"])
     p.add_argument("--ddim-steps", type=int)
+    p.add_argument("--command-interface", choices=["chunk", "servo_twist", "pose_target"], default="chunk",
+                   help="chunk: the sim executes the ActionChunks (node in dry run); servo_twist / pose_target: the "
+                        "armed node commands the sim as MoveIt Servo / a cartesian controller")
     p.add_argument("--logs", help="directory for the two nodes' logs")
     p.add_argument("--json", help="write the summary to this file")
     p.set_defaults(func=cmd_ros_demo)

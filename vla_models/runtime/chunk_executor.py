@@ -62,8 +62,15 @@ class ChunkExecutor:
         self.counts["chunks"] += 1
         return True
 
+    def reset(self) -> None:
+        """Forget every stored chunk (a policy switch, a fault): nothing mixes across the cut."""
+        self.chunks.clear()
+        self._last = None
+        self.counts["resets"] = self.counts.get("resets", 0) + 1
+
     def _index(self, stamp: float, now: float) -> int:
-        return int(math.floor((now - stamp) / self.dt + 1e-9))
+        # 1e-6 of a period: stamps rounded to nanoseconds must not fall one period short
+        return int(math.floor((now - stamp) / self.dt + 1e-6))
 
     def action_at(self, now: float) -> ExecutedAction | None:
         """The action for the control period starting at `now`, or None (hold) when no chunk covers it."""

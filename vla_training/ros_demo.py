@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from vla_models import PolicyConfig
@@ -22,9 +23,13 @@ from vla_models import PolicyConfig
 def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: int = 1, execute_steps: int = 8,
                     task: str = "peg-insert-side-v3", max_steps: int = 300, sampler: str | None = None,
                     ddim_steps: int | None = None, seed: int = 0, image_size: int = 96, lockstep: bool = True,
-                    first_placement: int = 0) -> dict:
-    """{'vla_policy': {...}, 'sim_robot': {...}} node parameters for one checkpoint directory."""
-    from vla_training.sim import task_instruction
+                    first_placement: int = 0, command_interface: str = "chunk") -> dict:
+    """{'vla_policy': {...}, 'sim_robot': {...}} node parameters for one checkpoint directory.
+
+    command_interface: `chunk` (the sim executes the ActionChunks; the node stays in dry run), or
+    `servo_twist` / `pose_target`: the node is armed and commands the sim as it would a Cartesian
+    controller (MoveIt Servo / a cartesian controller), one command per simulated control period."""
+    from .sim import task_instruction
 
     checkpoint = Path(checkpoint)
     config = PolicyConfig.from_file(checkpoint / "config.json")
@@ -35,6 +40,21 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
               "future_stamp_tolerance_s": 1e6, "state_topic": "joint_states", "state_type": "joint_state",
               "sensor_topic": "sensor", "sensor_type": "packet", "max_sensor_lag_s": 0.0, "slop_s": 0.001,
               "instruction": task_instruction(task), "seed": seed}
+    if command_interface != "chunk":
+        from .sim import SimEnv
+
+        env = SimEnv(task, seed=placement_seed, views=(), render=False)
+        dt, scale = env.control_dt, float(env.env.action_scale)
+        low, high = (np.asarray(b, float) for b in (env.env.mocap_low, env.env.mocap_high))
+        env.close()
+        policy.update({"command_interface": command_interface, "dry_run": False, "pose_topic": "ee_pose",
+                       "command_frame": "world", "control_period_s": dt, "translation_scale": scale,
+                       "execute_steps": execute_steps, "action_roles": ["dx", "dy", "dz", "gripper"],
+                       "gripper_topic": "gripper_command",
+                       # limits: the sim's mocap box (+5 cm: targets start from the hand, which lags the mocap)
+                       # and the speed of a full action on all three axes
+                       "workspace_min": (low - 0.05).tolist(), "workspace_max": (high + 0.05).tolist(),
+                       "max_speed": float(1.01 * np.sqrt(3) * scale / dt), "max_command_age_s": 10.0})
     if views:
         policy["image_topics"] = [f"camera/{v}/image_raw" for v in views]
     if kind == "diffusion":
@@ -42,7 +62,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
         policy["ddim_steps"] = ddim_steps or config.expert.ddim_steps
     sim = {"task": task, "placement_seed": placement_seed, "episodes": episodes, "views": views or [""],
            "image_size": image_size, "execute_steps": execute_steps, "max_steps": max_steps, "lockstep": lockstep,
-           "first_placement": first_placement, "use_sim_time": False}
+           "first_placement": first_placement, "use_sim_time": False, "command_interface": command_interface}
     return {"vla_policy": policy, "sim_robot": sim}
 
 

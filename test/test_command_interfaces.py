@@ -1,0 +1,113 @@
+"""Command building without a ROS graph: action layouts, each interface's message and hold, joint and
+cartesian limits, the state history the commands are anchored on, and the stamp guard's clock reset."""
+
+import numpy as np
+import pytest
+
+from vla_models.runtime import ChunkExecutor, StateHistory
+from vla_policy_ros.command_interfaces import (ActionLayout, CommandError, JointTrajectoryCommand, RobotState,
+                                               ServoTwistCommand, build_command)
+from vla_policy_ros.robot_limits import JointBounds, RobotDescriptionError, joint_limits_from_urdf
+from vla_policy_ros.safety import OutputLimits, StampGuard
+
+URDF = """<robot name="r"><link name="a"/><link name="b"/><link name="c"/><link name="d"/>
+<joint name="shoulder" type="revolute"><parent link="a"/><child link="b"/><limit lower="-1" upper="1" velocity="2"
+ effort="1"/></joint>
+<joint name="elbow" type="continuous"><parent link="b"/><child link="c"/><limit velocity="1" effort="1"/></joint>
+<joint name="tool" type="fixed"><parent link="c"/><child link="d"/></joint></robot>"""
+UNLIMITED = OutputLimits(max_delta=np.full(7, np.inf))
+
+
+def test_layout_from_the_seed_action_names_and_from_roles():
+    seed = ActionLayout.from_names(["dx", "dy", "dz", "da", "db", "dr", "gripper"])
+    assert seed.translation == [0, 1, 2] and seed.rotation == [3, 4, 5] and seed.gripper == 6 and not seed.joints
+    roles = ActionLayout.from_names(["a0", "a1", "a2", "a3"], ["elbow", "", "shoulder", "gripper"])
+    assert roles.joints == [(0, "elbow"), (2, "shoulder")] and roles.gripper == 3
+    with pytest.raises(ValueError, match="action_roles: expected 4"):
+        ActionLayout.from_names(["a0", "a1", "a2", "a3"], ["x"])
+    with pytest.raises(ValueError, match="no action dimension names a joint"):
+        build_command("joint_trajectory", seed, UNLIMITED, 0.1, None, 1e-3, 1e-3, "")
+    with pytest.raises(ValueError, match="x/y/z"):
+        build_command("servo_twist", roles, UNLIMITED, 0.1, None, 1e-3, 1e-3, "")
+
+
+def test_joint_trajectory_by_name_from_the_state_at_the_observation():
+    layout = ActionLayout.from_names(["elbow", "shoulder"])
+    command = JointTrajectoryCommand(layout, OutputLimits(max_delta=np.full(2, np.inf)), None, 0.1)
+    robot = RobotState(joints={"finger": 9.0, "shoulder": 0.5, "elbow": -0.25})  # any order, extra joints
+    planned = command.plan(np.array([[0.1, 0.2], [0.1, 0.2]]), robot, 12.5)
+    msg = planned.message
+    assert list(msg.joint_names) == ["elbow", "shoulder"] and msg.header.stamp.sec == 12
+    assert np.allclose([p.positions for p in msg.points], [[-0.15, 0.7], [-0.05, 0.9]])
+    assert [p.time_from_start.nanosec for p in msg.points] == [100_000_000, 200_000_000]
+    hold = command.hold(robot, 13.0, "")
+    assert len(hold.points) == 1 and list(hold.points[0].positions) == [-0.25, 0.5] and hold.header.stamp.sec == 0
+    with pytest.raises(CommandError, match=r"\['elbow'\] are not in the JointState"):
+        command.plan(np.zeros((2, 2)), RobotState(joints={"shoulder": 0.0}), 1.0)
+    with pytest.raises(CommandError, match="non-finite"):
+        command.plan(np.zeros((2, 2)), RobotState(joints={"shoulder": 0.0, "elbow": float("nan")}), 1.0)
+
+
+@pytest.mark.parametrize("mode", ["clip", "reject"])
+def test_joint_limits_from_the_urdf(mode):
+    limits = joint_limits_from_urdf(URDF)
+    assert set(limits) == {"shoulder", "elbow"} and limits["shoulder"].upper == 1.0 and limits["elbow"].lower == -np.inf
+    bounds = JointBounds.for_joints(["shoulder", "elbow"], limits, max_chunk_motion=0.5, mode=mode)
+    layout = ActionLayout.from_names(["shoulder", "elbow"])
+    command = JointTrajectoryCommand(layout, OutputLimits(max_delta=np.full(2, np.inf)), bounds, 0.1)
+    robot = RobotState(joints={"shoulder": 0.9, "elbow": 0.0})
+    planned = command.plan(np.array([[0.3, 0.05]] * 4), robot, 1.0)  # beyond upper, too fast, too far
+    if mode == "reject":
+        assert planned.outcome == "rejected" and "position limits" in planned.reason and planned.message is None
+        return
+    targets = np.array([p.positions for p in planned.message.points])
+    assert planned.outcome == "clipped" and np.all(targets[:, 0] <= 1.0)
+    steps = np.abs(np.diff(np.vstack([[0.9, 0.0], targets]), axis=0))
+    assert np.all(steps <= np.array([2.0, 1.0]) * 0.1 + 1e-9) and np.all(np.abs(targets[:, 1]) <= 0.5 + 1e-9)
+    with pytest.raises(RobotDescriptionError, match=r"no limits for joints \['wrist'\]"):
+        JointBounds.for_joints(["wrist"], limits)
+    with pytest.raises(RobotDescriptionError, match="not a readable URDF"):
+        joint_limits_from_urdf("<robot")
+
+
+def test_servo_twist_is_delta_over_dt_within_the_speed_limit():
+    layout = ActionLayout.from_names(["dx", "dy", "dz", "gripper"])
+    limits = OutputLimits(max_delta=np.full(4, np.inf), workspace_min=[-1, -1, -1], workspace_max=[1, 1, 1], max_speed=0.05)
+    command = ServoTwistCommand(layout, limits, 0.1, 0.001, 1.0, "base_link")
+    robot = RobotState(pose=(np.zeros(3), np.array([0, 0, 0, 1.0]), "base_link"))
+    planned = command.plan(np.array([[1.0, 0, 0, 0.5], [10.0, 0, 0, -0.5]]), robot, 1.0)
+    assert planned.outcome == "clipped" and np.allclose(planned.rows[:, 0], [0.01, 0.05])  # 1 mm / 0.1 s; capped
+    assert np.allclose(planned.gripper, [0.5, -0.5])
+    assert command.message(planned.rows[0], 2.0, "base_link").twist.linear.x == pytest.approx(0.01)
+    zero = command.hold(robot, 2.0, "base_link").twist
+    assert (zero.linear.x, zero.angular.z) == (0.0, 0.0)
+    wrong = RobotState(pose=(np.zeros(3), np.array([0, 0, 0, 1.0]), "world"))
+    with pytest.raises(CommandError, match="frame 'world'"):
+        command.plan(np.zeros((2, 4)), wrong, 1.0)
+    with pytest.raises(CommandError, match="non-finite"):
+        command.message(np.array([np.nan, 0, 0, 0, 0, 0]), 2.0, "base_link")
+
+
+def test_state_history_interpolates_at_the_camera_stamp():
+    history = StateHistory(horizon_s=1.0, tolerance_s=0.01)
+    for i in range(2001):  # 1 kHz for 2 s: only the last second is kept
+        history.add(i * 1e-3, np.array([i * 1e-3, 2.0]))
+    assert history.at(0.5) is None  # older than the horizon
+    assert np.allclose(history.at(1.9125), [1.9125, 2.0])  # between two samples
+    assert np.allclose(history.at(2.005), [2.0, 2.0]) and history.at(2.05) is None  # tolerance, no extrapolation
+
+
+def test_stamp_guard_resets_when_the_clock_jumps_back():
+    guard = StampGuard()
+    assert guard.check("cam", 100.0, 100.0) is None
+    assert "backwards" in guard.check("cam", 99.0, 100.1)
+    assert guard.check("cam", 5.0, 5.0) is None and guard.resets == 1  # the clock went back: history forgotten
+
+
+def test_chunk_executor_reset_forgets_every_chunk():
+    executor = ChunkExecutor(0.1, "temporal")
+    executor.add_chunk(0.0, np.ones((4, 2)))
+    assert executor.action_at(0.1) is not None
+    executor.reset()
+    assert executor.action_at(0.15) is None and executor.counts["resets"] == 1
+    assert executor.add_chunk(0.05, np.zeros((4, 2)))  # an older stamp than before the reset is accepted

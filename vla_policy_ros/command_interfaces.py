@@ -1,0 +1,291 @@
+"""Action chunks -> commands for the standard ROS 2 control stack, and the explicit hold of each.
+
+One class per `command_interface` parameter value:
+- `joint_trajectory`: trajectory_msgs/JointTrajectory for ros2_control's JointTrajectoryController
+  (its `~/joint_trajectory` topic): joint deltas accumulated from the joint positions at the
+  observation's stamp, by joint name; header stamp = the observation stamp, so the time spent in
+  inference is not counted twice. Hold: one point at the current positions.
+- `servo_twist`: geometry_msgs/TwistStamped for MoveIt Servo: velocity = delta / dt, streamed one
+  per control period. Hold: a zero twist.
+- `pose_target`: geometry_msgs/PoseStamped targets for cartesian controllers, accumulated from the
+  pose at the observation's stamp, streamed one per control period. Hold: the current pose.
+The gripper dimension (if the action layout has one) goes to a std_msgs/Float64MultiArray command
+(a ros2_controllers forward command controller).
+
+What each action dimension means comes from the checkpoint's `action_names` (`ActionLayout`), or
+from the `action_roles` parameter for checkpoints whose names say nothing (a0, a1, ...).
+No rclpy here: the node calls these; tests build messages without a ROS graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from std_msgs.msg import Float64MultiArray, Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from .quaternions import quat_from_euler, quat_multiply
+from .robot_limits import JointBounds
+from .safety import LimitResult, OutputLimits
+
+INTERFACES = ("joint_trajectory", "servo_twist", "pose_target", "none")
+AXES = ("x", "y", "z")
+ANGLES = ("roll", "pitch", "yaw")
+ALIASES = {"x": "x", "dx": "x", "delta_x": "x", "y": "y", "dy": "y", "delta_y": "y", "z": "z", "dz": "z",
+           "delta_z": "z", "roll": "roll", "droll": "roll", "da": "roll", "rx": "roll", "pitch": "pitch",
+           "dpitch": "pitch", "db": "pitch", "ry": "pitch", "yaw": "yaw", "dyaw": "yaw", "dr": "yaw", "rz": "yaw",
+           "gripper": "gripper", "grip": "gripper"}
+IGNORED = ("", "-", "none")
+
+
+class CommandError(ValueError):
+    """A command that cannot be built (missing state, unknown joints, frames): the node holds."""
+
+
+@dataclass
+class ActionLayout:
+    """Which action index is which: cartesian axes/angles, gripper, or a joint by name."""
+
+    translation: list[int | None] = field(default_factory=lambda: [None] * 3)  # index of x, y, z
+    rotation: list[int | None] = field(default_factory=lambda: [None] * 3)  # index of roll, pitch, yaw
+    gripper: int | None = None
+    joints: list[tuple[int, str]] = field(default_factory=list)  # (index, joint name)
+
+    @classmethod
+    def from_names(cls, names: list[str], roles: list[str] | tuple = ()) -> "ActionLayout":
+        """Roles from `roles` when given (one per action dimension), else from the action names."""
+        if roles and len(roles) != len(names):
+            raise ValueError(f"parameter action_roles: expected {len(names)} entries (one per action dimension "
+                             f"{list(names)}), got {list(roles)}")
+        layout = cls()
+        for i, name in enumerate(roles or names):
+            key = name.strip().lower()
+            role = ALIASES.get(key)
+            if key in IGNORED:
+                continue
+            if role in AXES:
+                layout.translation[AXES.index(role)] = i
+            elif role in ANGLES:
+                layout.rotation[ANGLES.index(role)] = i
+            elif role == "gripper":
+                layout.gripper = i
+            else:
+                layout.joints.append((i, name.strip()))
+        return layout
+
+    @property
+    def cartesian(self) -> bool:
+        return any(i is not None for i in self.translation + self.rotation)
+
+    def pick(self, chunk: np.ndarray, indices: list[int | None]) -> np.ndarray:
+        """chunk (H, A) -> (H, len(indices)), zero where a role has no action dimension."""
+        out = np.zeros((len(chunk), len(indices)))
+        for k, i in enumerate(indices):
+            if i is not None:
+                out[:, k] = chunk[:, i]
+        return out
+
+
+@dataclass
+class RobotState:
+    """The robot as a command needs it: joints by name and the end-effector pose (position, xyzw, frame)."""
+
+    joints: dict[str, float] | None = None
+    pose: tuple[np.ndarray, np.ndarray, str] | None = None
+
+
+@dataclass
+class Planned:
+    """One chunk turned into a command: a message sent at once, or rows streamed one per period."""
+
+    outcome: str  # ok | clipped | rejected
+    reason: str = ""
+    message: object | None = None  # joint_trajectory: the whole trajectory
+    rows: np.ndarray | None = None  # streamed interfaces: (H, D), one row per control period
+    gripper: np.ndarray | None = None  # (H,) gripper commands, when the layout has a gripper
+    frame: str = ""  # streamed interfaces: the frame of the messages
+
+
+def duration(seconds: float) -> Duration:
+    sec = int(np.floor(seconds))
+    return Duration(sec=sec, nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
+
+
+def to_time(seconds: float) -> Time:
+    ns = int(round(seconds * 1e9))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def finite(values, what: str) -> np.ndarray:
+    values = np.asarray(values, float)
+    if not np.isfinite(values).all():
+        raise CommandError(f"non-finite {what}: nothing published")
+    return values
+
+
+def _rejected(result: LimitResult) -> Planned:
+    return Planned("rejected", result.reason)
+
+
+class JointTrajectoryCommand:
+    streaming = False
+    message_type = JointTrajectory
+
+    def __init__(self, layout: ActionLayout, limits: OutputLimits, bounds: JointBounds | None, dt: float) -> None:
+        if not layout.joints:
+            raise ValueError("command_interface joint_trajectory: no action dimension names a joint (action names or "
+                             "action_roles must be the controller's joint names)")
+        self.layout, self.limits, self.bounds, self.dt = layout, limits, bounds, dt
+        self.names = [name for _, name in layout.joints]
+
+    def current(self, robot: RobotState) -> np.ndarray:
+        if robot.joints is None:
+            raise CommandError("no joint state yet")
+        missing = [n for n in self.names if n not in robot.joints]
+        if missing:
+            raise CommandError(f"joints {missing} are not in the JointState (it has {sorted(robot.joints)})")
+        return finite([robot.joints[n] for n in self.names], "joint state")
+
+    def plan(self, chunk: np.ndarray, robot: RobotState, stamp: float) -> Planned:
+        limited = self.limits.apply_chunk(chunk)
+        if limited.chunk is None:
+            return _rejected(limited)
+        start = self.current(robot)
+        targets = start + np.cumsum(self.layout.pick(limited.chunk, [i for i, _ in self.layout.joints]), axis=0)
+        outcome = limited
+        if self.bounds is not None:
+            bounded = self.bounds.apply(targets, start, self.dt)
+            if bounded.chunk is None:
+                return _rejected(bounded)
+            targets, outcome = bounded.chunk, (bounded if bounded.outcome != "ok" else limited)
+        msg = JointTrajectory(header=Header(stamp=to_time(stamp)), joint_names=list(self.names))
+        for i, row in enumerate(finite(targets, "joint target")):
+            msg.points.append(JointTrajectoryPoint(positions=row.tolist(), time_from_start=duration((i + 1) * self.dt)))
+        return Planned(outcome.outcome, outcome.reason, message=msg, gripper=_gripper(self.layout, limited.chunk))
+
+    def hold(self, robot: RobotState, now: float, frame: str) -> JointTrajectory:
+        """One point at the current positions; stamp zero = start now (JTC semantics)."""
+        positions = self.current(robot)
+        point = JointTrajectoryPoint(positions=positions.tolist(), velocities=[0.0] * len(positions),
+                                     time_from_start=duration(self.dt))
+        return JointTrajectory(joint_names=list(self.names), points=[point])
+
+
+class CartesianCommand:
+    """Shared by servo_twist and pose_target: targets from the pose at the observation, within limits."""
+
+    streaming = True
+
+    def __init__(self, layout: ActionLayout, limits: OutputLimits, dt: float, translation_scale: float,
+                 rotation_scale: float, frame: str) -> None:
+        if not layout.cartesian:
+            raise ValueError(f"command_interface {self.name}: no action dimension is x/y/z/roll/pitch/yaw (action names "
+                             "such as dx dy dz, or the action_roles parameter)")
+        self.layout, self.limits, self.dt, self.frame = layout, limits, dt, frame
+        self.translation_scale, self.rotation_scale = translation_scale, rotation_scale
+
+    def pose(self, robot: RobotState) -> tuple[np.ndarray, np.ndarray, str]:
+        if robot.pose is None:
+            raise CommandError("no end-effector pose yet")
+        position, orientation, frame = robot.pose
+        if self.frame and frame and frame != self.frame:
+            raise CommandError(f"the pose is in frame {frame!r}, commands are configured for {self.frame!r} "
+                               "(command_frame); no transform is applied")
+        return finite(position, "pose"), finite(orientation, "pose"), self.frame or frame
+
+    def targets(self, chunk: np.ndarray, robot: RobotState):
+        """(outcome, limited chunk (H, A), positions (H, 3), orientations (H, 4), frame) from the pose;
+        positions None when rejected."""
+        limited = self.limits.apply_chunk(chunk)
+        if limited.chunk is None:
+            return limited, None, None, None, ""
+        position, orientation, frame = self.pose(robot)
+        deltas = self.layout.pick(limited.chunk, self.layout.translation) * self.translation_scale
+        angles = self.layout.pick(limited.chunk, self.layout.rotation) * self.rotation_scale
+        positions = position + np.cumsum(deltas, axis=0)
+        orientations = np.empty((len(chunk), 4))
+        q = orientation / np.linalg.norm(orientation)
+        for i, rpy in enumerate(angles):
+            q = quat_multiply(quat_from_euler(*rpy), q)
+            orientations[i] = q = q / np.linalg.norm(q)
+        bounded = self.limits.apply_targets(positions, position, self.dt)
+        if bounded.positions is None:
+            return bounded, None, None, None, frame
+        return (bounded if bounded.outcome != "ok" else limited), limited.chunk, bounded.positions, orientations, frame
+
+
+class ServoTwistCommand(CartesianCommand):
+    name = "servo_twist"
+    message_type = TwistStamped
+
+    def plan(self, chunk: np.ndarray, robot: RobotState, stamp: float) -> Planned:
+        if robot.pose is None and not np.isfinite(np.r_[self.limits.workspace_min, self.limits.workspace_max]).any():
+            robot = RobotState(robot.joints, (np.zeros(3), np.array([0, 0, 0, 1.0]), self.frame))  # velocities only
+        outcome, limited, positions, _, frame = self.targets(chunk, robot)
+        if positions is None:
+            return _rejected(outcome)
+        start = robot.pose[0]
+        linear = np.diff(np.vstack([start, positions]), axis=0) / self.dt  # (H, 3) m/s after the limits
+        angular = self.layout.pick(limited, self.layout.rotation) * self.rotation_scale / self.dt  # (H, 3) rad/s
+        return Planned(outcome.outcome, outcome.reason, rows=finite(np.hstack([linear, angular]), "twist"),
+                       gripper=_gripper(self.layout, limited), frame=frame)
+
+    def message(self, row: np.ndarray, now: float, frame: str) -> TwistStamped:
+        msg = TwistStamped(header=Header(stamp=to_time(now), frame_id=frame))
+        row = finite(row, "twist")
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in row[:3])
+        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in row[3:6])
+        return msg
+
+    def hold(self, robot: RobotState, now: float, frame: str) -> TwistStamped:
+        return self.message(np.zeros(6), now, frame)
+
+
+class PoseTargetCommand(CartesianCommand):
+    name = "pose_target"
+    message_type = PoseStamped
+
+    def plan(self, chunk: np.ndarray, robot: RobotState, stamp: float) -> Planned:
+        outcome, limited, positions, orientations, frame = self.targets(chunk, robot)
+        if positions is None:
+            return _rejected(outcome)
+        return Planned(outcome.outcome, outcome.reason, rows=finite(np.hstack([positions, orientations]), "pose target"),
+                       gripper=_gripper(self.layout, limited), frame=frame)
+
+    def message(self, row: np.ndarray, now: float, frame: str) -> PoseStamped:
+        row = finite(row, "pose target")
+        q = row[3:7] / np.linalg.norm(row[3:7])  # ensembling averages quaternions: renormalise
+        msg = PoseStamped(header=Header(stamp=to_time(now), frame_id=frame))
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in row[:3])
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in q)
+        return msg
+
+    def hold(self, robot: RobotState, now: float, frame: str) -> PoseStamped:
+        position, orientation, pose_frame = self.pose(robot)
+        return self.message(np.r_[position, orientation], now, frame or pose_frame)
+
+
+def _gripper(layout: ActionLayout, chunk: np.ndarray) -> np.ndarray | None:
+    return None if layout.gripper is None else np.asarray(chunk[:, layout.gripper], float)
+
+
+def gripper_message(value: float, scale: float) -> Float64MultiArray:
+    return Float64MultiArray(data=[float(finite([value * scale], "gripper command")[0])])
+
+
+def build_command(interface: str, layout: ActionLayout, limits: OutputLimits, dt: float, bounds: JointBounds | None,
+                  translation_scale: float, rotation_scale: float, frame: str):
+    """The command builder of `interface` (None for 'none': chunks only)."""
+    if interface == "joint_trajectory":
+        return JointTrajectoryCommand(layout, limits, bounds, dt)
+    if interface == "servo_twist":
+        return ServoTwistCommand(layout, limits, dt, translation_scale, rotation_scale, frame)
+    if interface == "pose_target":
+        return PoseTargetCommand(layout, limits, dt, translation_scale, rotation_scale, frame)
+    if interface == "none":
+        return None
+    raise ValueError(f"parameter command_interface: expected one of {list(INTERFACES)}, got {interface!r}")

@@ -1,0 +1,223 @@
+"""The policy node's inference worker: threads that turn buffered inputs into action chunks.
+
+One worker thread runs inference on the latest synchronised observation (latest wins, never two
+in flight), at `rate_hz` or adaptively. With `async_inference`, a second thread runs the backbone on
+each new camera frame and the expert samples at its own rate from the newest cached features plus
+the freshest sensor window and state. `reset()` (a policy switch, a deactivation) drops the cached
+features, so features of one policy never feed the other.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vla_models.runtime import WAITING_FOR_SENSOR, assemble, sensor_inputs
+
+from .inputs import Inputs
+
+
+@dataclass
+class CachedFeatures:
+    policy_type: str
+    stamp: float  # the frame set's stamp
+    features: object  # what VLAPolicy.encode_images returned
+
+
+@dataclass
+class ChunkResult:
+    stamp: float  # the observation's stamp
+    chunk: np.ndarray  # (H, A)
+    policy_type: str
+    params: object  # the NodeParams snapshot the chunk was computed with
+    latency_ms: float
+    sensor_newest: float | None  # newest sensor sample the chunk saw
+
+
+class InferenceWorker:
+    def __init__(self, policies: dict, inputs: Inputs, snapshot, on_chunk, logger) -> None:
+        """snapshot() -> (NodeParams, instruction); on_chunk(ChunkResult) publishes."""
+        self.policies, self.inputs, self.snapshot, self.on_chunk, self.logger = policies, inputs, snapshot, on_chunk, logger
+        self.stats = inputs.stats
+        self.latencies: collections.deque[float] = collections.deque(maxlen=10)
+        self.event_times = {k: collections.deque(maxlen=50) for k in ("backbone", "chunk")}
+        self.last_error = ""
+        self._features: CachedFeatures | None = None
+        self._last_stamp: float | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        params, _ = self.snapshot()
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._inference_loop, name="vla_inference", daemon=True)]
+        if params.async_inference and self.inputs.spec.views:
+            self._threads.append(threading.Thread(target=self._backbone_loop, name="vla_backbone", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=10.0)
+        self._threads = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def reset(self) -> None:
+        """Forget cached features and the last observation (a switch): the next chunk is computed afresh."""
+        with self._lock:
+            self._features = None
+            self._last_stamp = None
+
+    # -- observations ------------------------------------------------------------------------------
+    def assemble_observation(self) -> tuple[float, dict] | None:
+        """The latest synchronised observation (batch 1) and its stamp, or None while inputs are missing."""
+        params, instruction = self.snapshot()
+        inp = self.inputs
+        result = assemble(inp.sync, inp.sensor, inp.spec.views, inp.spec.sensor_window, instruction,
+                          params.max_sensor_lag_s, state=inp.state)
+        if result == WAITING_FOR_SENSOR:
+            self.stats["waiting_for_sensor"] += 1
+            return None
+        return result
+
+    def assemble_async_observation(self) -> tuple[float, dict, object] | None:
+        """Async: the newest cached features of the active policy + the freshest sensor window and state.
+
+        The stamp is that of the freshest input (newest sensor sample, else state, else frame). None
+        while features, state or any sensor sample are missing, or features are older than
+        max_feature_age_s."""
+        params, _ = self.snapshot()
+        with self._lock:
+            cached = self._features
+        if cached is None or cached.policy_type != params.policy_type:
+            return None
+        stamps, obs = [cached.stamp], {}
+        inp = self.inputs
+        if inp.state is not None:
+            newest = inp.state.newest()
+            if newest is None:
+                return None
+            stamps.append(newest[0])
+            obs["state"] = newest[1].astype(np.float32)[None]
+        if inp.sensor is not None:
+            newest = inp.sensor.newest_stamp()
+            if newest is None:  # never act on an empty sensor window
+                self.stats["waiting_for_sensor"] += 1
+                return None
+            stamps.append(newest)
+            obs.update(sensor_inputs(inp.sensor, inp.spec.sensor_window, max(stamps)))
+        stamp = max(stamps)
+        if stamp - cached.stamp > params.max_feature_age_s:
+            self.stats["stale_features"] += 1
+            return None
+        return stamp, obs, cached.features
+
+    # -- threads -------------------------------------------------------------------------------------
+    def _share_cpu(self) -> None:
+        """Async on a CPU: fewer intra-op threads (process-wide), so the two workers do not oversubscribe."""
+        params, _ = self.snapshot()
+        if params.async_inference and torch.device(params.device).type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+
+    def _backbone_loop(self) -> None:
+        self._share_cpu()
+        done: tuple[str, tuple] | None = None
+        views = self.inputs.spec.views
+        while not self._stop.is_set():
+            matched = self.inputs.sync.latest()
+            params, instruction = self.snapshot()
+            frame = tuple(matched[1][v][0] for v in views) if matched else None
+            if matched is None or (params.policy_type, frame) == done:
+                self._stop.wait(0.002)
+                continue
+            chosen = matched[1]
+            obs = {"images": {v: chosen[v][1][None] for v in views}, "instruction": [instruction]}
+            try:
+                features = self.policies[params.policy_type].encode_images(obs)
+            except Exception as exc:  # noqa: BLE001 - reported in status; the node keeps serving
+                self.stats["backbone_errors"] += 1
+                self.last_error = f"backbone: {type(exc).__name__}: {exc}"
+                self._stop.wait(0.1)
+                continue
+            with self._lock:
+                if self.snapshot()[0].policy_type == params.policy_type:  # not switched meanwhile
+                    self._features = CachedFeatures(params.policy_type, max(frame), features)
+            done = (params.policy_type, frame)
+            self.stats["backbone_runs"] += 1
+            self.event_times["backbone"].append(time.monotonic())
+
+    def _interval(self, params) -> float:
+        if params.rate_hz > 0:
+            return 1.0 / params.rate_hz
+        mean = (sum(self.latencies) / len(self.latencies)) if len(self.latencies) >= 5 else 0.0
+        return max(1.15 * mean, params.min_interval_s)
+
+    def _inference_loop(self) -> None:
+        self._share_cpu()
+        next_time = time.monotonic()
+        while not self._stop.is_set():
+            self._stop.wait(max(0.0, next_time - time.monotonic()))
+            next_time = time.monotonic() + self._interval(self.snapshot()[0])
+            try:
+                self.infer_once()
+            except Exception as exc:  # noqa: BLE001 - the node keeps serving; status reports it
+                self.stats["inference_errors"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.logger.error(f"inference failed: {self.last_error}", throttle_duration_sec=5.0)
+
+    def infer_once(self) -> bool:
+        """One inference on the latest observation if it is new; True when a chunk was handed on."""
+        params, _ = self.snapshot()
+        stale = self.inputs.watchdog.stale(self.inputs.now(), only=self.inputs.policy_inputs)
+        if stale:  # never act on old data
+            self.stats["stale_skips"] += 1
+            return False
+        features = None
+        sensor = self.inputs.sensor
+        sensor_newest = sensor.newest_stamp() if sensor is not None else None
+        if params.async_inference and self.inputs.spec.views:
+            assembled = self.assemble_async_observation()
+            if assembled is not None:
+                stamp, obs, features = assembled
+                assembled = (stamp, obs)
+        else:
+            assembled = self.assemble_observation()
+        with self._lock:
+            if assembled is None or assembled[0] == self._last_stamp:
+                return False
+        stamp, obs = assembled
+        policy = self.policies[params.policy_type]
+        overrides = {"sampler": params.sampler, "ddim_steps": params.ddim_steps} \
+            if params.policy_type == "diffusion" else {}
+        start = time.perf_counter()
+        chunk = policy.predict_action_chunk(obs, seed=params.seed if params.seed >= 0 else None, vl_features=features,
+                                            **overrides)
+        latency = (time.perf_counter() - start) * 1e3
+        self.latencies.append(latency / 1e3)
+        with self._lock:
+            self._last_stamp = stamp
+        self.stats["inferences"] += 1
+        chunk = chunk[0].cpu().numpy()  # (H, A)
+        if not np.isfinite(chunk).all():
+            self.stats["non_finite_chunks"] += 1
+            self.last_error = "the model produced non-finite actions; nothing was published"
+            return False
+        if self.snapshot()[0].policy_type != params.policy_type:  # switched during inference: discard
+            self.stats["discarded_after_switch"] += 1
+            return False
+        self.event_times["chunk"].append(time.monotonic())
+        self.on_chunk(ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest))
+        return True

@@ -1,0 +1,195 @@
+"""The policy node's inputs: messages -> validated numpy values in time-indexed buffers.
+
+Every input passes the same checks (size, header stamp: zero, future, backwards; a clock jump
+back resets the stamp guard instead of dropping everything after it), and feeds the watchdog only
+when it is valid. Buffers: views in the approximate-time synchroniser, the sensor ring buffer, the
+policy's state and the robot's joints and end-effector pose as time-based histories (looked up,
+interpolated, at the observation's stamp for commands, so inference time is not counted twice).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_models.runtime import STATE_KEY, ApproximateSynchronizer, SensorRingBuffer, StateHistory
+
+from .command_interfaces import RobotState
+from .image_conversion import ImageConversionError, image_to_rgb
+from .safety import StampGuard, Watchdog
+
+POSE_KEY, JOINTS_KEY = "pose", "joints"
+
+
+def stamp_seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class InputError(ValueError):
+    pass
+
+
+def decode_sensor(msg, channels: int, receipt_time: float) -> tuple[np.ndarray, np.ndarray]:
+    """(stamps (N,), samples (N, C)) of a WrenchStamped, SensorPacket or Float32MultiArray (duck-typed, so
+    rclpy and rosbags messages both work); raises InputError naming what is wrong."""
+    if hasattr(msg, "wrench"):
+        f, t = msg.wrench.force, msg.wrench.torque
+        samples = np.array([[f.x, f.y, f.z, t.x, t.y, t.z]], np.float32)
+        stamps = np.array([stamp_seconds(msg.header.stamp)])
+    elif hasattr(msg, "num_samples"):
+        samples = np.asarray(msg.data, np.float32)
+        if msg.channels == 0 or samples.size != msg.num_samples * msg.channels:
+            raise InputError(f"data has {samples.size} values; expected num_samples x channels = "
+                             f"{msg.num_samples} x {msg.channels}")
+        samples = samples.reshape(msg.num_samples, msg.channels)
+        if len(msg.sample_stamps):
+            stamps = np.array([stamp_seconds(s) for s in msg.sample_stamps])
+        elif msg.sample_rate > 0:
+            stamps = stamp_seconds(msg.header.stamp) + np.arange(msg.num_samples) / msg.sample_rate
+        else:
+            raise InputError("neither sample_stamps nor a sample_rate > 0")
+    else:  # Float32MultiArray: no header, stamped on receipt
+        samples = np.asarray(msg.data, np.float32)
+        if samples.size == 0 or samples.size % channels:
+            raise InputError(f"{samples.size} values is not a whole number of {channels}-channel samples")
+        samples = samples.reshape(-1, channels)
+        stamps = np.full(len(samples), receipt_time)
+    if samples.shape[1] != channels:
+        raise InputError(f"{samples.shape[1]} channels; the policy expects {channels}")
+    if len(stamps) != len(samples):
+        raise InputError(f"{len(stamps)} stamps for {len(samples)} samples")
+    if not np.isfinite(samples).all() or not np.isfinite(stamps).all():
+        raise InputError("NaN or inf values")
+    if len(stamps) > 1 and np.any(np.diff(stamps) < 0):
+        raise InputError("sample stamps go backwards")
+    return stamps, samples
+
+
+@dataclass
+class InputSpec:
+    views: tuple
+    sensor_channels: int
+    sensor_window: int
+    state_dim: int
+
+
+class Inputs:
+    """Buffers of one node's inputs; `stats` counts drops, `now()` is the node's clock in seconds."""
+
+    def __init__(self, spec: InputSpec, params, now, logger, watch_joints: bool, watch_pose: bool) -> None:
+        self.spec, self.params, self.now, self.logger = spec, params, now, logger
+        self.stats: collections.Counter = collections.Counter()
+        self.sync = ApproximateSynchronizer(list(spec.views), params.slop_s)
+        self.sensor = SensorRingBuffer(max(4 * spec.sensor_window, 1), spec.sensor_channels) \
+            if spec.sensor_channels else None
+        self.state = StateHistory(params.state_history_s, tolerance_s=params.slop_s) if spec.state_dim else None
+        self.joints = StateHistory(params.state_history_s, tolerance_s=params.slop_s)
+        self.joint_names: list[str] = []
+        self.pose = StateHistory(params.state_history_s, tolerance_s=params.slop_s)  # x y z qx qy qz qw
+        self.pose_frame = ""
+        self.stamp_guard = StampGuard(params.future_stamp_tolerance_s)
+        self.invalid: dict[str, str] = {}  # command inputs whose latest message was refused, and why
+        # what the policy reads, and what commands also need (their staleness holds the arm, not inference)
+        self.policy_inputs = list(spec.views) + (["sensor"] if spec.sensor_channels else []) + \
+            ([STATE_KEY] if spec.state_dim else [])
+        watched = self.policy_inputs + ([JOINTS_KEY] if watch_joints else []) + ([POSE_KEY] if watch_pose else [])
+        self.watchdog = Watchdog(watched, params.input_timeout_s)
+
+    def clear(self) -> None:
+        """Forget every buffered value (deactivate): nothing from before is acted on after."""
+        self.sync = ApproximateSynchronizer(list(self.spec.views), self.params.slop_s)
+        for history in (self.state, self.joints, self.pose):
+            if history is not None:
+                history.clear()
+        if self.sensor is not None:
+            self.sensor = SensorRingBuffer(self.sensor.capacity, self.sensor.channels)
+        self.watchdog = Watchdog(list(self.watchdog.inputs), self.watchdog.timeout_s)
+
+    def drop(self, what: str, reason: str) -> None:
+        self.stats[f"dropped_{what}"] += 1
+        self.logger.warning(f"dropped a {what} message: {reason}", throttle_duration_sec=5.0)
+
+    def accept(self, what: str, msg, size: int) -> bool:
+        """Size and header-stamp checks shared by every input; counts and warns on a drop."""
+        if size > self.params.max_message_bytes:
+            self.drop(what, f"{size} bytes is over max_message_bytes {self.params.max_message_bytes}")
+            return False
+        if hasattr(msg, "header"):
+            reason = self.stamp_guard.check(what, stamp_seconds(msg.header.stamp), self.now())
+            if reason:
+                self.drop(what, reason)
+                return False
+        return True
+
+    def on_image(self, view: str, msg) -> None:
+        if not self.accept(view, msg, len(msg.data)):
+            return
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageConversionError as exc:
+            return self.drop(f"image[{view}]", str(exc))
+        self.sync.add(view, stamp_seconds(msg.header.stamp), rgb)
+        self.watchdog.feed(view, self.now())
+
+    def on_sensor(self, msg) -> None:
+        if not self.accept("sensor", msg, 4 * len(getattr(msg, "data", ()))):
+            return
+        try:
+            stamps, samples = decode_sensor(msg, self.spec.sensor_channels, self.now())
+        except InputError as exc:
+            return self.drop("sensor", str(exc))
+        self.sensor.extend(stamps, samples)
+        self.watchdog.feed("sensor", self.now())
+
+    def on_joint_state(self, msg, is_policy_state: bool) -> None:
+        """JointState: the robot's joints by name (for commands) and, if configured, the policy's state."""
+        position = np.asarray(msg.position, float)
+        if not self.accept(JOINTS_KEY, msg, 8 * len(position)):
+            return
+        if len(msg.name) != len(position) or not np.isfinite(position).all():
+            self.invalid[JOINTS_KEY] = "the latest joint state has a non-finite or unnamed position"
+            return self.drop("joint_state", f"{len(msg.name)} names for {len(position)} positions, or a non-finite "
+                                            "position: every value must be finite and named")
+        self.invalid.pop(JOINTS_KEY, None)
+        stamp = stamp_seconds(msg.header.stamp)
+        self.joint_names = list(msg.name)
+        self.joints.add(stamp, position)
+        self.watchdog.feed(JOINTS_KEY, self.now())
+        if is_policy_state:
+            self._policy_state(stamp, position)
+
+    def on_pose(self, msg, is_policy_state: bool) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        pose = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+        if not self.accept(POSE_KEY, msg, 56):
+            return
+        if not np.isfinite(pose).all() or np.linalg.norm(pose[3:]) < 1e-6:
+            self.invalid[POSE_KEY] = "the latest pose is non-finite or has a zero quaternion"
+            return self.drop("pose", "non-finite position or a zero quaternion")
+        self.invalid.pop(POSE_KEY, None)
+        stamp = stamp_seconds(msg.header.stamp)
+        self.pose_frame = msg.header.frame_id
+        self.pose.add(stamp, pose)
+        self.watchdog.feed(POSE_KEY, self.now())
+        if is_policy_state:
+            self._policy_state(stamp, pose)
+
+    def _policy_state(self, stamp: float, state: np.ndarray) -> None:
+        if state.shape != (self.spec.state_dim,):
+            return self.drop("state", f"expected {self.spec.state_dim} values, got {state.shape[0]}")
+        self.state.add(stamp, state)
+        self.watchdog.feed(STATE_KEY, self.now())
+
+    def robot_state(self, stamp: float | None = None) -> RobotState:
+        """Joints and pose at `stamp` (interpolated), or the newest when `stamp` is None."""
+        def look(history):
+            if stamp is None:
+                newest = history.newest()
+                return None if newest is None else newest[1]
+            return history.at(stamp)
+
+        joints, pose = look(self.joints), look(self.pose)
+        return RobotState(joints=None if joints is None else dict(zip(self.joint_names, joints.tolist())),
+                          pose=None if pose is None else (pose[:3], pose[3:], self.pose_frame))
