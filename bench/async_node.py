@@ -79,8 +79,9 @@ def run_config(ckpts: dict, policy_type: str, async_mode: bool, seconds: float, 
     node.create_subscription(ActionChunk, "/vla_policy/action_chunk",
                              lambda m: received.append((time.time(), m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)),
                              100)
-    node.create_subscription(DiagnosticArray, "/vla_policy/status",
-                             lambda m: status.update({kv.key: kv.value for kv in m.status[0].values}), 10)
+    node.create_subscription(DiagnosticArray, "/diagnostics",
+                             lambda m: status.update({kv.key: kv.value for s in m.status if s.name == "/vla_policy"
+                                                      for kv in s.values}), 10)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(4)]
 

@@ -33,8 +33,12 @@ from sensor_msgs.msg import Image, JointState
 from vla_models import build_policy, preset
 from vla_models.testing import fit_fake_statistics
 from vla_policy_ros.image_conversion import rgb_to_image_msg
+from vla_policy_ros.inference import ChunkResult
 from vla_policy_ros.msg import ActionChunk
 from vla_policy_ros.policy_node import PolicyNode
+
+
+IMAGE_HW = (480, 640)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -50,39 +54,40 @@ def make_checkpoint(root: Path) -> str:
 
 def messages(t: float, rng) -> tuple[list[Image], list[WrenchStamped], JointState]:
     stamp = Time(nanoseconds=int(t * 1e9)).to_msg()
-    images = [rgb_to_image_msg(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), stamp) for _ in range(2)]
+    images = [rgb_to_image_msg(rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8), stamp) for _ in range(2)]
     wrenches = []
     for i in range(64):
         w = WrenchStamped()
         w.header.stamp = Time(nanoseconds=int((t - (63 - i) / 650) * 1e9)).to_msg()
         w.wrench.force.z = float(rng.normal())
         wrenches.append(w)
-    js = JointState(position=rng.normal(size=8).tolist())
+    js = JointState(name=[f"j{i}" for i in range(8)], position=rng.normal(size=8).tolist())
     js.header.stamp = stamp
     return images, wrenches, js
 
 
 def overhead(node: PolicyNode, iters: int) -> dict:
+    """The node's public pieces driven directly: `node.inputs` (the subscription callbacks' conversion and
+    buffering), `node.worker.assemble_observation()`, `node.chunk_message()` and its chunk publisher."""
     rng = np.random.default_rng(0)
     policy = node.policies["regression"]
+    params = node.snapshot()[0]
     parts = {"convert_and_buffer": [], "assemble": [], "chunk_message": [], "node_overhead": [],
              "model_preprocess": [], "model_compute": []}
     for i in range(iters + 10):
         images, wrenches, js = messages(100.0 + i * 0.1, rng)
         t0 = time.perf_counter()
-        node._on_image("front", images[0])
-        node._on_image("wrist", images[1])
+        node.inputs.on_image("front", images[0])
+        node.inputs.on_image("wrist", images[1])
         for w in wrenches:
-            node._on_sensor(w)
-        node._on_state(js)
+            node.inputs.on_sensor(w)
+        node.inputs.on_joint_state(js, is_policy_state=True)
         t1 = time.perf_counter()
-        stamp, obs = node.assemble_observation()
+        stamp, obs = node.worker.assemble_observation()
         t2 = time.perf_counter()
         chunk = policy.predict_action_chunk(obs)[0].numpy()
         t3 = time.perf_counter()
-        from std_msgs.msg import Header
-
-        msg = node._chunk_message(Header(), node.params, policy, chunk, (t3 - t2) * 1e3)
+        msg = node.chunk_message(ChunkResult(stamp, chunk, "regression", params, (t3 - t2) * 1e3, None))
         node.chunk_pub.publish(msg)
         t4 = time.perf_counter()
         if i < 10:
@@ -117,7 +122,7 @@ def end_to_end(ctx, node: PolicyNode, seconds: float, rate_hz: float) -> dict:
     while not all(p.get_subscription_count() for p in pubs) and time.monotonic() < deadline:
         time.sleep(0.01)
     rng = np.random.default_rng(1)
-    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    frame = rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         stamp = Time(nanoseconds=time.time_ns()).to_msg()
@@ -126,7 +131,7 @@ def end_to_end(ctx, node: PolicyNode, seconds: float, rate_hz: float) -> dict:
         w = WrenchStamped()
         w.header.stamp = stamp
         sensor_pub.publish(w)
-        js = JointState(position=rng.normal(size=8).tolist())
+        js = JointState(name=[f"j{i}" for i in range(8)], position=rng.normal(size=8).tolist())
         js.header.stamp = stamp
         state_pub.publish(js)
         time.sleep(1.0 / rate_hz)
@@ -139,22 +144,25 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--image-size", default="640x480", help="WIDTHxHEIGHT of the two camera views")
     args = parser.parse_args()
+    global IMAGE_HW
+    w, h = (int(v) for v in args.image_size.split("x"))
+    IMAGE_HW = (h, w)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp))
         ctx = rclpy.Context()
         rclpy.init(context=ctx, domain_id=77)
-        params = [Parameter("regression_checkpoint", value=ckpt), Parameter("diffusion_checkpoint", value=""),
-                  Parameter("rate_hz", value=0.0), Parameter("min_interval_s", value=0.02),
-                  Parameter("slop_s", value=0.01)]
+        params = [Parameter("regression_checkpoint", value=ckpt), Parameter("rate_hz", value=0.0),
+                  Parameter("min_interval_s", value=0.02), Parameter("slop_s", value=0.01),
+                  Parameter("command_interface", value="none"), Parameter("input_timeout_s", value=0.0),
+                  Parameter("autostart", value=False)]
         node = PolicyNode(context=ctx, parameter_overrides=params)
-        node._stop.set()  # part 1 drives the node's methods directly: no worker
-        node._worker.join()
+        node.trigger_configure()  # configured, not active: part 1 drives the node's pieces without its worker
         figures = {"overhead": overhead(node, args.iters)}
-        node._stop.clear()
-        node._worker = threading.Thread(target=node._inference_loop, daemon=True)
-        node._worker.start()
+        node.inputs.clear()  # the end-to-end part starts from fresh inputs
+        node.trigger_activate()
         figures["end_to_end"] = end_to_end(ctx, node, args.seconds, 10.0)
         node.shutdown()
         rclpy.try_shutdown(context=ctx)

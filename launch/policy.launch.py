@@ -2,7 +2,11 @@
 
     ros2 launch vla_policy_ros policy.launch.py policy_type:=diffusion \
         regression_checkpoint:=/path/run_reg/best diffusion_checkpoint:=/path/run_diff/best \
-        namespace:=arm sensor_topic:=/force_sensor/wrench
+        namespace:=arm sensor_topic:=/force_sensor/wrench \
+        command_interface:=servo_twist command_topic:=/servo_node/delta_twist_cmds params_file:=/path/arm.yaml
+
+The node starts in dry run whatever the arguments say about commands; arm it with
+`ros2 service call /vla_policy/enable std_srvs/srv/SetBool "{data: true}"` (docs/ros.md, "Deploy on your arm").
 
 Parameters come from `params_file` (default: the package's config/policy.yaml); the arguments
 below override it only when given. Topic arguments remap the node's default input names.
@@ -20,8 +24,14 @@ OVERRIDES = {
     "regression_checkpoint": ("", "checkpoint directory of the regression expert"),
     "diffusion_checkpoint": ("", "checkpoint directory of the diffusion expert"),
     "device": ("", "cpu | cuda | cuda:N"),
-    "dry_run": ("", "true: publish chunks only, no command trajectory"),
+    "dry_run": ("", "true: publish chunks only, no commands (false only with limits in the params file)"),
+    "autostart": ("", "true: configure + activate at start; false: wait for a lifecycle manager"),
+    "command_interface": ("", "joint_trajectory | servo_twist | pose_target | none"),
+    "command_topic": ("", "the controller's command topic ('' = the interface's usual one)"),
+    "command_frame": ("", "frame of cartesian commands ('' = the pose messages' frame)"),
+    "heartbeat_topic": ("", "std_msgs/Bool heartbeat from the operator's station ('' = none)"),
 }
+BOOLEANS = ("dry_run", "autostart")
 # argument -> (node's default topic name, description)
 REMAPS = {
     "sensor_topic": ("sensor/wrench", "high-rate sensor topic"),
@@ -35,8 +45,9 @@ def _node(context):
         return LaunchConfiguration(name).perform(context)
 
     overrides = {name: arg(name) for name in OVERRIDES if arg(name) != ""}
-    if "dry_run" in overrides:
-        overrides["dry_run"] = overrides["dry_run"].lower() in ("true", "1", "yes")
+    for name in BOOLEANS:
+        if name in overrides:
+            overrides[name] = overrides[name].lower() in ("true", "1", "yes")
     remappings = [(default, arg(name)) for name, (default, _) in REMAPS.items() if arg(name) != default]
     return [Node(package="vla_policy_ros", executable="policy_node", name="vla_policy", namespace=arg("namespace"),
                  parameters=[arg("params_file"), overrides], remappings=remappings, output="screen",

@@ -17,7 +17,9 @@ from launch_ros.actions import Node
 ARGS = {"checkpoint": ("", "checkpoint directory (a run's best/)"), "episodes": ("10", "episodes to run"),
         "placement_seed": ("1", "MT1 placement seed (held out: not the training seed 0)"),
         "execute_steps": ("8", "actions executed per chunk"), "task": ("peg-insert-side-v3", "Meta-World task"),
-        "max_steps": ("300", "steps per episode")}
+        "max_steps": ("300", "steps per episode"),
+        "command_interface": ("chunk", "chunk (the sim executes chunks) | servo_twist | pose_target (the armed node "
+                                       "commands the sim as MoveIt Servo / a cartesian controller)")}
 
 
 def _nodes(context):
@@ -30,7 +32,8 @@ def _nodes(context):
         raise RuntimeError("sim_demo.launch.py: checkpoint:=DIR is required (a checkpoint directory)")
     params = demo_parameters(arg("checkpoint"), episodes=int(arg("episodes")),
                              placement_seed=int(arg("placement_seed")), execute_steps=int(arg("execute_steps")),
-                             task=arg("task"), max_steps=int(arg("max_steps")))
+                             task=arg("task"), max_steps=int(arg("max_steps")),
+                             command_interface=arg("command_interface"))
     policy = Node(package="vla_policy_ros", executable="policy_node", name="vla_policy",
                   parameters=[params["vla_policy"]], output="screen")
     sim = Node(package="vla_policy_ros", executable="sim_robot_node", name="sim_robot",

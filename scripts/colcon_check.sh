@@ -14,7 +14,7 @@ echo "== colcon list"
 colcon list
 echo "== colcon build"
 python_exe=$(command -v python3)
-colcon build --event-handlers console_cohesion- --cmake-args -DPython3_EXECUTABLE="$python_exe" -DBUILD_TESTING=OFF
+colcon build --event-handlers console_cohesion- --cmake-args -DPython3_EXECUTABLE="$python_exe" -DBUILD_TESTING=ON
 site="$ws/install/vla_policy_ros/lib/python3.11/site-packages"
 echo "== import from the colcon install ($site)"
 (cd "$ws" && PYTHONPATH="$site" LD_LIBRARY_PATH="$ws/install/vla_policy_ros/lib:${LD_LIBRARY_PATH:-}" python3 -I -c "
@@ -25,4 +25,7 @@ assert vla_models.__file__.startswith('$site'), vla_models.__file__
 print('installed:', ActionChunk.__name__, vla_models.__file__)
 ")
 ls "$ws/install/vla_policy_ros/share/vla_policy_ros"
+echo "== colcon test (${VLA_COLCON_TESTS:=vla_policy_ros_components}; VLA_COLCON_TESTS=. runs the whole suite)"
+colcon test --event-handlers console_cohesion- --ctest-args -R "$VLA_COLCON_TESTS"
+colcon test-result --verbose
 echo "colcon check: OK ($ws)"

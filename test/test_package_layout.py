@@ -30,6 +30,10 @@ def test_package_xml_is_format_3_with_the_required_dependencies():
     depends = {e.text for e in root.findall("depend")}
     assert {"rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "trajectory_msgs"} <= depends
     assert root.find("export/build_type").text == "ament_cmake"
+    exec_depends = {e.text for e in root.findall("exec_depend")}
+    assert {"rcl_interfaces", "rosgraph_msgs", "std_srvs", "lifecycle_msgs", "diagnostic_msgs", "python3-numpy",
+            "python3-opencv", "python3-yaml"} <= exec_depends
+    assert "ament_cmake_pytest" in {e.text for e in root.findall("test_depend")}
     assert root.findtext("member_of_group") == "rosidl_interface_packages"
 
 

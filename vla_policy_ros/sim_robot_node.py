@@ -87,7 +87,7 @@ class SimRobotNode(Node):
         self._commands: dict[int, np.ndarray] = {}  # streamed commands by stamp (ns): xyz action
         self.gripper = 0.0
         self.refused = 0
-        self.waits: list[float] = []
+        self.command_waits: list[float] = []  # lockstep, streamed: wall time from a step's clock to its command
         if p["command_interface"] == "servo_twist":
             self.create_subscription(TwistStamped, p["twist_topic"], self._on_twist, 100)
         elif p["command_interface"] == "pose_target":
@@ -148,7 +148,7 @@ class SimRobotNode(Node):
                 match = [k for k in self._commands if abs(k - ns) <= 1000]
                 if match:
                     xyz = self._commands.pop(match[0])
-                    self.waits.append(time.monotonic() - t_start)
+                    self.command_waits.append(time.monotonic() - t_start)
                     return np.r_[xyz, self.gripper].astype(np.float32)
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -304,8 +304,9 @@ class SimRobotNode(Node):
                     break
         self._flush_sensor()  # the last step's samples
         return {"placement": placement, "success": bool(success), "length": steps, "chunks": chunks,
-                "holds": holds, "refused_commands": self.refused,
-                "wait_ms": [round(1e3 * float(np.percentile(self.waits, q)), 1) for q in (50, 90, 99)] if self.waits else []}
+                "holds": holds, "refused_commands": self.refused, "final_hand": [float(v) for v in record.state[:3]],
+                "command_wait_ms_p50_p90": [round(1e3 * float(np.percentile(self.command_waits, q)), 1) for q in (50, 90)]
+                if self.command_waits else []}
 
     def _streamed(self, count: int, record):
         """Lockstep with a streamed interface: for each of `count` steps, the command stamped at the

@@ -107,7 +107,8 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                     if record.success or steps >= max_steps:
                         success = record.success
                         break
-            results.append({"placement": ep, "success": bool(success), "length": steps, "chunks": chunks})
+            results.append({"placement": ep, "success": bool(success), "length": steps, "chunks": chunks,
+                            "final_hand": [float(v) for v in record.state[:3]]})
             if episode_log is not None:
                 with open(episode_log, "a") as fh:
                     fh.write(json.dumps(results[-1]) + "\n")

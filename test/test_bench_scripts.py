@@ -1,0 +1,34 @@
+"""Every ROS benchmark script under bench/ runs at a tiny size (smoke): it starts, finishes and writes its
+JSON, through the node's public API, so that none can rot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, args: list[str], tmp_path: Path) -> dict:
+    out = tmp_path / f"{Path(script).stem}.json"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(60 + os.getpid() % 40), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--json", str(out)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_ros_node_latency_smoke(tmp_path):
+    figures = _run("bench/ros_node_latency.py", ["--iters", "5", "--seconds", "2", "--image-size", "160x120"], tmp_path)
+    overhead = figures["overhead"]["node_overhead"]
+    assert overhead["n"] == 5 and 0 < overhead["median_ms"] < 1000
+    assert figures["end_to_end"]["n"] >= 1
+
+
+@pytest.mark.parametrize("seconds", [2])
+def test_async_node_smoke(tmp_path, seconds):
+    figures = _run("bench/async_node.py", ["--seconds", str(seconds)], tmp_path)
+    assert figures
