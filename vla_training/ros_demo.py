@@ -51,10 +51,12 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
                        "command_frame": "world", "control_period_s": dt, "translation_scale": scale,
                        "execute_steps": execute_steps, "action_roles": ["dx", "dy", "dz", "gripper"],
                        "gripper_topic": "gripper_command",
-                       # limits: the sim's mocap box (+5 cm: targets start from the hand, which lags the mocap)
-                       # and the speed of a full action on all three axes
-                       "workspace_min": (low - 0.05).tolist(), "workspace_max": (high + 0.05).tolist(),
-                       "max_speed": float(1.01 * np.sqrt(3) * scale / dt), "max_command_age_s": 10.0})
+                       # limits that never bind where the sim's own do not: |action| <= 1 per axis (the env
+                       # clips there too), the mocap box + 10 cm (targets start from the hand, which lags the
+                       # mocap) and the speed of a full action on all three axes
+                       "max_delta": [1.0] * 4, "workspace_min": (low - 0.1).tolist(),
+                       "workspace_max": (high + 0.1).tolist(), "max_speed": float(1.01 * np.sqrt(3) * scale / dt),
+                       "max_command_age_s": 10.0})
     if views:
         policy["image_topics"] = [f"camera/{v}/image_raw" for v in views]
     if kind == "diffusion":
