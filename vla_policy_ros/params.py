@@ -55,6 +55,7 @@ class NodeParams:
     # -- commands (docs/ros.md "Deploy on your arm") --
     command_interface: str = "servo_twist"
     command_topic: str = ""  # "" = the interface's usual controller topic (DEFAULT_COMMAND_TOPICS)
+    joint_trajectory_action: str = ""  # joint_trajectory: a FollowJointTrajectory action instead of the topic
     command_frame: str = ""  # cartesian commands: "" = the frame of the pose messages
     command_rate_hz: float = 100.0  # streamed interfaces: commands per second
     action_roles: tuple = ()  # per action dimension: x y z roll pitch yaw gripper, a joint name, or "" (ignored)
@@ -110,6 +111,8 @@ DESCRIPTIONS = {
     "command_interface": f"how chunks reach the controller: one of {list(COMMAND_INTERFACES)}",
     "command_topic": "controller command topic ('' = the interface's usual topic)",
     "command_frame": "frame of cartesian commands ('' = the frame of the pose messages)",
+    "joint_trajectory_action": "joint_trajectory: FollowJointTrajectory action name (e.g. "
+                               "/joint_trajectory_controller/follow_joint_trajectory); '' = the topic",
     "command_rate_hz": "servo_twist / pose_target: commands per second",
     "action_roles": "per action dimension: x y z roll pitch yaw gripper, a joint name, or '' ([] = the checkpoint's "
                     "action_names)",

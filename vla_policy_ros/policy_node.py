@@ -47,6 +47,7 @@ from .msg import ActionChunk, SensorPacket
 from .robot_limits import JointBounds, RobotDescriptionError, joint_limits_from_urdf
 from .safety import OutputLimits
 from .status import diagnostics
+from .trajectory_action import TrajectoryAction
 
 
 class PolicyNode(LifecycleNode):
@@ -75,6 +76,7 @@ class PolicyNode(LifecycleNode):
         self.tick_times: list[float] = []
         self._entities: list = []  # subscriptions / publishers / timers created by configure
         self.chunk_pub = self.action_pub = self.command_pub = self.gripper_pub = None
+        self.trajectory_action = None  # joint_trajectory through FollowJointTrajectory (control_msgs)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # not the simulated clock: it may not run yet
@@ -172,6 +174,10 @@ class PolicyNode(LifecycleNode):
         if self.command is not None:
             topic = p.command_topic or P.DEFAULT_COMMAND_TOPICS[p.command_interface]
             self.command_pub = self.create_publisher(self.command.message_type, topic, 10)
+        self.trajectory_action = None
+        if p.joint_trajectory_action and p.command_interface == "joint_trajectory":
+            self.trajectory_action = TrajectoryAction(self, p.joint_trajectory_action)
+            add(self.trajectory_action)
         self.gripper_pub = self.create_publisher(Float64MultiArray, p.gripper_topic, 10) \
             if p.gripper_topic and self.layout.gripper is not None else None
         self._entities += [pub for pub in (self.chunk_pub, self.action_pub, self.command_pub, self.gripper_pub) if pub]
@@ -214,7 +220,7 @@ class PolicyNode(LifecycleNode):
             self.worker.stop()
         for entity in self._entities:
             destroy = {"Subscription": self.destroy_subscription, "Publisher": self.destroy_publisher,
-                       "Timer": self.destroy_timer}.get(type(entity).__name__)
+                       "Timer": self.destroy_timer, "TrajectoryAction": lambda a: a.destroy()}.get(type(entity).__name__)
             if destroy is not None:
                 destroy(entity)
         self._entities, self.policies, self.inputs, self.worker, self.command = [], {}, None, None, None
@@ -433,7 +439,10 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             self.holding = ""
             if not self.command.streaming:
-                self.command_pub.publish(planned.message)
+                if self.trajectory_action is not None:
+                    self.trajectory_action.send(planned.message)
+                else:
+                    self.command_pub.publish(planned.message)
                 self.inputs.stats["commands"] += 1
                 if planned.gripper is not None:
                     self._publish_gripper(planned.gripper[0])
@@ -486,6 +495,8 @@ class PolicyNode(LifecycleNode):
         self.get_logger().warning(f"hold: {reason}", throttle_duration_sec=2.0)
         if self.params.dry_run and not reason.startswith("disarmed"):
             return  # disarmed: nothing of ours is moving the arm
+        if self.trajectory_action is not None and self.trajectory_action.cancel():
+            return  # the controller holds where it is when its goal is cancelled
         try:
             msg = self.command.hold(self.inputs.robot_state(), self._now(), self.command_frame)
         except CommandError as exc:

@@ -31,6 +31,8 @@ def diagnostics(node) -> DiagnosticArray:
         values.update({"last_latency_ms": f"{worker.latencies[-1] * 1e3:.1f}" if worker.latencies else "",
                        "last_error": error,
                        **{f"{k}_hz": f"{rate(v):.1f}" for k, v in worker.event_times.items() if len(v) > 1}})
+    if node.trajectory_action is not None:
+        values.update({f"trajectory_action_{k}": v for k, v in node.trajectory_action.counts.items()})
     values["command_hz"] = f"{rate(node.tick_times):.1f}"
     values["sensor_to_action_ms"] = f"{1e3 * float(np.median(node.sensor_to_action)):.1f}" if node.sensor_to_action else ""
     for name, executor in (("executor", node.command_executor), ("action_executor", node.action_executor)):

@@ -1,0 +1,58 @@
+"""Run by test_trajectory_action.py in a process that can import the stand-in control_msgs: policy_node
+sends its joint trajectories as FollowJointTrajectory goals and cancels the running goal on a hold."""
+
+import time
+
+from conftest import make_policy  # noqa: F401 - the fixtures below come from conftest
+from control_msgs.action import FollowJointTrajectory
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from ros_helpers import start_policy_node
+from test_robot_deployment import JOINTS, URDF, Robot, _enable, _params, checkpoint  # noqa: F401
+
+
+class FakeTrajectoryActionServer(Node):
+    """The JTC's follow_joint_trajectory: accepts goals naming its joints, runs each until cancelled."""
+
+    def __init__(self, context):
+        super().__init__("fake_jtc_action", context=context)
+        self.goals, self.cancelled = [], []
+        self.server = ActionServer(self, FollowJointTrajectory, "/joint_trajectory_controller/follow_joint_trajectory",
+                                   self._execute, goal_callback=self._goal, cancel_callback=self._cancel,
+                                   callback_group=ReentrantCallbackGroup())
+
+    def _goal(self, goal):
+        ok = sorted(goal.trajectory.joint_names) == sorted(JOINTS)
+        return GoalResponse.ACCEPT if ok else GoalResponse.REJECT
+
+    def _cancel(self, handle):
+        self.cancelled.append(handle)
+        return CancelResponse.ACCEPT
+
+    def _execute(self, handle):
+        self.goals.append(handle.request.trajectory)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not handle.is_cancel_requested and handle.is_active:
+            time.sleep(0.01)
+        result = FollowJointTrajectory.Result()
+        if handle.is_cancel_requested:
+            handle.canceled()
+        elif handle.is_active:
+            handle.succeed()
+        return result
+
+
+def test_goals_and_cancel_on_hold(ros, checkpoint):  # noqa: F811
+    server = ros.add(FakeTrajectoryActionServer(ros.context))
+    node = start_policy_node(ros, _params(checkpoint, command_interface="joint_trajectory", action_roles=JOINTS,
+                                          robot_description=URDF,
+                                          joint_trajectory_action="/joint_trajectory_controller/follow_joint_trajectory"))
+    robot = Robot(ros)
+    robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks")
+    assert _enable(ros, robot).success
+    robot.run_until(ros, lambda: node.trajectory_action.counts["accepted"] >= 2, "accepted goals")
+    assert list(server.goals[-1].joint_names) == JOINTS and node.trajectory_action.counts["rejected"] == 0
+    assert _enable(ros, robot, on=False).success  # disarm: the running goal is cancelled
+    ros.wait_for(lambda: len(server.cancelled) >= 1, what="the goal cancelled on the hold")
+    assert node.trajectory_action.counts["cancelled"] >= 1 and node.holding.startswith("disarmed")
