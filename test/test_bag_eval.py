@@ -151,3 +151,33 @@ def test_bag_replay_names_an_empty_bag(tmp_path, ros):
         writer.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=typestore())
     with pytest.raises(ValueError, match="no messages"):
         BagReplay(context=ros.context, parameter_overrides=[Parameter("bag", value=str(tmp_path / "empty"))])
+
+
+def test_recorder_records_best_effort_cameras_and_reliable_topics(tmp_path):
+    """Cameras publish with sensor-data QoS (best effort): a reliable-only recorder would record nothing."""
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    ros = RosHarness()
+    try:
+        talker = ros.add(Node("talker", context=ros.context))
+        camera = talker.create_publisher(Image, "/camera/front/image_raw", qos_profile_sensor_data)
+        text = talker.create_publisher(String, "/instruction", 10)
+        recorder = ros.add(BagRecorder(context=ros.context, parameter_overrides=[
+            Parameter("output", value=str(tmp_path / "bag")),
+            Parameter("topics", value=["/camera/front/image_raw", "/instruction"])]))
+        recorder.start()
+        ros.wait_for(lambda: camera.get_subscription_count() and text.get_subscription_count(), what="discovery")
+
+        def publish():
+            camera.publish(Image(height=1, width=1, encoding="rgb8", step=3, data=bytes(3)))
+            text.publish(String(data="insert"))
+            time.sleep(0.02)
+            return recorder.counts["/camera/front/image_raw"] >= 3 and recorder.counts["/instruction"] >= 3
+
+        ros.wait_for(publish, what="both topics recorded")
+        recorder.finish()
+    finally:
+        ros.close()

@@ -66,13 +66,20 @@ class BagRecorder(Node):
         self._writer = Writer(self.partial, version=9, storage_plugin=plugin)
         self._writer.open()
         store = typestore()
-        qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         for topic, msgtype in types.items():
             self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=store)
             self.create_subscription(message_class(msgtype), topic, lambda raw, t=topic: self._on_message(t, raw),
-                                     qos, raw=True)
+                                     self.qos_for(topic), raw=True)
         self._started = time.monotonic()
         self.get_logger().info(f"recording {sorted(types)} to {self.output}")
+
+    def qos_for(self, topic: str) -> QoSProfile:
+        """Reliable when every publisher of the topic is; best effort as soon as one is (cameras with
+        sensor-data QoS): a reliable subscription would receive nothing from a best-effort publisher."""
+        publishers = self.get_publishers_info_by_topic(topic)
+        best_effort = any(info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for info in publishers)
+        return QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT if best_effort
+                          else ReliabilityPolicy.RELIABLE)
 
     def _discover(self) -> dict[str, str]:
         deadline = time.monotonic() + self.discovery_timeout_s
