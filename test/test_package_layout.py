@@ -24,6 +24,15 @@ def test_vla_models_never_imports_rclpy_or_vla_training():
             assert not any(n.split(".")[0] in ("rclpy", "vla_training", "vla_policy_ros") for n in names), path
 
 
+def test_vla_training_never_imports_the_ros_layer():
+    """One direction: vla_policy_ros -> vla_training -> vla_models (every import, at any depth)."""
+    for path in (ROOT / "vla_training").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("rclpy", "vla_policy_ros") for n in names), path
+
+
 def test_package_xml_is_format_3_with_the_required_dependencies():
     root = ET.parse(ROOT / "package.xml").getroot()
     assert root.get("format") == "3" and root.findtext("name") == "vla_policy_ros"

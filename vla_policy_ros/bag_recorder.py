@@ -23,6 +23,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from vla_training.import_bag import typestore
+
 
 def message_class(msgtype: str):
     """'pkg/msg/Name' -> the rclpy message class (as rosidl_runtime_py.get_message, not installable here)."""
@@ -53,8 +55,6 @@ class BagRecorder(Node):
     def start(self) -> None:
         """Discover the topic types, open the bag, subscribe (raw)."""
         from rosbags.rosbag2 import StoragePlugin, Writer
-
-        from vla_training.import_bag import typestore
 
         types = self._discover()
         self.partial = self.output.with_name(self.output.name + ".partial")

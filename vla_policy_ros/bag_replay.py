@@ -25,6 +25,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 
+from vla_training.import_bag import typestore
+
 from .bag_recorder import BagRecorder, message_class
 
 
@@ -56,8 +58,6 @@ class BagReplay(Node):
 
     def _read(self) -> list[tuple[int, str, bytes]]:
         from rosbags.highlevel import AnyReader
-
-        from vla_training.import_bag import typestore
 
         with AnyReader([self.bag], default_typestore=typestore()) as reader:
             conns = [c for c in reader.connections if not self.topics or c.topic in self.topics]

@@ -43,6 +43,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from vla_models.runtime import ChunkExecutor
+from vla_training.sim import SimEnv, ViaPointExpert
+
 from .image_conversion import rgb_to_image_msg
 from .msg import ActionChunk, SensorPacket
 
@@ -68,8 +70,6 @@ class SimRobotNode(Node):
                              f"got {p['command_interface']!r}")
         self.p = p
         views = tuple(v for v in p["views"] if v)
-        from vla_training.sim import SimEnv
-
         self.env = SimEnv(p["task"], seed=p["placement_seed"], views=views, image_size=p["image_size"],
                           render=bool(views))
         self.dt = self.env.control_dt
@@ -255,8 +255,6 @@ class SimRobotNode(Node):
                          (record.sensor, np.array([self.clock_t]))]
         expert = None
         if self.p["expert"]:
-            from vla_training.sim import ViaPointExpert
-
             expert = ViaPointExpert(self.p["task"])
         executor = None if self.p["lockstep"] else ChunkExecutor(self.dt, "receding", self.p["execute_steps"])
         steps, success, chunks, holds = 0, False, 0, 0
