@@ -15,56 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla_models.runtime import STATE_KEY, ApproximateSynchronizer, SensorRingBuffer, StateHistory
+from vla_training.messages import ImageConversionError, InputError, decode_sensor, image_to_rgb, stamp_seconds
 
 from .command_interfaces import RobotState
-from .image_conversion import ImageConversionError, image_to_rgb
 from .safety import StampGuard, Watchdog
 
 POSE_KEY, JOINTS_KEY = "pose", "joints"
-
-
-def stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-class InputError(ValueError):
-    pass
-
-
-def decode_sensor(msg, channels: int, receipt_time: float) -> tuple[np.ndarray, np.ndarray]:
-    """(stamps (N,), samples (N, C)) of a WrenchStamped, SensorPacket or Float32MultiArray (duck-typed, so
-    rclpy and rosbags messages both work); raises InputError naming what is wrong."""
-    if hasattr(msg, "wrench"):
-        f, t = msg.wrench.force, msg.wrench.torque
-        samples = np.array([[f.x, f.y, f.z, t.x, t.y, t.z]], np.float32)
-        stamps = np.array([stamp_seconds(msg.header.stamp)])
-    elif hasattr(msg, "num_samples"):
-        samples = np.asarray(msg.data, np.float32)
-        if msg.channels == 0 or samples.size != msg.num_samples * msg.channels:
-            raise InputError(f"data has {samples.size} values; expected num_samples x channels = "
-                             f"{msg.num_samples} x {msg.channels}")
-        samples = samples.reshape(msg.num_samples, msg.channels)
-        if len(msg.sample_stamps):
-            stamps = np.array([stamp_seconds(s) for s in msg.sample_stamps])
-        elif msg.sample_rate > 0:
-            stamps = stamp_seconds(msg.header.stamp) + np.arange(msg.num_samples) / msg.sample_rate
-        else:
-            raise InputError("neither sample_stamps nor a sample_rate > 0")
-    else:  # Float32MultiArray: no header, stamped on receipt
-        samples = np.asarray(msg.data, np.float32)
-        if samples.size == 0 or samples.size % channels:
-            raise InputError(f"{samples.size} values is not a whole number of {channels}-channel samples")
-        samples = samples.reshape(-1, channels)
-        stamps = np.full(len(samples), receipt_time)
-    if samples.shape[1] != channels:
-        raise InputError(f"{samples.shape[1]} channels; the policy expects {channels}")
-    if len(stamps) != len(samples):
-        raise InputError(f"{len(stamps)} stamps for {len(samples)} samples")
-    if not np.isfinite(samples).all() or not np.isfinite(stamps).all():
-        raise InputError("NaN or inf values")
-    if len(stamps) > 1 and np.any(np.diff(stamps) < 0):
-        raise InputError("sample stamps go backwards")
-    return stamps, samples
 
 
 @dataclass

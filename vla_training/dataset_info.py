@@ -20,7 +20,7 @@ def dataset_info(dataset_dir: str, check: bool = False) -> dict:
         "length": {"min": min(lengths), "mean": float(np.mean(lengths)), "max": max(lengths)},
         "instructions": sorted({ep.instruction for ep in episodes}),
         "views": first.get("views", []),
-        "image_shape": {v: list(episodes[0].array(f"images/{v}").shape[1:]) for v in episodes[0].views},
+        "image_shape": {v: list(episodes[0].frame_shape(v)) for v in episodes[0].views},
         "rates_hz": {k: round(v, 3) for k, v in first.get("rates_hz", {}).items() if v},
         "state_dim": int(episodes[0].array("state").shape[1]) if episodes[0].has("state") else 0,
         "sensor_channels": int(episodes[0].array("sensor").shape[1]) if episodes[0].has("sensor") else 0,

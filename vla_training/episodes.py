@@ -5,11 +5,17 @@ DATASET/episode_000000/
     actions.npy  actions_t.npy  (N, A) float32 at the control rate, (N,) float64 seconds
     state.npy    state_t.npy    (N_s, S) float32, (N_s,)          [optional]
     sensor.npy   sensor_t.npy   (M, C) float32 native rate, (M,)  [optional; windows cut at load]
-    images/<view>.npy, images/<view>_t.npy   (K, H, W, 3) uint8, (K,)
+    images/<view>_t.npy         (K,) float64 seconds, and per view either
+    images/<view>.npy           (K, H, W, 3) uint8 decoded frames, or
+    images/<view>.frames + images/<view>_index.npy   the frames as recorded (JPEG/PNG bytes, one after
+                                the other) and (K, 2) int64 (offset, length): 10-20x smaller, decoded
+                                one frame at a time by `Episode.frame` (meta `image_storage`)
 
 Arrays are plain .npy (no pickle: loaded with allow_pickle=False) memory-mapped on read, so large
 streams load lazily. An episode is written into a hidden temporary directory and renamed into
 place with meta.json last: an interrupted conversion leaves no episode that later loads.
+`EpisodeWriter` streams a large recording in (frames and sensor rows appended as they are read),
+so an import holds one message at a time, not the session.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from typing import Any
 import numpy as np
 
 FORMAT = "vla_episode"
-VERSION = 1
+VERSION = 2  # 2: encoded frames (version 1 episodes, decoded frames only, still load)
+VERSIONS = (1, 2)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -66,49 +73,164 @@ def _rate(t: np.ndarray | None) -> float | None:
     return float((len(t) - 1) / max(t[-1] - t[0], 1e-9))
 
 
-def write_episode(dataset_dir: str | Path, name: str, episode: EpisodeData) -> Path:
-    """Write one episode atomically; returns its directory. Refuses to overwrite an existing one."""
-    dataset_dir = Path(dataset_dir)
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    final = dataset_dir / safe_name(name, "episode name")
-    if final.exists():
-        raise DatasetError(f"{final}: episode already exists; choose another output directory or remove it")
-    arrays = {"actions": (episode.actions, np.float32), "actions_t": (episode.actions_t, np.float64)}
-    for key in ("state", "sensor"):
-        value = getattr(episode, key)
-        if value is not None:
-            arrays[key] = (value, np.float32)
-            arrays[f"{key}_t"] = (getattr(episode, f"{key}_t"), np.float64)
-    for view, frames in episode.images.items():
+class EncodedFrames:
+    """Frames kept as recorded: a list of JPEG/PNG byte strings (decoded lazily after import)."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = list(frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+class EpisodeWriter:
+    """Writes one episode into a hidden temporary directory; `close()` renames it into place.
+
+    Small arrays are given whole (`array`); frames and sensor rows may be appended one message at a
+    time (`append_frame`, `append_encoded_frame`, `append_rows`), so memory stays bounded whatever
+    the recording's length. Rows that arrive out of stamp order are put in order at `close()`.
+    """
+
+    def __init__(self, dataset_dir: str | Path, name: str) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.dataset_dir.mkdir(parents=True, exist_ok=True)
+        self.final = self.dataset_dir / safe_name(name, "episode name")
+        if self.final.exists():
+            raise DatasetError(f"{self.final}: episode already exists; choose another output directory or remove it")
+        self.tmp = Path(tempfile.mkdtemp(dir=self.dataset_dir, prefix=f".tmp-{name}-"))
+        (self.tmp / "images").mkdir()
+        self._streams: dict[str, dict] = {}  # key -> {file, stamps, shape, dtype, kind}
+
+    # -- whole arrays ---------------------------------------------------------------------------
+    def array(self, key: str, value, dtype) -> None:
+        _save(self.tmp / f"{key}.npy", np.ascontiguousarray(value, dtype=dtype))
+
+    # -- streams ----------------------------------------------------------------------------------
+    def _stream(self, key: str, kind: str, shape: tuple, dtype) -> dict:
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = {"file": open(self.tmp / f"{key}.part", "wb"), "stamps": [], "shape": shape, "dtype": dtype,
+                      "kind": kind, "index": []}
+            self._streams[key] = stream
+        elif stream["shape"] != shape:
+            raise DatasetError(f"{self.final}: field '{key}': a row of shape {shape} after rows of {stream['shape']}")
+        return stream
+
+    def append_rows(self, key: str, stamps: np.ndarray, rows: np.ndarray, dtype=np.float32) -> None:
+        """Rows (n, C) stamped (n,) of a stream such as the sensor."""
+        rows = np.ascontiguousarray(rows, dtype=dtype)
+        stream = self._stream(key, "rows", rows.shape[1:], dtype)
+        stream["file"].write(rows.tobytes())
+        stream["stamps"].extend(np.asarray(stamps, np.float64).tolist())
+
+    def append_frame(self, view: str, stamp: float, rgb: np.ndarray) -> None:
+        """A decoded (H, W, 3) uint8 frame (raw camera images: kept lossless)."""
         safe_name(view, "view name")
-        arrays[f"images/{view}"] = (frames, np.uint8)
-        arrays[f"images/{view}_t"] = (episode.images_t[view], np.float64)
-    validate_arrays({k: np.asarray(v) for k, (v, _) in arrays.items()}, where=str(final))
-    tmp = Path(tempfile.mkdtemp(dir=dataset_dir, prefix=f".tmp-{name}-"))
+        self.append_rows(f"images/{view}", [stamp], np.asarray(rgb)[None], np.uint8)
+
+    def append_encoded_frame(self, view: str, stamp: float, data: bytes) -> None:
+        """A JPEG/PNG frame as recorded (decoded when a sample needs it)."""
+        safe_name(view, "view name")
+        stream = self._stream(f"images/{view}", "encoded", (), np.uint8)
+        offset = stream["file"].tell()
+        stream["file"].write(bytes(data))
+        stream["index"].append((offset, len(data)))
+        stream["stamps"].append(float(stamp))
+
+    def count(self, key: str) -> int:
+        return len(self._streams[key]["stamps"]) if key in self._streams else 0
+
+    def _finish_stream(self, key: str, stream: dict) -> str:
+        stream["file"].close()
+        part = self.tmp / f"{key}.part"
+        stamps = np.asarray(stream["stamps"], np.float64)
+        order = np.argsort(stamps, kind="stable")
+        in_order = bool(np.all(order == np.arange(len(order))))
+        _save(self.tmp / f"{key}_t.npy", stamps[order])
+        if stream["kind"] == "encoded":
+            _save(self.tmp / f"{key}_index.npy", np.asarray(stream["index"], np.int64).reshape(-1, 2)[order])
+            os.replace(part, self.tmp / f"{key}.frames")
+            return "encoded"
+        rows = np.memmap(part, dtype=stream["dtype"], mode="r", shape=(len(stamps), *stream["shape"])) \
+            if len(stamps) else np.zeros((0, *stream["shape"]), stream["dtype"])
+        out = np.lib.format.open_memmap(self.tmp / f"{key}.npy", mode="w+", dtype=stream["dtype"], shape=rows.shape)
+        step = max(1, (64 << 20) // max(1, int(np.prod(stream["shape"])) * np.dtype(stream["dtype"]).itemsize))
+        for begin in range(0, len(rows), step):  # bounded memory: 64 MB at a time
+            index = order[begin:begin + step] if not in_order else slice(begin, begin + step)
+            out[begin:begin + step] = rows[index]
+        out.flush()
+        del out, rows
+        part.unlink()
+        return "decoded"
+
+    def close(self, meta: dict) -> Path:
+        """Finish every stream, validate, write meta.json last and rename into place."""
+        try:
+            storage = {key[len("images/"):]: self._finish_stream(key, stream)
+                       for key, stream in self._streams.items() if key.startswith("images/")}
+            for key, stream in self._streams.items():
+                if not key.startswith("images/"):
+                    self._finish_stream(key, stream)
+            meta = {"format": FORMAT, "version": VERSION, **meta, "views": sorted(storage),
+                    "image_storage": storage}
+            episode = Episode(self.tmp, meta=meta)
+            episode.validate(decode_frames=False)
+            for view in episode.views:  # the first frame of each view decodes (all of them: `vla data info --check`)
+                if episode.frame_count(view):
+                    episode.frame(view, 0)
+            (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            os.replace(self.tmp, self.final)
+        except BaseException:
+            self.abort()
+            raise
+        return self.final
+
+    def abort(self) -> None:
+        for stream in self._streams.values():
+            stream["file"].close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _save(path: Path, value: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, value, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def episode_meta(episode: "EpisodeData", rates: dict) -> dict:
+    return {"instruction": episode.instruction, "length": len(episode.actions),
+            "action_names": list(episode.action_names), "state_names": list(episode.state_names),
+            "sensor_names": list(episode.sensor_names), "rates_hz": rates, **episode.meta}
+
+
+def write_episode(dataset_dir: str | Path, name: str, episode: EpisodeData) -> Path:
+    """Write one in-memory episode atomically; returns its directory. Refuses to overwrite an existing one."""
+    writer = EpisodeWriter(dataset_dir, name)
     try:
-        (tmp / "images").mkdir()
+        arrays = {"actions": (episode.actions, np.float32), "actions_t": (episode.actions_t, np.float64)}
+        for key in ("state", "sensor"):
+            value = getattr(episode, key)
+            if value is not None:
+                arrays[key] = (value, np.float32)
+                arrays[f"{key}_t"] = (getattr(episode, f"{key}_t"), np.float64)
+        validate_arrays({k: np.asarray(v) for k, (v, _) in arrays.items()}, where=str(writer.final))
         for key, (value, dtype) in arrays.items():
-            path = tmp / f"{key}.npy"
-            with open(path, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(value, dtype=dtype), allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-        n = len(episode.actions)
-        meta = {
-            "format": FORMAT, "version": VERSION, "instruction": episode.instruction,
-            "length": n, "action_names": list(episode.action_names), "state_names": list(episode.state_names),
-            "sensor_names": list(episode.sensor_names), "views": sorted(episode.images),
-            "rates_hz": {"control": _rate(episode.actions_t), "state": _rate(episode.state_t),
-                         "sensor": _rate(episode.sensor_t),
-                         **{f"image/{v}": _rate(t) for v, t in episode.images_t.items()}},
-            **episode.meta,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, final)
+            writer.array(key, value, dtype)
+        for view, frames in episode.images.items():
+            stamps = episode.images_t[view]
+            if len(stamps) != len(frames):
+                raise DatasetError(f"{writer.final}: field 'images/{view}_t': {len(stamps)} stamps for {len(frames)} "
+                                   "frames")
+            for stamp, frame in zip(stamps, frames.frames if isinstance(frames, EncodedFrames) else frames):
+                (writer.append_encoded_frame if isinstance(frames, EncodedFrames) else writer.append_frame)(
+                    view, stamp, frame)
+        rates = {"control": _rate(episode.actions_t), "state": _rate(episode.state_t),
+                 "sensor": _rate(episode.sensor_t), **{f"image/{v}": _rate(t) for v, t in episode.images_t.items()}}
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
-    return final
+    return writer.close(episode_meta(episode, rates))
 
 
 def validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
@@ -118,37 +240,47 @@ def validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
         raise DatasetError(f"{where}: field 'actions': expected shape (N>0, A), got {actions.shape}")
     for key, value in arrays.items():
         if key.endswith("_t"):
-            base = arrays[key[:-2]]
+            base = arrays.get(key[:-2], arrays.get(key[:-2] + "_index"))
             if value.shape != (len(base),):
                 raise DatasetError(f"{where}: field '{key}': expected {len(base)} timestamps, got shape {value.shape}")
             if len(value) > 1 and np.any(np.diff(value) < 0):
                 raise DatasetError(f"{where}: field '{key}': timestamps go backwards")
+        elif key.startswith("images/") and key.endswith("_index"):
+            if value.ndim != 2 or value.shape[1] != 2:
+                raise DatasetError(f"{where}: field '{key}': expected (K, 2) offsets and lengths, got {value.shape}")
         elif key.startswith("images/"):
             if value.ndim != 4 or value.shape[-1] != 3 or value.dtype != np.uint8:
                 raise DatasetError(f"{where}: field '{key}': expected (K, H, W, 3) uint8, got {value.shape} {value.dtype}")
         elif value.ndim != 2:
             raise DatasetError(f"{where}: field '{key}': expected a 2-D array (time, dim), got shape {value.shape}")
-        if not key.startswith("images/") and value.size and not np.isfinite(np.asarray(value, np.float64)).all():
+        if not key.startswith("images/") and value.size and not _all_finite(value):
             raise DatasetError(f"{where}: field '{key}': contains NaN or inf")
+
+
+def _all_finite(value: np.ndarray, block_bytes: int = 64 << 20) -> bool:
+    """np.isfinite over a (memory-mapped) array, a block of rows at a time (bounded memory)."""
+    step = max(1, block_bytes // max(1, value[0].nbytes if value.ndim > 1 else value.itemsize))
+    return all(np.isfinite(value[i:i + step]).all() for i in range(0, len(value), step))
 
 
 class Episode:
     """A lazily loaded episode (arrays are memory-mapped on first use)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, meta: dict | None = None) -> None:
         self.path = Path(path)
         meta_file = self.path / "meta.json"
         try:
-            self.meta = json.loads(meta_file.read_text())
+            self.meta = meta if meta is not None else json.loads(meta_file.read_text())
         except FileNotFoundError:
             raise DatasetError(f"{self.path}: missing meta.json; not a complete episode") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{meta_file}: not valid JSON ({exc})") from exc
-        if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
+        if self.meta.get("format") != FORMAT or self.meta.get("version") not in VERSIONS:
             raise DatasetError(f"{meta_file}: field 'format'/'version': expected {FORMAT!r} v{VERSION}, got "
                                f"{self.meta.get('format')!r} v{self.meta.get('version')!r}")
         self._cache: dict[str, np.ndarray] = {}
         self.views: list[str] = [safe_name(v, "view name") for v in self.meta.get("views", [])]
+        self.image_storage: dict[str, str] = {v: self.meta.get("image_storage", {}).get(v, "decoded") for v in self.views}
         self.length = len(self.array("actions"))
         if self.length != self.meta.get("length"):
             raise DatasetError(f"{self.path}: field 'actions': meta.json says {self.meta.get('length')} steps, "
@@ -176,11 +308,50 @@ class Episode:
                 raise DatasetError(f"{path}: field '{key}': unreadable .npy ({exc})") from exc
         return self._cache[key]
 
-    def validate(self) -> None:
-        """Full check of every array (reads all data: used by `vla data info --check` and importers' tests)."""
+    def frame_count(self, view: str) -> int:
+        return len(self.array(f"images/{view}_t"))
+
+    def frame(self, view: str, k: int) -> np.ndarray:
+        """Frame k of a view as (H, W, 3) uint8 RGB (encoded frames are decoded here, one at a time)."""
+        if self.image_storage[view] == "decoded":
+            return np.array(self.array(f"images/{view}")[k])
+        offset, length = (int(v) for v in self.array(f"images/{view}_index")[k])
+        frames = self._frames(view)
+        from .messages import ImageConversionError, decode_image_bytes
+
+        try:
+            return decode_image_bytes(frames[offset:offset + length])
+        except ImageConversionError as exc:
+            raise DatasetError(f"{self.path}: field 'images/{view}': frame {k} ({exc})") from None
+
+    def _frames(self, view: str) -> np.ndarray:
+        key = f"images/{view}.frames"
+        if key not in self._cache:
+            path = self.path / "images" / f"{view}.frames"
+            if not path.exists():
+                raise DatasetError(f"{self.path}: field 'images/{view}': missing file {path.name}")
+            self._cache[key] = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+        return self._cache[key]
+
+    def frame_shape(self, view: str) -> tuple[int, ...]:
+        return tuple(self.frame(view, 0).shape) if self.frame_count(view) else ()
+
+    def validate(self, decode_frames: bool = True) -> None:
+        """Full check of every array (reads all data: used by `vla data info --check` and the importers)."""
         keys = ["actions", "actions_t"] + [k for k in ("state", "state_t", "sensor", "sensor_t") if self.has(k)]
-        keys += [f"images/{v}{s}" for v in self.views for s in ("", "_t")]
+        for v in self.views:
+            keys += [f"images/{v}_t", f"images/{v}" + ("_index" if self.image_storage[v] == "encoded" else "")]
         validate_arrays({k: np.asarray(self.array(k)) for k in keys}, where=str(self.path))
+        for v in self.views:
+            if self.image_storage[v] != "encoded":
+                continue
+            index, size = np.asarray(self.array(f"images/{v}_index")), len(self._frames(v))
+            if len(index) and (index.min() < 0 or (index[:, 0] + index[:, 1]).max() > size):
+                raise DatasetError(f"{self.path}: field 'images/{v}_index': offsets beyond the {size}-byte frames file")
+            if decode_frames:
+                shapes = {self.frame(v, k).shape for k in range(len(index))}
+                if len(shapes) > 1:
+                    raise DatasetError(f"{self.path}: field 'images/{v}': frames differ in size {sorted(shapes)}")
 
 
 def list_episodes(dataset_dir: str | Path) -> list[Episode]:

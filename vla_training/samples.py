@@ -68,8 +68,7 @@ class ChunkDataset(Dataset):
         t = float(stamps["actions_t"][i])
         sample: dict = {}
         if cfg.views:
-            sample[OBS_IMAGES] = {v: np.array(ep.array(f"images/{v}")[_latest_index(stamps[f"images/{v}_t"], t)])
-                                  for v in cfg.views}
+            sample[OBS_IMAGES] = {v: ep.frame(v, _latest_index(stamps[f"images/{v}_t"], t)) for v in cfg.views}
             sample[OBS_INSTRUCTION] = ep.instruction
         if cfg.state.dim:
             sample[OBS_STATE] = np.array(ep.array("state")[_latest_index(stamps["state_t"], t)], np.float32)
