@@ -14,6 +14,7 @@ from vla_training.cli import main as vla
 from vla_training.episodes import DatasetError, EpisodeData, list_episodes, write_episode
 from vla_training.import_seed import import_seed
 from vla_training.samples import ChunkDataset, collate, split_episodes
+from seed_recordings import episode_session, legacy_session
 
 
 def _episode(n=20, views=("front",), nan=False):
@@ -129,58 +130,14 @@ def test_sim_demos_and_info(tmp_path, capsys):
     assert "episodes     2" in text and "sensor       12 channels" in text and "every array read" in text
 
 
-def _jpeg(path: Path, value: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.full((12, 16, 3), value, np.uint8))
-
-
-def _states_csv(path: Path, times: np.ndarray) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["recv_timestamp", "origin_timestamp", "send_timestamp", "force_placeholder"]
-                        + [f"joint_{i}" for i in range(1, 7)] + ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"])
-        for k, t in enumerate(times):
-            writer.writerow([t, t, t, 0] + [0.1 * k] * 6 + [10.0 * k + 0.001 * k * k, 2.0 * k, 0, 0, 0, 0.5 * k])
-
-
-def _sensor_npz(path: Path, t0: float, n: int = 400) -> None:
-    t = t0 + np.arange(n) / 650
-    np.savez(path, timestamps=t, forces=np.sin(t), alines=np.random.default_rng(0).normal(size=(n, 1025)))
-
-
-def make_seed_legacy(root: Path) -> Path:
-    session = root / "Needle_insertion_eye_trocar" / "recv_all_20251027_120000"
-    t0 = 1761551500.0
-    for k in range(4):
-        t = t0 + 0.5 * k
-        for view in range(1, 5):
-            _jpeg(session / f"View{view}" / "left" / f"zed_41182735_left_{t:.3f}.jpg", 40 * k)
-            _jpeg(session / f"View{view}" / "right" / f"zed_41182735_right_{t:.3f}.jpg", 40 * k)
-        _jpeg(session / "View5" / f"oak_{t + 0.004:.3f}.jpg", 40 * k)
-    _states_csv(session / "robot_state_20251027_120000.csv", t0 + np.arange(0, 200) * 0.01)
-    _sensor_npz(session / "sensor_data_20251027_120000.npz", t0)
-    return session
-
-
-def make_seed_episode(root: Path) -> Path:
-    session = root / "Needle_insertion_eye_trocar" / "episode_20251101_090000"
-    t0 = 1762000000.0
-    views = ["View1", "View2", "View5"]
-    (session / "images").mkdir(parents=True)
-    (session / "metadata.json").write_text(json.dumps({"robot_hz": 100, "sensor_hz": 650, "sensor_window_size": 650,
-                                                       "camera_views": views}))
-    for k in range(5):
-        for view in views:
-            _jpeg(session / "images" / view / f"{t0 + 0.5 * k:.3f}.jpg", 30 * k)
-    _states_csv(session / "robot_states.csv", t0 + np.arange(0, 250) * 0.01)
-    _sensor_npz(session / "sensor_data.npz", t0)
-    np.savez(session / "actions.npz", actions=np.zeros((5, 7)))
-    return session
-
-
-@pytest.mark.parametrize("make, views, steps", [(make_seed_legacy, 5, 3), (make_seed_episode, 3, 4)])
-def test_import_seed_layouts(tmp_path, make, views, steps):
-    make(tmp_path / "src")
+@pytest.mark.parametrize("layout", ["legacy", "episode"])
+def test_import_seed_layouts(tmp_path, layout):
+    if layout == "legacy":
+        legacy_session(tmp_path / "src", "recv_all_20251027_120000", 1761551500.0)
+        views, steps = 5, 4
+    else:
+        _, (stream_t, stream, ends, window) = episode_session(tmp_path / "src", "episode_20251101_090000", 1762000000.0)
+        views, steps = 3, 4
     (path,) = import_seed(tmp_path / "src", tmp_path / "out", progress=False)
     (ep,) = list_episodes(tmp_path / "out")
     ep.validate()
@@ -188,18 +145,28 @@ def test_import_seed_layouts(tmp_path, make, views, steps):
     assert len(ep.views) == views and ep.length == steps
     actions = np.asarray(ep.array("actions"))
     assert np.allclose(actions[:, 0], 500.0, atol=30) and np.allclose(actions[:, 1], 100.0)  # deltas over 0.5 s (mm)
+    assert np.allclose(actions[:, 5], 10.0, atol=1e-6)  # r crosses +-180 within the session: 50 x 0.2 deg, wrapped
     assert np.allclose(actions[:, 6], 1.0)  # the seed's constant gripper, kept and flagged
-    assert ep.meta["constant_action_dims"] == ["dy", "dz", "da", "db", "dr", "gripper"]
-    assert ep.array("sensor").shape == (400, 1026) and ep.array("state").shape[1] == 12
+    assert ep.meta["constant_action_dims"] == ["dy", "dz", "da", "db", "dr", "gripper"]  # dr: wrapped, constant
+    assert ep.array("state").shape[1] == 12 and ep.meta["state_names"][:2] == ["joint_1", "joint_2"]
+    if layout == "episode":  # the overlapping windows become the stream again, sample for sample
+        first = ends[0] - window + 1
+        assert np.allclose(np.asarray(ep.array("sensor_t")), stream_t[first:ends[-1] + 1], atol=1e-6)
+        assert np.array_equal(np.asarray(ep.array("sensor")), stream[first:ends[-1] + 1])
+    assert ep.image_storage["View1"] == "encoded"  # JPEGs kept as recorded
 
 
 def test_import_seed_errors_name_the_session_and_field(tmp_path):
-    session = make_seed_legacy(tmp_path / "src")
+    session = legacy_session(tmp_path / "src", "recv_all_20251027_120000", 1761551500.0)
     (session / "robot_state_20251027_120000.csv").unlink()
     with pytest.raises(DatasetError, match="recv_all_20251027_120000: field 'robot_state': missing"):
         import_seed(tmp_path / "src", tmp_path / "out", progress=False)
-    session = make_seed_episode(tmp_path / "src2")
+    session, _ = episode_session(tmp_path / "src2", "episode_20251101_090000", 1762000000.0)
     np.savez(session / "sensor_data.npz", timestamps=np.arange(3.0), forces=np.zeros(2), alines=np.zeros((3, 1025)))
-    with pytest.raises(DatasetError, match="episode_20251101_090000: field 'sensor': expected timestamps"):
+    with pytest.raises(DatasetError, match="episode_20251101_090000: field 'sensor': sensor_data.npz: expected timestamps"):
         import_seed(tmp_path / "src2", tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists() or list((tmp_path / "out2").iterdir()) == []
+    np.savez(session / "sensor_data.npz", timestamps=np.arange(3.0), values=np.zeros((3, 4)))
+    with pytest.raises(DatasetError, match=r"sensor_data.npz has keys \['timestamps', 'values'\]; expected timestamps \+ "
+                                           "forces"):
+        import_seed(tmp_path / "src2", tmp_path / "out2", progress=False)

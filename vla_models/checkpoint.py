@@ -124,14 +124,19 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a policy from a checkpoint directory; outputs are identical to the saved policy's."""
+def load_policy(path: str | Path, device: str | torch.device = "cpu", backbone_pretrained: str | None = None):
+    """Rebuild a policy from a checkpoint directory; outputs are identical to the saved policy's.
+
+    backbone_pretrained: where the backbone's base weights are on this machine (a local directory or
+    hub id), when not at the path recorded at training (the robot PC is not the training server)."""
     from .policy import VLAPolicy
 
     path = Path(path)
     manifest = read_manifest(path)
     try:
         config = PolicyConfig.from_dict(manifest.get("policy"))
+        if backbone_pretrained:
+            config = config.replace(**{"backbone.pretrained": str(backbone_pretrained)})
     except ConfigError as exc:
         raise CheckpointError(f"{path / CONFIG_FILE}: field 'policy': {exc}") from exc
     weights = path / WEIGHTS_FILE

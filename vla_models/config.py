@@ -120,10 +120,16 @@ class StateConfig:
 
     dim: int = 0  # 0 = no state input
     hidden: int = 256
+    # Which of the recording's state columns the policy reads, by name (the seed's CSV has 6 joints +
+    # 6 pose values; a JointState on the robot is read by these names too). [] = all, in order.
+    columns: list[str] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
         _positive(f"{path}.dim", self.dim, allow_zero=True)
         _positive(f"{path}.hidden", self.hidden)
+        if self.columns and len(self.columns) != self.dim:
+            raise ConfigError(f"{path}.columns: expected {self.dim} names (state.dim), got {len(self.columns)}: "
+                              f"{self.columns!r}")
 
 
 @dataclass

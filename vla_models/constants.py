@@ -7,6 +7,7 @@ OBS_SENSOR_MASK = "sensor_mask"  # (B,) bool, True where the sensor window holds
 OBS_STATE = "state"  # (B, S) float
 ACTION = "action"  # (B, H, A) float, in the dataset's units
 ACTION_IS_PAD = "action_is_pad"  # (B, H) bool, True where the chunk runs past the episode end
+SAMPLE_WEIGHT = "sample_weight"  # optional (B,) float loss weight per sample (e.g. x2 with sensor data)
 VL_FEATURES = "vl_features"  # optional fusion.Features of a frozen backbone, cached (stage-1 training)
 
 OBSERVATION_KEYS = (OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE)

@@ -20,7 +20,7 @@ from torch import nn
 from .backbones import build_backbone
 from .config import PolicyConfig
 from .constants import (ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE,
-                        VL_FEATURES)
+                        SAMPLE_WEIGHT, VL_FEATURES)
 from .encoders import SensorEncoder, StateEncoder
 from .errors import ObservationError
 from .experts import EXPERTS
@@ -145,7 +145,13 @@ class VLAPolicy(nn.Module):
         action_norm = self.normalizer["action"]
         dim_weight = (~action_norm.constant_mask).float()  # constant dimensions carry no signal
         cond = self.encode(prepared, vl_features=vl_features)
-        loss, logs = self.expert.loss(cond, action_norm.normalize(actions), pad, dim_weight)
+        weight = batch.get(SAMPLE_WEIGHT)
+        if weight is not None:
+            weight = torch.as_tensor(np.asarray(weight) if not isinstance(weight, torch.Tensor) else weight,
+                                     dtype=torch.float32, device=self.device)
+            if weight.shape != (b,):
+                raise ObservationError(f"{SAMPLE_WEIGHT}: expected shape ({b},), got {tuple(weight.shape)}")
+        loss, logs = self.expert.loss(cond, action_norm.normalize(actions), pad, dim_weight, weight)
         return loss, {"loss": loss.item(), **logs}
 
     # -- inference --------------------------------------------------------------------------------

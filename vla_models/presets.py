@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": {"type": "qwen_vl", "variant": "qwen2_5_vl", "pretrained": "Qwen/Qwen2.5-VL-3B-Instruct",
                      "size": "3b", "lora": {"enabled": True}},
         "sensor": {"channels": 1026, "window": 650},
-        "state": {"dim": 6},
+        "state": {"dim": 6, "columns": [f"joint_{i}" for i in range(1, 7)]},  # `vla data import-seed`'s names
         "expert": {"layers": 4, "heads": 8, "feedforward": 4096},
     },
 }

@@ -29,6 +29,7 @@ class InputSpec:
     sensor_channels: int
     sensor_window: int
     state_dim: int
+    state_columns: tuple = ()  # JointState names the policy's state reads (() = the message's order)
 
 
 class Inputs:
@@ -47,6 +48,7 @@ class Inputs:
         self.pose_frame = ""
         self.stamp_guard = StampGuard(params.future_stamp_tolerance_s)
         self.invalid: dict[str, str] = {}  # command inputs whose latest message was refused, and why
+        self.frame_stamps: collections.deque[float] = collections.deque(maxlen=20)  # the first view's, for its rate
         # what the policy reads, and what commands also need (their staleness holds the arm, not inference)
         self.policy_inputs = list(spec.views) + (["sensor"] if spec.sensor_channels else []) + \
             ([STATE_KEY] if spec.state_dim else [])
@@ -88,6 +90,14 @@ class Inputs:
             return self.drop(f"image[{view}]", str(exc))
         self.sync.add(view, stamp_seconds(msg.header.stamp), rgb)
         self.watchdog.feed(view, self.now())
+        if view == self.spec.views[0]:
+            self.frame_stamps.append(stamp_seconds(msg.header.stamp))
+
+    def frame_period(self) -> float | None:
+        """Median seconds between the first view's frames (None before 5 frames)."""
+        stamps = np.asarray(self.frame_stamps)
+        steps = np.diff(stamps)
+        return float(np.median(steps)) if len(steps) >= 4 else None
 
     def on_sensor(self, msg) -> None:
         if not self.accept("sensor", msg, 4 * len(getattr(msg, "data", ()))):
@@ -114,6 +124,13 @@ class Inputs:
         self.joints.add(stamp, position)
         self.watchdog.feed(JOINTS_KEY, self.now())
         if is_policy_state:
+            columns = self.spec.state_columns
+            if columns:
+                missing = [c for c in columns if c not in msg.name]
+                if missing:
+                    return self.drop("state", f"joints {missing} (the checkpoint's state.columns) are not in the "
+                                              f"JointState {list(msg.name)}")
+                position = position[[list(msg.name).index(c) for c in columns]]
             self._policy_state(stamp, position)
 
     def on_pose(self, msg, is_policy_state: bool) -> None:

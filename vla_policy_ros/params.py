@@ -42,6 +42,7 @@ class NodeParams:
     regression_checkpoint: str = ""
     diffusion_checkpoint: str = ""
     device: str = "cpu"
+    backbone_path: str = ""  # the backbone weights' directory on this PC ("" = the path recorded at training)
     image_topics: tuple = ()  # one per checkpoint view, in the checkpoint's order; default camera/<view>/image_raw
     sensor_topic: str = "sensor/wrench"
     sensor_type: str = "wrench"
@@ -133,6 +134,7 @@ DESCRIPTIONS = {
     "regression_checkpoint": "checkpoint directory of the regression expert",
     "diffusion_checkpoint": "checkpoint directory of the diffusion expert",
     "device": "torch device (cpu, cuda, cuda:1)",
+    "backbone_path": "directory of the backbone weights on this PC ('' = the path recorded in the checkpoint)",
     "image_topics": "image topic per checkpoint view (raw Image, or CompressedImage if it ends in /compressed)",
     "sensor_topic": "high-rate sensor topic",
     "sensor_type": f"sensor message: one of {list(SENSOR_TYPES)} (WrenchStamped, SensorPacket, Float32MultiArray)",

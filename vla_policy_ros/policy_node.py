@@ -116,7 +116,7 @@ class PolicyNode(LifecycleNode):
         for kind in P.EXPERT_TYPES:
             path = getattr(p, f"{kind}_checkpoint")
             if path:
-                self.policies[kind] = load_policy(path, device=p.device)
+                self.policies[kind] = load_policy(path, device=p.device, backbone_pretrained=p.backbone_path or None)
                 self.get_logger().info(f"loaded {kind} policy from {path}")
         spec = self._input_spec()
         config = next(iter(self.policies.values())).config
@@ -228,7 +228,8 @@ class PolicyNode(LifecycleNode):
 
     def _input_spec(self) -> InputSpec:
         specs = {kind: InputSpec(tuple(pol.config.views), pol.config.sensor.channels, pol.config.sensor.window,
-                                 pol.config.state.dim) for kind, pol in self.policies.items()}
+                                 pol.config.state.dim, tuple(pol.config.state.columns))
+                 for kind, pol in self.policies.items()}
         first = next(iter(specs.values()))
         if any(spec != first for spec in specs.values()):
             raise ValueError(f"the checkpoints expect different inputs ({specs}); both policy types must share "
@@ -430,7 +431,7 @@ class PolicyNode(LifecycleNode):
             return self._hold(f"observation {age:.3f} s old at publication (max_command_age_s "
                               f"{result.params.max_command_age_s})")
         try:  # from the robot's state at the observation's stamp: motion during inference is not counted twice
-            planned = self.command.plan(result.chunk, self.inputs.robot_state(result.stamp), result.stamp)
+            planned = self.command.plan(result.chunk, self._robot_state_at(result.stamp), result.stamp)
         except CommandError as exc:
             return self._hold(str(exc))
         self._limit_outcome(planned.outcome, planned.reason)
@@ -439,18 +440,32 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             self.holding = ""
             if not self.command.streaming:
+                if planned.gripper is not None:
+                    self._publish_gripper(planned.gripper[0])
                 if self.trajectory_action is not None:
                     self.trajectory_action.send(planned.message)
                 else:
                     self.command_pub.publish(planned.message)
                 self.inputs.stats["commands"] += 1
-                if planned.gripper is not None:
-                    self._publish_gripper(planned.gripper[0])
                 return
             rows = planned.rows if planned.gripper is None else np.hstack([planned.rows, planned.gripper[:, None]])
             self.command_frame = planned.frame
             self.command_executor.add_chunk(result.stamp, rows)
         self._command_tick(max(self._now(), result.stamp))  # the action due now goes out at once
+
+    def _robot_state_at(self, stamp: float, wait_s: float = 0.05):
+        """The joints/pose at the observation's stamp. A state stream published beside the cameras can
+        arrive just after them: wait up to wait_s (the worker thread) for it to cover the stamp."""
+        deadline = time.monotonic() + wait_s
+        robot = self.inputs.robot_state(stamp)
+        needs_pose = self.params.command_interface in ("servo_twist", "pose_target") and bool(self.inputs.pose_frame or
+                                                                                              self.params.pose_topic)
+        needs_joints = self.params.command_interface == "joint_trajectory"
+        while ((needs_pose and robot.pose is None) or (needs_joints and robot.joints is None)) and \
+                time.monotonic() < deadline:
+            time.sleep(0.001)
+            robot = self.inputs.robot_state(stamp)
+        return robot
 
     def _command_tick(self, now: float | None = None) -> None:
         """Streamed interfaces: the command due now; every interface: hold on a fault while armed."""
@@ -472,11 +487,12 @@ class PolicyNode(LifecycleNode):
             if due is None:  # no chunk covers now: nothing new (the controller keeps its last target)
                 return
             width = 6 if self.command.name == "servo_twist" else 7
-            self.command_pub.publish(self.command.message(due.action[:width], now, self.command_frame))
+            message = self.command.message(due.action[:width], now, self.command_frame)
+            if len(due.action) > width:  # the gripper first: a controller stepping on the arm command has it
+                self._publish_gripper(due.action[width])
+            self.command_pub.publish(message)
             self.inputs.stats["commands"] += 1
             self.tick_times = (self.tick_times + [time.monotonic()])[-50:]
-        if len(due.action) > width:
-            self._publish_gripper(due.action[width])
 
     def _publish_gripper(self, value: float) -> None:
         if self.gripper_pub is not None:

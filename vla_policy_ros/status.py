@@ -26,6 +26,14 @@ def diagnostics(node) -> DiagnosticArray:
             (inputs.sensor is not None and inputs.sensor.newest_stamp() is None)
         values.update({"waiting_for_inputs": waiting, "stale_inputs": ",".join(stale),
                        "stamp_guard_resets": inputs.stamp_guard.resets, **inputs.stats})
+        period = inputs.frame_period() if inputs.spec.views else None
+        if period and node.worker is not None:
+            values.update({"camera_period_s": f"{period:.3f}", "action_period_s": f"{node.dt:.3f}"})
+            if not 0.5 < period / node.dt < 2.0:  # trained at another rate: the chunk's timing is off
+                rate_warning = (f"cameras arrive every {period:.3f} s; the checkpoint was trained with one action every "
+                                f"{node.dt:.3f} s (dt)")
+                values["rate_warning"] = rate_warning
+                node.get_logger().warning(rate_warning, throttle_duration_sec=30.0)
     if worker is not None:
         error = worker.last_error
         values.update({"last_latency_ms": f"{worker.latencies[-1] * 1e3:.1f}" if worker.latencies else "",

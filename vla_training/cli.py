@@ -45,7 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.expert_dtype != "float32" and not args.sim:
         raise ConfigError(f"--expert-dtype {args.expert_dtype}: applies to the closed loop only; expected --sim TASK")
-    policy = load_for_eval(args.checkpoint, args.device)
+    policy = load_for_eval(args.checkpoint, args.device, args.backbone)
     result: dict = {"checkpoint": str(args.checkpoint), "expert": policy.config.expert.type}
     if args.sim:
         engine = policy
@@ -173,7 +173,8 @@ def cmd_bag_eval(args: argparse.Namespace) -> int:
         raise ConfigError("bag-eval: expected --checkpoint RUN (offline) or --chunks-topic TOPIC (a replay's outputs)")
     result = bag_eval(args.bag, args.checkpoint, args.topics, chunks_topic=args.chunks_topic,
                       mm_per_unit=args.mm_per_unit, max_frames=args.max_frames, sampler=args.sampler,
-                      ddim_steps=args.ddim_steps, plot=args.plot, progress=not args.no_progress)
+                      ddim_steps=args.ddim_steps, plot=args.plot, progress=not args.no_progress, device=args.device,
+                      backbone=args.backbone)
     err, total = result["path_error_mm"], result["latency_ms"].get("total_ms", {})
     print(f"{result['source']}: {result['evaluated']}/{result['anchors']} anchors; path error mean "
           f"{err['mean']:.2f} mm, median {err['median']:.2f}, p95 {err['p95']:.2f}; latency median "
@@ -198,7 +199,12 @@ def cmd_data_sim(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from .dataset_info import dataset_info, format_info
 
-    info = dataset_info(args.dataset, check=args.check)
+    config = None
+    if args.config or args.set:
+        from .train import load_train_config
+
+        _, config = load_train_config({"config": args.config or "cpu", "set": list(args.set)})
+    info = dataset_info(args.dataset, check=args.check, config=config)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -234,6 +240,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides["resume"] = args.resume or None
     overrides["wandb"] = args.wandb or None
     overrides["tensorboard"] = args.tensorboard or None
+    pretrained = overrides.pop("pretrained", None)
+    if pretrained:
+        overrides["set"] = [*overrides.get("set", []), f"backbone.pretrained={pretrained}"]
     progress = train(overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {progress['step']} steps; checkpoints in {args.out}/last and {args.out}/best")
@@ -277,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true", help="per-stage latency (with --dataset for the inputs)")
     p.add_argument("--diversity", help="a (bimodal) dataset: K samples per observation, mode fractions")
     p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    p.add_argument("--backbone", help="the backbone weights' directory on this machine (if not the trained-with path)")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -330,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddim", "ddpm"])
     p.add_argument("--ddim-steps", type=int)
     p.add_argument("--plot", help="PNG of predicted vs recorded trajectories")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    p.add_argument("--backbone", help="the backbone weights' directory on this machine (if not the trained-with path)")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bag_eval)
@@ -348,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_sim)
     p = dsub.add_parser("info", help="episodes, lengths, rates, views, channels and action statistics")
     p.add_argument("dataset")
-    p.add_argument("--check", action="store_true", help="read every array and validate it (slower)")
+    p.add_argument("--check", action="store_true", help="read every array and validate it (slower); per-episode streams")
+    p.add_argument("--config", help="a policy config (preset or YAML): say per episode what training would do with it")
+    p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as vla train")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_info)
     p = dsub.add_parser("plot", help="top view of the episodes' end-effector paths, coloured by mode")
@@ -384,7 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-cache", "--feature_cache", dest="feature_cache", help="stage-1 feature cache directory")
     p.add_argument("--checkpoint-every", "--checkpoint_every", dest="checkpoint_every", type=int)
     p.add_argument("--val-fraction", dest="val_fraction", type=float)
-    p.add_argument("--sensor-window", dest="sensor_window", type=int)
+    p.add_argument("--sensor-window", dest="sensor_window", type=int,
+                   help="sensor samples per window (stored in the checkpoint: evaluation and the node use it)")
+    p.add_argument("--sensor-weight", dest="sensor_weight", type=float,
+                   help="loss weight of samples with sensor data (the research code: 2)")
+    p.add_argument("--pretrained", help="local directory (or hub id) of the backbone weights = -o backbone.pretrained=DIR")
+    p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value: policy fields by dotted key (-o policy.horizon=8, "
+                        "-o backbone.pretrained=DIR, -o state.columns=[joint_1,joint_2]) or train.FIELD; repeatable")
     p.add_argument("--device")
     p.add_argument("--resume", action="store_true", help="continue OUT/last (schedule, optimiser, data order)")
     p.add_argument("--wandb", action="store_true")

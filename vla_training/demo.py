@@ -108,7 +108,7 @@ def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path]) -> 
 def _bimodal_paths(policy, dataset: Path, k: int = 16, max_obs: int = 8) -> dict:
     """Sampled chunks and recorded chunks (xy, mm, relative to the hand) at detour starts."""
     episodes = list_episodes(dataset)
-    ds = ChunkDataset(episodes, policy.config, 64)
+    ds = ChunkDataset(episodes, policy.config)  # the checkpoint's sensor window
     starts, offset = [], 0
     for ep in episodes:
         detour = ep.meta.get("detour")

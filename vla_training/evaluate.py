@@ -68,7 +68,7 @@ def _overrides(policy, sampler: str | None, ddim_steps: int | None) -> dict:
 # -- closed loop -------------------------------------------------------------------------------------
 def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, max_steps: int = 300,
                 sampler: str | None = None, ddim_steps: int | None = None, sample_seed: int = 0,
-                save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int = 64,
+                save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int | None = None,
                 progress: bool = True, episode_log: str | Path | None = None) -> dict:
     """Success rate (+ 95 % Wilson interval) and episode lengths on `episodes` placements of MT1 seed `seed`.
 
@@ -94,7 +94,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             frames = [record.images.get("corner")] if ep < save_rollouts else None
             success, steps, chunks = False, 0, 0
             while steps < max_steps and not success:
-                obs = _sim_observation(cfg, record, sensor_hist, sensor_window, instruction)
+                obs = _sim_observation(cfg, record, sensor_hist, sensor_window or cfg.sensor.window, instruction)
                 chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides)[0].cpu().numpy()
                 generator_seed += 1
                 chunks += 1
@@ -162,7 +162,7 @@ def _batches(ds: ChunkDataset, indices: np.ndarray, size: int):
 
 
 def offline_path_error(policy, dataset_dir: str | Path, max_samples: int = 512, mm_per_unit: float | None = None,
-                       sensor_window: int = 64, seed: int = 0, sampler: str | None = None,
+                       sensor_window: int | None = None, seed: int = 0, sampler: str | None = None,
                        ddim_steps: int | None = None) -> dict:
     """L2 distance (mm) between the predicted chunk's integrated trajectory and the recorded future one.
 
@@ -198,7 +198,7 @@ def offline_path_error(policy, dataset_dir: str | Path, max_samples: int = 512, 
 
 
 # -- latency -----------------------------------------------------------------------------------------
-def stage_latency(policies: dict, dataset_dir: str | Path, repeats: int = 30, sensor_window: int = 64) -> dict:
+def stage_latency(policies: dict, dataset_dir: str | Path, repeats: int = 30, sensor_window: int | None = None) -> dict:
     """Per-stage latency (median, p95 ms) at batch 1 for each expert variant, same process and inputs."""
     out = {}
     sample_obs = None
@@ -232,7 +232,7 @@ def _mode_reference(state: np.ndarray, mode: int, horizon: int, offset: float = 
     return np.asarray(path) - hand[:2] * 1000.0
 
 
-def diversity(policy, dataset_dir: str | Path, k: int = 16, max_obs: int = 40, sensor_window: int = 64,
+def diversity(policy, dataset_dir: str | Path, k: int = 16, max_obs: int = 40, sensor_window: int | None = None,
               seed: int = 0) -> dict:
     """K samples per observation: mean pairwise distance of the integrated chunks (mm); on a bimodal
     dataset (episodes with a `detour`), the fraction of samples in each mode and between the modes.
@@ -295,5 +295,15 @@ def _classify(path: np.ndarray, refs: dict) -> str:
     return "+1" if t >= 0.75 else "-1"
 
 
-def load_for_eval(path: str | Path, device: str = "cpu"):
-    return load_policy(resolve_checkpoint(path), device=device)
+def default_device(device: str | None = None) -> str:
+    """`auto` (or None): CUDA when available, else the CPU."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_for_eval(path: str | Path, device: str | None = None, backbone: str | None = None):
+    """A checkpoint (or run's best/) for evaluation; `backbone` replaces the recorded backbone weights' path."""
+    return load_policy(resolve_checkpoint(path), device=default_device(device), backbone_pretrained=backbone)

@@ -5,15 +5,21 @@ Two layouts, detected per directory:
   e.g. `zed_41182735_left_1761551500.174.jpg`; the right stereo images are not used), `View5/*.jpg`,
   `robot_state_*.csv`, `sensor_data_*.npz` (timestamps, forces (N,), alines (N, 1025));
 - episode `episode_YYYYMMDD_HHMMSS/`: `metadata.json`, `images/View1..View5/<ts>.jpg`,
-  `robot_states.csv`, `sensor_data.npz` (same keys).
+  `robot_states.csv`, `sensor_data.npz` PRE-WINDOWED: `timestamps (N,)` (each window's last
+  sample) and `data (N, W, 1026)`, the latest W samples every ~200 ms; `actions.npz` is usually
+  absent (its collector never wrote it): actions come from the poses in both layouts.
 
 Samples are anchored on the frames of the first view, each matched to the nearest robot state
 within 10 ms (frames without a match are dropped and counted). Actions are end-effector pose
-deltas between consecutive anchors, 7-D `[dx, dy, dz, da, db, dr, gripper]` in mm and degrees with
+deltas between consecutive anchors, 7-D `[dx, dy, dz, da, db, dr, gripper]` in mm and degrees
+(angle differences wrapped into (-180, 180]: a crossing of +-180 is a small turn, not 360) with
 the seed's constant gripper = 1 kept and flagged constant (the normaliser masks it). The robot
-state (joints + pose, 100 Hz) and the sensor stream (force + A-scan, 1026 channels, 650 Hz) are
-stored whole at their native rates. The instruction comes from the folder above the session
-(e.g. `Needle_insertion_eye_trocar` -> "needle insertion eye trocar").
+state (joints + pose, 100 Hz) and the sensor stream (force + A-scan, 1026 channels, 650 Hz; the
+overlapping windows of the newer layout are merged back into that stream, read one window at a
+time) are stored whole at their native rates; a session without a sensor file is imported
+without one (trained with a masked sensor window). JPEG frames are stored as recorded (decoded
+when a sample needs them): no decode at import, a fraction of the disk. The instruction comes from
+the folder above the session (e.g. `Needle_insertion_eye_trocar` -> "needle insertion eye trocar").
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .episodes import DatasetError, EpisodeData, write_episode
+from .episodes import DatasetError, EncodedFrames, EpisodeData, write_episode
 
 STATE_COLUMNS = [f"joint_{i}" for i in range(1, 7)] + ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"]
 ACTION_NAMES = ["dx", "dy", "dz", "da", "db", "dr", "gripper"]
@@ -88,21 +94,64 @@ def _read_states(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
     return t[order], values[order]
 
 
-def _read_sensor(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_sensor(path: Path, where: str, sensor_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """(stamps (M,), samples (M, 1 + A-scan)) of either layout's sensor_data*.npz."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            t, forces, alines = data["timestamps"], data["forces"], data["alines"]
+        archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise DatasetError(f"{where}: field 'sensor': missing {path.name}") from None
-    except KeyError as exc:
-        raise DatasetError(f"{where}: field 'sensor': {path.name} lacks key {exc}; expected timestamps, forces, "
-                           "alines") from None
+    except zipfile.BadZipFile:
+        raise DatasetError(f"{where}: field 'sensor': {path.name} is not a readable .npz archive") from None
+    with archive:
+        keys = {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
+        if {"timestamps", "data"} <= keys:
+            return _read_windows(archive, path, where, sensor_hz)
+        if not {"timestamps", "forces", "alines"} <= keys:
+            raise DatasetError(f"{where}: field 'sensor': {path.name} has keys {sorted(keys)}; expected timestamps + "
+                               "forces + alines (legacy stream) or timestamps + data (pre-windowed episodes)")
+        t, forces, alines = (_npz_array(archive, k, path, where) for k in ("timestamps", "forces", "alines"))
     n = len(t)
     if forces.shape != (n,) or alines.ndim != 2 or len(alines) != n:
-        raise DatasetError(f"{where}: field 'sensor': expected timestamps (N,), forces (N,), alines (N, 1025); got "
-                           f"{t.shape}, {forces.shape}, {alines.shape}")
+        raise DatasetError(f"{where}: field 'sensor': {path.name}: expected timestamps (N,), forces (N,), alines "
+                           f"(N, 1025); got {t.shape}, {forces.shape}, {alines.shape}")
     order = np.argsort(t, kind="stable")
     return t[order], np.concatenate([forces[:, None], alines], axis=1)[order].astype(np.float32)
+
+
+def _npz_array(archive: zipfile.ZipFile, key: str, path: Path, where: str) -> np.ndarray:
+    with archive.open(f"{key}.npy") as fh:
+        try:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+        except ValueError as exc:
+            raise DatasetError(f"{where}: field 'sensor': {path.name} key {key!r} is unreadable ({exc})") from None
+
+
+def _read_windows(archive: zipfile.ZipFile, path: Path, where: str, sensor_hz: float):
+    """Pre-windowed `data (N, W, C)` whose window i ends at timestamps[i] -> the sensor stream at
+    `sensor_hz`: from each window only the samples newer than the previous window's end (windows
+    overlap), read one window at a time (a session's windows do not fit in memory)."""
+    t = _npz_array(archive, "timestamps", path, where).astype(np.float64)
+    with archive.open("data.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        if len(shape) != 3 or shape[0] != len(t) or fortran:
+            raise DatasetError(f"{where}: field 'sensor': {path.name}: expected data (N, W, C) in C order with N = "
+                               f"{len(t)} timestamps; got {shape}{' (Fortran order)' if fortran else ''}")
+        n, window, channels = shape
+        stamps, rows, previous = [], [], -np.inf
+        for i in range(n):
+            block = np.frombuffer(fh.read(window * channels * dtype.itemsize), dtype).reshape(window, channels)
+            times = t[i] - (window - 1 - np.arange(window)) / sensor_hz  # oldest -> newest
+            new = times > previous + 0.5 / sensor_hz
+            stamps.append(times[new])
+            rows.append(block[new].astype(np.float32))
+            previous = max(previous, t[i])
+    if not rows:
+        raise DatasetError(f"{where}: field 'sensor': {path.name} holds no windows")
+    stamps, samples = np.concatenate(stamps), np.concatenate(rows)
+    order = np.argsort(stamps, kind="stable")
+    return stamps[order], samples[order]
 
 
 def _instruction(session: Path) -> str:
@@ -110,16 +159,14 @@ def _instruction(session: Path) -> str:
     return re.sub(r"\s+", " ", parent.replace("_", " ")).strip().lower() or "insert the needle"
 
 
-def _decode(files: list[Path], where: str, view: str) -> np.ndarray:
-    frames = []
-    for f in files:
-        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DatasetError(f"{where}: field 'images/{view}': cannot decode {f.name}")
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    if len({fr.shape for fr in frames}) != 1:
-        raise DatasetError(f"{where}: field 'images/{view}': frames differ in size {sorted({fr.shape for fr in frames})}")
-    return np.stack(frames)
+def _encoded(files: list[Path]) -> EncodedFrames:
+    """The JPEG files as recorded (decoded when a training sample needs them)."""
+    return EncodedFrames([f.read_bytes() for f in files])
+
+
+def _wrap_degrees(delta: np.ndarray) -> np.ndarray:
+    """Angle differences into (-180, 180]: a crossing of +-180 is a small turn, not a 360-degree one."""
+    return 180.0 - np.mod(180.0 - delta, 360.0)
 
 
 def read_session(session: Path) -> EpisodeData:
@@ -131,8 +178,13 @@ def read_session(session: Path) -> EpisodeData:
         sensors = sorted(session.glob("sensor_data_*.npz"))
         state_file = states[0] if states else session / "robot_state_.csv"
         sensor_file = sensors[0] if sensors else None
+        sensor_hz = 650.0
     else:
-        meta = json.loads((session / "metadata.json").read_text()) if (session / "metadata.json").exists() else {}
+        try:
+            meta = json.loads((session / "metadata.json").read_text()) if (session / "metadata.json").exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{where}: field 'metadata': metadata.json is not valid JSON ({exc})") from None
+        sensor_hz = float(meta.get("sensor_hz") or 650.0)
         views = meta.get("camera_views") or sorted(p.name for p in (session / "images").glob("View*"))
         view_dirs = {v: session / "images" / v for v in views}
         state_file = session / "robot_states.csv"
@@ -153,17 +205,18 @@ def read_session(session: Path) -> EpisodeData:
                            f"robot state within {MATCH_TOLERANCE_S * 1e3:.0f} ms; need at least 2")
     t, poses = anchor_t[matched], state[nearest[matched], 6:12]
     deltas = np.diff(poses, axis=0)  # (N-1, 6) mm and degrees
+    deltas[:, 3:] = _wrap_degrees(deltas[:, 3:])
     actions = np.concatenate([deltas, np.ones((len(deltas), 1))], axis=1)
-    sensor_t, sensor = _read_sensor(sensor_file, where) if sensor_file else (None, None)
+    sensor_t, sensor = _read_sensor(sensor_file, where, sensor_hz) if sensor_file else (None, None)
     data = EpisodeData(
         instruction=_instruction(session), actions=actions, actions_t=t[:-1], action_names=ACTION_NAMES,
         state=state, state_t=state_t, state_names=STATE_COLUMNS, sensor=sensor, sensor_t=sensor_t,
         sensor_names=(["force"] + [f"aline_{i}" for i in range(sensor.shape[1] - 1)]) if sensor is not None else [],
-        images={v: _decode(files, where, v) for v, (_, files) in frames.items()},
+        images={v: _encoded(files) for v, (_, files) in frames.items()},
         images_t={v: ts for v, (ts, _) in frames.items()},
         meta={"source": f"seed/{layout}", "source_path": str(session), "anchor_view": anchor_view,
               "unmatched_frames": int((~matched).sum()), "action_units": ACTION_UNITS,
-              "mm_per_action_unit": 1.0,
+              "mm_per_action_unit": 1.0, "has_sensor": sensor is not None,
               "constant_action_dims": [n for n, c in zip(ACTION_NAMES, np.ptp(actions, axis=0) < 1e-9) if c]},
     )
     return data

@@ -3,8 +3,9 @@
 Sample (episode e, control step i) at time t = actions_t[i]:
 - images: per view the latest frame stamped <= t;
 - sensor: the last `sensor_window` samples stamped <= t (zero-padded at the front when the
-  episode is younger than the window, as the seed did; `sensor_mask` False when there are none);
-- state: the latest state stamped <= t;
+  episode is younger than the window, as the seed did; `sensor_mask` False when there are none,
+  also for a whole episode recorded without the sensor);
+- state: the latest state stamped <= t, the config's `state.columns` picked by name;
 - action chunk: actions[i : i+H] with `action_is_pad` True past the episode end (padded rows
   are zeros and excluded from the loss: no repeated last action pretending to be data).
 """
@@ -27,37 +28,34 @@ def _latest_index(stamps: np.ndarray, t: float) -> int:
     return max(int(np.searchsorted(stamps, t + 1e-9, side="right")) - 1, 0)
 
 
+def state_columns(ep: Episode, config: PolicyConfig) -> list[int] | slice:
+    """Indices of the config's `state.columns` in the episode's state (all columns when none are named)."""
+    if not config.state.columns:
+        return slice(None)
+    names = ep.meta.get("state_names") or []
+    missing = [c for c in config.state.columns if c not in names]
+    if missing:
+        raise DatasetError(f"{ep.path}: field 'state': columns {missing} (config state.columns) are not in the "
+                           f"episode's state_names {names}")
+    return [names.index(c) for c in config.state.columns]
+
+
 class ChunkDataset(Dataset):
     def __init__(self, episodes: list[Episode], config: PolicyConfig, sensor_window: int | None = None) -> None:
         self.episodes = episodes
         self.config = config
         self.sensor_window = sensor_window or config.sensor.window
         for ep in episodes:
-            self._check(ep)
+            check_episode(ep, config)
+        self._columns = [state_columns(ep, config) if config.state.dim else None for ep in episodes]
         self.index = [(e, i) for e, ep in enumerate(episodes) for i in range(ep.length)]
         self._stamps = [{k: np.asarray(ep.array(k)) for k in self._stamp_keys(ep)} for ep in episodes]
 
     def _stamp_keys(self, ep: Episode) -> list[str]:
         keys = ["actions_t"] + [f"images/{v}_t" for v in self.config.views]
         keys += ["state_t"] if self.config.state.dim else []
-        keys += ["sensor_t"] if self.config.sensor.channels else []
+        keys += ["sensor_t"] if self.config.sensor.channels and ep.has("sensor") else []
         return keys
-
-    def _check(self, ep: Episode) -> None:
-        cfg = self.config
-        a = ep.array("actions").shape[1]
-        if a != cfg.action_dim:
-            raise DatasetError(f"{ep.path}: field 'actions': {a} dimensions; the policy config has action_dim "
-                               f"{cfg.action_dim}")
-        missing = [v for v in cfg.views if v not in ep.views]
-        if missing:
-            raise DatasetError(f"{ep.path}: field 'images': missing view(s) {missing}; episode has {ep.views}")
-        if cfg.state.dim and ep.array("state").shape[1] != cfg.state.dim:
-            raise DatasetError(f"{ep.path}: field 'state': {ep.array('state').shape[1]} dimensions; the policy "
-                               f"config has state.dim {cfg.state.dim}")
-        if cfg.sensor.channels and ep.array("sensor").shape[1] != cfg.sensor.channels:
-            raise DatasetError(f"{ep.path}: field 'sensor': {ep.array('sensor').shape[1]} channels; the policy "
-                               f"config has sensor.channels {cfg.sensor.channels}")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -71,10 +69,12 @@ class ChunkDataset(Dataset):
             sample[OBS_IMAGES] = {v: ep.frame(v, _latest_index(stamps[f"images/{v}_t"], t)) for v in cfg.views}
             sample[OBS_INSTRUCTION] = ep.instruction
         if cfg.state.dim:
-            sample[OBS_STATE] = np.array(ep.array("state")[_latest_index(stamps["state_t"], t)], np.float32)
+            row = np.asarray(ep.array("state")[_latest_index(stamps["state_t"], t)])
+            sample[OBS_STATE] = np.array(row[self._columns[e]], np.float32)
         if cfg.sensor.channels:
-            end = int(np.searchsorted(stamps["sensor_t"], t + 1e-9, side="right"))
-            window = np.array(ep.array("sensor")[max(0, end - self.sensor_window):end], np.float32)
+            end = int(np.searchsorted(stamps["sensor_t"], t + 1e-9, side="right")) if "sensor_t" in stamps else 0
+            window = np.array(ep.array("sensor")[max(0, end - self.sensor_window):end], np.float32) if end else \
+                np.zeros((0, cfg.sensor.channels), np.float32)
             padded = np.zeros((self.sensor_window, cfg.sensor.channels), np.float32)
             if len(window):
                 padded[-len(window):] = window
@@ -86,6 +86,41 @@ class ChunkDataset(Dataset):
         sample[ACTION] = chunk
         sample[ACTION_IS_PAD] = np.arange(h) >= len(rows)
         return sample
+
+
+def check_episode(ep: Episode, cfg: PolicyConfig) -> None:
+    """The episode fits the policy config (raises DatasetError naming the episode, field and config key);
+    reads only shapes and meta, so a whole dataset is checked before any model is built."""
+    a = ep.array("actions").shape[1]
+    if a != cfg.action_dim:
+        raise DatasetError(f"{ep.path}: field 'actions': {a} dimensions; the policy config has action_dim "
+                           f"{cfg.action_dim}")
+    missing = [v for v in cfg.views if v not in ep.views]
+    if missing:
+        raise DatasetError(f"{ep.path}: field 'images': missing view(s) {missing}; episode has {ep.views} (config "
+                           "views)")
+    if cfg.state.dim:
+        if not ep.has("state"):
+            raise DatasetError(f"{ep.path}: field 'state': the episode has no state; the policy config has state.dim "
+                               f"{cfg.state.dim}")
+        width = ep.array("state").shape[1]
+        columns = state_columns(ep, cfg)
+        picked = width if isinstance(columns, slice) else len(columns)
+        if picked != cfg.state.dim:
+            raise DatasetError(f"{ep.path}: field 'state': {width} columns {ep.meta.get('state_names') or ''}; the "
+                               f"policy config has state.dim {cfg.state.dim}: set state.columns to the {cfg.state.dim} "
+                               "names it should read")
+    if cfg.sensor.channels and ep.has("sensor") and ep.array("sensor").shape[1] != cfg.sensor.channels:
+        raise DatasetError(f"{ep.path}: field 'sensor': {ep.array('sensor').shape[1]} channels; the policy "
+                           f"config has sensor.channels {cfg.sensor.channels}")
+
+
+def control_period(episodes: list[Episode]) -> float | None:
+    """The recordings' seconds per action: median step of every episode's action stamps."""
+    steps = np.concatenate([np.diff(np.asarray(ep.array("actions_t"))) for ep in episodes if ep.length > 1] or
+                           [np.zeros(0)])
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if len(steps) else None
 
 
 def collate(samples: list[dict]) -> dict:
@@ -106,11 +141,26 @@ def fit_statistics(policy, episodes: list[Episode], max_rows: int = 200_000) -> 
     cfg = policy.config
     keys = ["actions"] + (["state"] if cfg.state.dim else []) + (["sensor"] if cfg.sensor.channels else [])
     for key in keys:
-        arrays = [np.asarray(ep.array(key)) for ep in episodes]
+        having = [ep for ep in episodes if ep.has(key)]  # the sensor: from the episodes recorded with it
+        if not having:
+            raise DatasetError(f"field '{key}': none of the {len(episodes)} training episodes has it; the policy config "
+                               f"expects it ({'sensor.channels' if key == 'sensor' else 'state.dim'}); set that to 0 "
+                               "or add recordings with it")
+        arrays = [_rows(ep, key, max_rows) for ep in having]
+        if key == "state":
+            arrays = [rows[:, state_columns(ep, cfg)] for ep, rows in zip(having, arrays)]
         rows = np.concatenate(arrays)
         if len(rows) > max_rows:
             rows = rows[np.linspace(0, len(rows) - 1, max_rows).astype(int)]
         policy.normalizer["action" if key == "actions" else key].fit(torch.from_numpy(rows.astype(np.float64)))
+
+
+def _rows(ep: Episode, key: str, max_rows: int) -> np.ndarray:
+    """An episode's rows, at most max_rows of them (evenly spaced: a long sensor stream is not read whole)."""
+    array = ep.array(key)
+    if len(array) > max_rows:
+        return np.asarray(array[np.linspace(0, len(array) - 1, max_rows).astype(int)])
+    return np.asarray(array)
 
 
 def split_episodes(episodes: list[Episode], val_fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:

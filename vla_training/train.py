@@ -25,12 +25,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from vla_models import ConfigError, PolicyConfig, build_policy, load_policy, preset
-from vla_models.constants import VL_FEATURES
+from vla_models.constants import OBS_SENSOR_MASK, SAMPLE_WEIGHT, VL_FEATURES
 from vla_models.presets import PRESETS
 
 from .episodes import list_episodes
 from .feature_cache import FeatureCache
-from .samples import ChunkDataset, collate, fit_statistics, split_episodes
+from .samples import ChunkDataset, check_episode, collate, control_period, fit_statistics, split_episodes
 from .train_state import load_train_state, save_train_state
 
 
@@ -58,7 +58,8 @@ class TrainConfig:
     stage: int = 1
     init: str | None = None  # checkpoint to start from (e.g. stage 1's best/ for stage 2)
     feature_cache: str | None = None  # directory; stage 1 with a frozen backbone only
-    sensor_window: int | None = None
+    sensor_window: int | None = None  # sensor samples per window; goes into the checkpoint (sensor.window)
+    sensor_weight: float = 1.0  # loss weight of samples that have sensor data (the seed: 2.0)
     device: str = "auto"
     resume: bool = False
     wandb: bool = False
@@ -80,8 +81,9 @@ def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
     unknown = sorted(set(file_train) - names)
     if unknown:
         raise ConfigError(f"{spec}: train: unknown field(s) {unknown}; expected some of {sorted(names)}")
-    train = TrainConfig(**{**file_train, **{k: v for k, v in overrides.items() if v is not None}})
-    changes = {}
+    policy_sets, train_sets = split_sets(overrides.pop("set", None) or [])
+    train = TrainConfig(**{**file_train, **train_sets, **{k: v for k, v in overrides.items() if v is not None}})
+    changes = dict(policy_sets)
     if train.expert:
         changes["expert.type"] = train.expert
     if train.diffusion_timesteps:
@@ -90,7 +92,28 @@ def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
         changes["backbone.lora.enabled"] = True
     elif train.stage != 1:
         raise ConfigError(f"stage: expected 1 or 2, got {train.stage}")
+    if train.sensor_window:
+        changes["sensor.window"] = train.sensor_window
     return train, policy_cfg.replace(**changes) if changes else policy_cfg
+
+
+def split_sets(items: list[str]) -> tuple[dict, dict]:
+    """`-o key=value` items -> (policy changes by dotted key, train fields). Values are YAML scalars or
+    lists (`-o views=[View1,View2]`); `train.` prefixes a TrainConfig field, `policy.` is optional."""
+    policy, train = {}, {}
+    names = {f.name for f in fields(TrainConfig)}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-o {item!r}: expected KEY=VALUE, e.g. -o backbone.pretrained=/models/Qwen2.5-VL-3B")
+        value = yaml.safe_load(text) if text else ""
+        if key.startswith("train."):
+            if key[6:] not in names:
+                raise ConfigError(f"-o {key}: unknown train field; expected one of {sorted(names)}")
+            train[key[6:]] = value
+        else:
+            policy[key.removeprefix("policy.")] = value
+    return policy, train
 
 
 def lr_lambda(total: int, warmup_frac: float, hold_frac: float, min_ratio: float):
@@ -143,6 +166,14 @@ class Trainer:
         self.out = Path(train.out)
         torch.manual_seed(train.seed)
         episodes = list_episodes(train.dataset)
+        for ep in episodes:  # every episode against the config before any model loads (a 3B backbone takes minutes)
+            check_episode(ep, policy_config)
+        period = control_period(episodes)
+        if period and abs(period - policy_config.dt) > 0.01 * period:  # the checkpoint carries the data's period
+            if self.rank == 0:
+                print(f"dt: the recordings have one action every {period:.4f} s; the checkpoint's dt is set to it "
+                      f"(config said {policy_config.dt})", flush=True)
+            policy_config = policy_config.replace(dt=period)
         self.train_eps, self.val_eps = split_episodes(episodes, train.val_fraction, train.seed)
         self.policy = build_policy(policy_config)
         if train.init:
@@ -217,6 +248,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------
     def _batch(self, ds: ChunkDataset, indices) -> dict:
         batch = collate([ds[int(i)] for i in indices])
+        if self.train_cfg.sensor_weight != 1.0 and OBS_SENSOR_MASK in batch:
+            batch[SAMPLE_WEIGHT] = 1.0 + (self.train_cfg.sensor_weight - 1.0) * batch[OBS_SENSOR_MASK].float()
         if self.cache is not None:
             batch[VL_FEATURES] = self.cache.features(batch)
         return batch

@@ -25,12 +25,12 @@ class ActionExpert(nn.Module, ABC):
 
     @abstractmethod
     def loss(self, cond: Condition, actions: torch.Tensor, pad_mask: torch.Tensor,
-             dim_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+             dim_weight: torch.Tensor, sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss.
 
         cond: condition tokens (B, L, D); actions: normalised targets (B, H, A); pad_mask (B, H) bool,
         True where the chunk runs past the episode end (excluded); dim_weight (A,) float, 0 for
-        constant dimensions. Returns a scalar loss and float logs.
+        constant dimensions; sample_weight (B,) float or None. Returns a scalar loss and float logs.
         """
 
     @abstractmethod
@@ -101,7 +101,10 @@ def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.view(b, length, heads, d // heads).transpose(1, 2)
 
 
-def masked_mean(per_element: torch.Tensor, pad_mask: torch.Tensor, dim_weight: torch.Tensor) -> torch.Tensor:
-    """Mean of (B, H, A) errors over valid steps and weighted dimensions."""
+def masked_mean(per_element: torch.Tensor, pad_mask: torch.Tensor, dim_weight: torch.Tensor,
+                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean of (B, H, A) errors over valid steps, weighted dimensions and (B,) sample weights."""
     weight = (~pad_mask).unsqueeze(-1).to(per_element.dtype) * dim_weight.to(per_element.dtype)  # (B, H, A)
-    return (per_element * weight).sum() / weight.sum().clamp(min=1.0)
+    if sample_weight is not None:
+        weight = weight * sample_weight.to(per_element.dtype)[:, None, None]
+    return (per_element * weight).sum() / weight.sum().clamp(min=1e-6)

@@ -72,13 +72,13 @@ class DiffusionExpert(ActionExpert):
         return eps if eps.dtype == noisy.dtype else eps.to(noisy.dtype)
 
     # -- training ---------------------------------------------------------------------------------
-    def loss(self, cond, actions, pad_mask, dim_weight):
+    def loss(self, cond, actions, pad_mask, dim_weight, sample_weight=None):
         b = actions.shape[0]
         noise = torch.randn_like(actions)  # (B, H, A)
         t = torch.randint(0, self.config.num_train_timesteps, (b,), device=actions.device)
         noisy = self.train_scheduler.add_noise(actions, noise, t)
         pred = self.denoise(noisy, t, cond)
-        loss = masked_mean(F.mse_loss(pred, noise, reduction="none"), pad_mask, dim_weight)
+        loss = masked_mean(F.mse_loss(pred, noise, reduction="none"), pad_mask, dim_weight, sample_weight)
         return loss, {"diffusion_loss": loss.item(), "timestep_mean": t.float().mean().item()}
 
     # -- sampling ---------------------------------------------------------------------------------

@@ -28,10 +28,10 @@ class RegressionExpert(ActionExpert):
         x = self.decoder(queries, cond.tokens, memory_key_padding_mask=~cond.mask)  # (B, H, D)
         return self.head(x)
 
-    def loss(self, cond, actions, pad_mask, dim_weight):
+    def loss(self, cond, actions, pad_mask, dim_weight, sample_weight=None):
         pred = self.predict(cond)
         err = F.mse_loss(pred, actions, reduction="none") if self.config.loss == "mse" else (pred - actions).abs()
-        loss = masked_mean(err, pad_mask, dim_weight)
+        loss = masked_mean(err, pad_mask, dim_weight, sample_weight)
         return loss, {f"{self.config.loss}_loss": loss.item()}
 
     def sample(self, cond, num_samples=1, generator=None, **overrides):
