@@ -13,6 +13,7 @@ following anchors, integrated), over the first 3 action dimensions, in mm (`mm_p
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +25,31 @@ from vla_models.runtime import (STATE_KEY, WAITING_FOR_SENSOR, ApproximateSynchr
 
 from .episodes import DatasetError
 from .evaluate import summarise
-from .import_bag import load_topic_map, read_bag
+from .import_bag import load_recording, load_topic_map
+
+
+class _Frames:
+    """A view's frames of an Episode, indexable (decoded one at a time)."""
+
+    def __init__(self, episode, view: str) -> None:
+        self.episode, self.view = episode, view
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.episode.frame(self.view, k)
+
+
+class _Recording:
+    """An imported bag's streams under the names `_observations` reads (arrays memory-mapped)."""
+
+    def __init__(self, episode) -> None:
+        self.instruction = episode.instruction
+        self.actions, self.actions_t = episode.array("actions"), np.asarray(episode.array("actions_t"))
+        self.images = {v: _Frames(episode, v) for v in episode.views}
+        self.images_t = {v: np.asarray(episode.array(f"images/{v}_t")) for v in episode.views}
+        for key in ("state", "sensor"):
+            has = episode.has(key)
+            setattr(self, key, episode.array(key) if has else None)
+            setattr(self, f"{key}_t", np.asarray(episode.array(f"{key}_t")) if has else None)
 
 
 def _observations(data, config, slop: float, max_frames: int | None):
@@ -45,7 +70,7 @@ def _observations(data, config, slop: float, max_frames: int | None):
     cursors = {v: 0 for v in views} | {STATE_KEY: 0, "sensor": 0}
     streams = {v: (data.images_t[v], data.images[v]) for v in views}
     if config.state.dim:
-        streams[STATE_KEY] = (data.state_t, data.state.astype(np.float32))
+        streams[STATE_KEY] = (data.state_t, np.asarray(data.state, np.float32))
     anchors = data.actions_t if max_frames is None else data.actions_t[:max_frames]
     for k, t in enumerate(anchors):
         for name, (stamps, values) in streams.items():
@@ -92,7 +117,8 @@ def bag_eval(bag: str | Path, checkpoint: str | Path | None, topics: str | Path,
              sampler: str | None = None, ddim_steps: int | None = None, seed: int = 0, plot: str | Path | None = None,
              progress: bool = True, device: str | None = None, backbone: str | None = None) -> dict:
     spec = load_topic_map(topics)
-    data = read_bag(bag, spec)
+    workdir = tempfile.TemporaryDirectory(prefix="vla-bag-eval-")
+    data = _Recording(load_recording(bag, spec, workdir.name))  # streamed to disk, read lazily
     scale = float(mm_per_unit or spec.get("mm_per_action_unit", 1.0))
     predictions: dict[int, np.ndarray] = {}
     latencies: list[dict] = []

@@ -140,6 +140,10 @@ class EpisodeWriter:
     def count(self, key: str) -> int:
         return len(self._streams[key]["stamps"]) if key in self._streams else 0
 
+    def stamps(self, key: str) -> list[float]:
+        """The stamps appended so far to a stream (in arrival order)."""
+        return list(self._streams[key]["stamps"]) if key in self._streams else []
+
     def _finish_stream(self, key: str, stream: dict) -> str:
         stream["file"].close()
         part = self.tmp / f"{key}.part"

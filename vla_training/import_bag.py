@@ -4,21 +4,29 @@ A YAML file (config/bag_topics.yaml) maps topics to streams:
 
     instruction: insert the needle
     views: {front: /camera/front/image_raw, wrist: /camera/wrist/image_raw/compressed}
-    sensor: /ft_sensor/wrench          # WrenchStamped or vla_policy_ros/msg/SensorPacket
-    state: /joint_states               # JointState (positions) or PoseStamped (xyz + quaternion)
+    sensor: /ft_sensor/wrench          # WrenchStamped, vla_policy_ros/msg/SensorPacket or Float32MultiArray
+    sensor_channels: 1026              # Float32MultiArray only: values per sample
+    state: /joint_states               # JointState (positions, by name) or PoseStamped (xyz + quaternion)
     actions:
       source: ee_pose_delta            # or: command
       topic: /ee_pose                  # PoseStamped (ee_pose_delta) or Float32MultiArray (command)
       translation_scale: 1000.0        # m -> mm
+    split:                             # optional: several episodes in one bag
+      marker: /episode_marker          #   std_msgs/String "start"/"end" or std_msgs/Bool true/false
+      gap_s: 2.0                       #   or a gap this long in the anchor camera's messages
 
-Times are header stamps, never receive times. Samples are anchored on the frames of the first view;
-`ee_pose_delta` actions are the pose differences between consecutive anchors (translation, and
-roll/pitch/yaw in degrees); `command` actions are the latest command at each anchor. One bag ->
-one episode.
+Times are header stamps, never receive times (a Float32MultiArray, which has none, takes its
+receive time). Samples are anchored on the frames of the first view; `ee_pose_delta` actions are the
+pose differences between consecutive anchors (translation, and roll/pitch/yaw in degrees, wrapped);
+`command` actions are the latest command at each anchor. Messages are decoded by the same functions
+as the live node (`vla_training.messages`). The bag is streamed: each frame and sensor packet goes to
+disk as it is read (compressed frames as recorded, decoded when a sample needs them), so memory
+stays bounded whatever the bag's size.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from pathlib import Path
 
@@ -26,7 +34,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from .episodes import DatasetError, EpisodeData, write_episode
+from .episodes import DatasetError, Episode, EpisodeWriter
+from .messages import ImageConversionError, InputError, decode_sensor, image_to_rgb
 
 def _msg_dir() -> Path | None:
     """msg/ of the source tree, or of the installed ROS package share directory."""
@@ -87,86 +96,188 @@ def _pose(msg) -> np.ndarray:
     return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
 
 
-def read_bag(bag: str | Path, spec: dict) -> EpisodeData:
+def _segments(reader, spec: dict, anchor_topic: str, where: str) -> list[tuple[int, int]]:
+    """[(start, end)] receive-time windows (ns) of the bag's episodes: the whole bag, the marker's
+    start/end pairs, or the anchor stream cut at gaps longer than gap_s."""
+    split = spec.get("split") or {}
+    conns = {c.topic: c for c in reader.connections}
+    if split.get("marker"):
+        marker = split["marker"]
+        if marker not in conns:
+            raise DatasetError(f"{where}: field 'split.marker': topic {marker} is not in the bag")
+        segments, start = [], None
+        for conn, timestamp, raw in reader.messages(connections=[conns[marker]]):
+            value = reader.deserialize(raw, conn.msgtype).data
+            begins = value is True or str(value).strip().lower() == "start"
+            if begins:
+                start = timestamp
+            elif start is not None:
+                segments.append((start, timestamp))
+                start = None
+        if start is not None:
+            segments.append((start, 2**63 - 1))
+        if not segments:
+            raise DatasetError(f"{where}: field 'split.marker': no start/end on {marker}")
+        return segments
+    if split.get("gap_s"):
+        times = [t for _, t, _ in reader.messages(connections=[conns[anchor_topic]])]
+        gap, segments, begin = int(float(split["gap_s"]) * 1e9), [], times[0] if times else 0
+        for a, b in zip(times, times[1:]):
+            if b - a > gap:
+                segments.append((begin, a))
+                begin = b
+        return segments + [(begin, times[-1] if times else 0)]
+    return [(0, 2**63 - 1)]
+
+
+class _Episode:
+    """What one episode of a bag collects while streaming: frames and sensor rows go to its writer,
+    the small streams (state, poses or commands) stay in memory."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.writer = EpisodeWriter(out, name)
+        self.state: list[tuple[float, np.ndarray]] = []
+        self.state_names: list[str] = []
+        self.actions: list[tuple[float, np.ndarray]] = []
+        self.sensor_channels = 0
+
+
+def _state_row(msg, episode: _Episode, where: str) -> np.ndarray:
+    if hasattr(msg, "pose"):
+        return _pose(msg)
+    names, position = list(msg.name), np.asarray(msg.position, float)
+    if not episode.state_names:
+        episode.state_names = names or [f"joint_{i}" for i in range(len(position))]
+    if names and names != episode.state_names:  # joints by name, in the first message's order
+        missing = [n for n in episode.state_names if n not in names]
+        if missing:
+            raise DatasetError(f"{where}: field 'state': a JointState lacks joints {missing}")
+        position = position[[names.index(n) for n in episode.state_names]]
+    return position
+
+
+def read_bag(bag: str | Path, spec: dict, out: str | Path, name: str | None = None, progress: bool = True) -> list[Path]:
+    """Stream one bag into episodes under `out` (several with `split`); returns their directories."""
     from rosbags.highlevel import AnyReader
-    from rosbags.image import message_to_cvimage
 
     where = str(bag)
+    name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", Path(bag).resolve().name).lstrip(".") or "bag"
     topics = {f"view/{v}": t for v, t in spec.get("views", {}).items()}
     for key in ("sensor", "state"):
         if spec.get(key):
             topics[key] = spec[key]
     topics["actions"] = spec["actions"]["topic"]
-    streams: dict[str, list] = {k: [] for k in topics}
     try:
         reader = AnyReader([Path(bag)], default_typestore=typestore())
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several types for unreadable bags
         raise DatasetError(f"{where}: cannot open the bag ({type(exc).__name__}: {exc})") from exc
+    episodes: list[_Episode] = []
     try:
         present = {c.topic for c in reader.connections}
         missing = [t for t in topics.values() if t not in present]
         if missing:
             raise DatasetError(f"{where}: topic(s) {missing} not in the bag; it has {sorted(present)}")
+        anchor_view = spec.get("anchor_view") or next(iter(spec.get("views") or {}), None)
+        anchor_topic = topics[f"view/{anchor_view}"] if anchor_view else topics["state"]
+        segments = _segments(reader, spec, anchor_topic, where)
+        starts = [a for a, _ in segments]
+        names = [name] if len(segments) == 1 else [f"{name}_{i:03d}" for i in range(len(segments))]
+        episodes = [_Episode(Path(out), n) for n in names]
         by_topic = {t: k for k, t in topics.items()}
         wanted = [c for c in reader.connections if c.topic in by_topic]
-        log_times = []  # receive times of the action messages (for commands without a header)
+        total = sum(c.msgcount for c in wanted)
+        bar = tqdm(total=total, desc=f"import {Path(bag).name}", disable=not progress, unit="msg")
         for conn, timestamp, raw in reader.messages(connections=wanted):
-            key = by_topic[conn.topic]
-            msg = reader.deserialize(raw, conn.msgtype)
-            streams[key].append((conn.msgtype, msg))
-            if key == "actions":
-                log_times.append(timestamp * 1e-9)
+            bar.update(1)
+            i = bisect.bisect_right(starts, timestamp) - 1
+            if i < 0 or timestamp > segments[i][1]:
+                continue  # between episodes
+            _add(episodes[i], by_topic[conn.topic], reader.deserialize(raw, conn.msgtype), timestamp * 1e-9, spec,
+                 where)
+        bar.close()
+    except BaseException:
+        for episode in episodes:
+            episode.writer.abort()
+        raise
     finally:
         reader.close()
-    for key, items in streams.items():  # header stamps, not arrival order
-        items.sort(key=lambda item: _stamp(item[1]) if hasattr(item[1], "header") else 0.0)
+    written = []
+    try:
+        for k, episode in enumerate(episodes):
+            written.append(_finish(episode, spec, topics, anchor_view, f"{where}" + (f" (episode {k})" if len(episodes) > 1
+                                                                                        else "")))
+    except BaseException:
+        for episode in episodes[len(written):]:
+            episode.writer.abort()
+        raise
+    return written
 
-    views = {}
-    for key, items in streams.items():
-        if key.startswith("view/"):
-            if not items:
-                raise DatasetError(f"{where}: field 'images/{key[5:]}': topic {topics[key]} has no messages")
-            views[key[5:]] = ([_stamp(m) for _, m in items], np.stack([message_to_cvimage(m, "rgb8") for _, m in items]))
 
-    state = state_t = None
-    if "state" in streams and streams["state"]:
-        rows = [_pose(m) if "PoseStamped" in t else np.asarray(m.position, float) for t, m in streams["state"]]
-        state, state_t = np.stack(rows), np.array([_stamp(m) for _, m in streams["state"]])
-    if views:
-        anchor = spec.get("anchor_view") or next(iter(spec["views"]))
-        anchor_t = np.asarray(views[anchor][0])
-    else:  # no cameras: the state messages anchor the samples
-        if state_t is None:
+def _add(episode: _Episode, key: str, msg, receipt: float, spec: dict, where: str) -> None:
+    """One message into its episode: frames and sensor rows to disk, the rest in memory."""
+    if key.startswith("view/"):
+        view, stamp = key[5:], _stamp(msg)
+        fmt = getattr(msg, "format", "").lower()
+        if fmt and any(kind in fmt for kind in ("jpeg", "jpg", "png")):
+            episode.writer.append_encoded_frame(view, stamp, bytes(msg.data))  # as recorded
+            return
+        try:
+            episode.writer.append_frame(view, stamp, image_to_rgb(msg))
+        except ImageConversionError as exc:
+            raise DatasetError(f"{where}: field 'images/{view}': frame stamped {stamp:.3f}: {exc}") from None
+    elif key == "sensor":
+        if not hasattr(msg, "header") and not spec.get("sensor_channels"):  # a bare array: how many per sample?
+            raise DatasetError(f"{where}: field 'sensor': {spec['sensor']} carries {len(msg.data)} values per message "
+                               "with no channel count; set sensor_channels in the topic map (e.g. 1026)")
+        channels = 6 if hasattr(msg, "wrench") else int(getattr(msg, "channels", 0) or spec.get("sensor_channels"))
+        try:
+            stamps, rows = decode_sensor(msg, channels, receipt)
+        except InputError as exc:
+            raise DatasetError(f"{where}: field 'sensor': message received at {receipt:.3f}: {exc}") from None
+        episode.writer.append_rows("sensor", stamps, rows)
+    elif key == "state":
+        episode.state.append((_stamp(msg), _state_row(msg, episode, where)))
+    else:  # actions: poses, or commands (Float32MultiArray without a header: receive time)
+        if hasattr(msg, "pose"):
+            episode.actions.append((_stamp(msg), _pose(msg)))
+        else:
+            values = msg.actions[:msg.action_dim] if hasattr(msg, "actions") else msg.data
+            episode.actions.append((_stamp(msg) if hasattr(msg, "header") else receipt, np.asarray(values, np.float32)))
+
+
+def _finish(episode: _Episode, spec: dict, topics: dict, anchor_view: str | None, where: str) -> Path:
+    writer = episode.writer
+    if anchor_view:
+        if not writer.count(f"images/{anchor_view}"):
+            raise DatasetError(f"{where}: field 'images/{anchor_view}': topic {topics[f'view/{anchor_view}']} has no "
+                               "messages")
+        anchor_t = np.sort(np.asarray(writer.stamps(f"images/{anchor_view}")))
+        anchor = anchor_view
+    else:
+        if not episode.state:
             raise DatasetError(f"{where}: field 'state': topic {topics.get('state')} has no messages")
-        anchor, anchor_t = "state", state_t
-    sensor = sensor_t = None
-    if "sensor" in streams and streams["sensor"]:
-        blocks, stamps = [], []
-        for t, m in streams["sensor"]:
-            if "WrenchStamped" in t:
-                f, q = m.wrench.force, m.wrench.torque
-                blocks.append(np.array([[f.x, f.y, f.z, q.x, q.y, q.z]]))
-                stamps.append(np.array([_stamp(m)]))
-            else:  # SensorPacket
-                data = np.asarray(m.data, np.float32)
-                if data.size != m.num_samples * m.channels:
-                    raise DatasetError(f"{where}: field 'sensor': packet with {data.size} values, expected "
-                                       f"{m.num_samples} x {m.channels}")
-                blocks.append(data.reshape(m.num_samples, m.channels))
-                stamps.append(np.array([s.sec + s.nanosec * 1e-9 for s in m.sample_stamps]) if len(m.sample_stamps)
-                              else _stamp(m) + np.arange(m.num_samples) / m.sample_rate)
-        sensor, sensor_t = np.concatenate(blocks), np.concatenate(stamps)
-
+        anchor_t, anchor = np.sort([t for t, _ in episode.state]), "state"
+    for view in spec.get("views", {}):
+        if not writer.count(f"images/{view}"):
+            raise DatasetError(f"{where}: field 'images/{view}': topic {topics[f'view/{view}']} has no messages")
+    state_names = list(episode.state_names)
+    if episode.state:
+        order = np.argsort([t for t, _ in episode.state], kind="stable")
+        state_t = np.array([episode.state[i][0] for i in order])
+        state = np.stack([episode.state[i][1] for i in order])
+        if not state_names:  # PoseStamped
+            state_names = ["x", "y", "z", "qx", "qy", "qz", "qw"]
+        writer.array("state", state, np.float32)
+        writer.array("state_t", state_t, np.float64)
     action_spec = spec["actions"]
-    items = streams["actions"]
-    if not items:
+    if not episode.actions:
         raise DatasetError(f"{where}: field 'actions': topic {action_spec['topic']} has no messages")
+    items = sorted(episode.actions, key=lambda item: item[0])
+    item_t, values = np.array([t for t, _ in items]), np.stack([v for _, v in items])
+    idx = np.clip(np.searchsorted(item_t, anchor_t, side="right") - 1, 0, len(values) - 1)
     if action_spec["source"] == "ee_pose_delta":
-        pose_t = np.array([_stamp(m) for _, m in items])
-        poses = np.stack([_pose(m) for _, m in items])
-        idx = np.clip(np.searchsorted(pose_t, anchor_t, side="right") - 1, 0, len(poses) - 1)
-        at = poses[idx]
+        at = values[idx]
         scale = float(action_spec.get("translation_scale", 1000.0))
         trans = np.diff(at[:, :3], axis=0) * scale
         euler = np.stack([_euler(q) for q in at[:, 3:]])
@@ -175,30 +286,37 @@ def read_bag(bag: str | Path, spec: dict) -> EpisodeData:
         names = ["dx", "dy", "dz", "droll", "dpitch", "dyaw"]
         units = ["mm" if scale == 1000.0 else f"m x {scale}"] * 3 + ["deg"] * 3
     else:
-        cmd_t = np.array([_stamp(m) if hasattr(m, "header") else log_t for (_, m), log_t in zip(items, log_times)])
-        # Float32MultiArray commands, or ActionChunk (its first action: e.g. sim_robot_node's executed actions)
-        values = np.stack([np.asarray(m.actions[:m.action_dim] if hasattr(m, "actions") else m.data, np.float32)
-                           for _, m in items])
-        idx = np.clip(np.searchsorted(cmd_t, anchor_t, side="right") - 1, 0, len(values) - 1)
         actions, actions_t = values[idx], anchor_t
         names = action_spec.get("names") or [f"a{i}" for i in range(values.shape[1])]
         units = action_spec.get("units") or [""] * values.shape[1]
     if len(actions) == 0:
         raise DatasetError(f"{where}: field 'actions': fewer than 2 {anchor} frames; cannot form an action")
-    return EpisodeData(
-        instruction=str(spec.get("instruction", "")), actions=actions, actions_t=actions_t, action_names=names,
-        state=state, state_t=state_t, sensor=sensor, sensor_t=sensor_t,
-        images={v: frames for v, (_, frames) in views.items()},
-        images_t={v: np.asarray(ts) for v, (ts, _) in views.items()},
-        meta={"source": "rosbag2", "source_path": str(bag), "anchor_view": anchor, "action_units": units,
-              "topics": topics},
-    )
+    writer.array("actions", actions, np.float32)
+    writer.array("actions_t", actions_t, np.float64)
+    rates = {"control": _rate(actions_t), "state": _rate(state_t) if episode.state else None,
+             "sensor": _rate(np.asarray(writer.stamps("sensor"))) if writer.count("sensor") else None,
+             **{f"image/{v}": _rate(np.asarray(writer.stamps(f"images/{v}"))) for v in spec.get("views", {})}}
+    meta = {"instruction": str(spec.get("instruction", "")), "length": len(actions), "action_names": names,
+            "state_names": state_names, "sensor_names": [], "rates_hz": rates, "source": "rosbag2",
+            "source_path": where, "anchor_view": anchor, "action_units": units, "topics": topics,
+            "has_sensor": writer.count("sensor") > 0}
+    return writer.close(meta)
+
+
+def _rate(t) -> float | None:
+    t = np.asarray(t) if t is not None else None
+    return None if t is None or len(t) < 2 else float((len(t) - 1) / max(t.max() - t.min(), 1e-9))
 
 
 def import_bags(bags: list[str], topic_map: str | Path, out: str | Path, progress: bool = True) -> list[Path]:
     spec = load_topic_map(topic_map)
     written = []
-    for bag in tqdm(bags, desc="import bags", disable=not progress, unit="bag"):
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(bag).resolve().name).lstrip(".") or "bag"
-        written.append(write_episode(out, name, read_bag(bag, spec)))
+    for bag in bags:
+        written += read_bag(bag, spec, out, progress=progress)
     return written
+
+
+def load_recording(bag: str | Path, spec: dict, workdir: str | Path) -> Episode:
+    """A bag as one Episode (imported, streamed, into workdir): what `vla bag-eval` reads."""
+    (path,) = read_bag(bag, {**spec, "split": None}, workdir, name="recording", progress=False)
+    return Episode(path)
