@@ -32,3 +32,9 @@ def test_ros_node_latency_smoke(tmp_path):
 def test_async_node_smoke(tmp_path, seconds):
     figures = _run("bench/async_node.py", ["--seconds", str(seconds)], tmp_path)
     assert figures
+
+
+def test_import_memory_smoke(tmp_path):
+    figures = _run("bench/import_memory.py", ["--gb", "0.01", "--workdir", str(tmp_path / "work")], tmp_path)
+    assert figures["bag_bytes"] > 5e6 and figures["import_peak_rss_mb"] > 0
+    assert figures["frames_bytes"] == figures["session"]["jpeg_bytes"]  # frames stored as recorded

@@ -155,15 +155,19 @@ class EpisodeWriter:
             _save(self.tmp / f"{key}_index.npy", np.asarray(stream["index"], np.int64).reshape(-1, 2)[order])
             os.replace(part, self.tmp / f"{key}.frames")
             return "encoded"
-        rows = np.memmap(part, dtype=stream["dtype"], mode="r", shape=(len(stamps), *stream["shape"])) \
-            if len(stamps) else np.zeros((0, *stream["shape"]), stream["dtype"])
-        out = np.lib.format.open_memmap(self.tmp / f"{key}.npy", mode="w+", dtype=stream["dtype"], shape=rows.shape)
-        step = max(1, (64 << 20) // max(1, int(np.prod(stream["shape"])) * np.dtype(stream["dtype"]).itemsize))
-        for begin in range(0, len(rows), step):  # bounded memory: 64 MB at a time
-            index = order[begin:begin + step] if not in_order else slice(begin, begin + step)
-            out[begin:begin + step] = rows[index]
-        out.flush()
-        del out, rows
+        dtype, row_bytes = np.dtype(stream["dtype"]), int(np.prod(stream["shape"])) * np.dtype(stream["dtype"]).itemsize
+        step = max(1, (16 << 20) // max(1, row_bytes))  # 16 MB at a time: plain reads, no mapping (bounded RSS)
+        with open(part, "rb") as src, open(self.tmp / f"{key}.npy", "wb") as dst:
+            np.lib.format.write_array_header_2_0(dst, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                       "fortran_order": False, "shape": (len(stamps), *stream["shape"])})
+            if in_order:
+                shutil.copyfileobj(src, dst, 16 << 20)
+            else:  # rows that arrived out of stamp order, gathered in order
+                for begin in range(0, len(order), step):
+                    dst.write(b"".join(os.pread(src.fileno(), row_bytes, int(i) * row_bytes)
+                                       for i in order[begin:begin + step]))
+            dst.flush()
+            os.fsync(dst.fileno())
         part.unlink()
         return "decoded"
 
@@ -261,8 +265,18 @@ def validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
             raise DatasetError(f"{where}: field '{key}': contains NaN or inf")
 
 
-def _all_finite(value: np.ndarray, block_bytes: int = 64 << 20) -> bool:
-    """np.isfinite over a (memory-mapped) array, a block of rows at a time (bounded memory)."""
+def _all_finite(value: np.ndarray, block_bytes: int = 16 << 20) -> bool:
+    """np.isfinite over an array a block at a time; a memory-mapped one is read from its file with plain
+    reads (touching it through the mapping would keep the whole file resident)."""
+    if isinstance(value, np.memmap) and value.filename and value.dtype.kind == "f":
+        count, itemsize = value.size, value.dtype.itemsize
+        with open(value.filename, "rb") as fh:
+            fh.seek(value.offset)
+            for begin in range(0, count, block_bytes // itemsize):
+                block = np.frombuffer(fh.read(min(block_bytes // itemsize, count - begin) * itemsize), value.dtype)
+                if not np.isfinite(block).all():
+                    return False
+        return True
     step = max(1, block_bytes // max(1, value[0].nbytes if value.ndim > 1 else value.itemsize))
     return all(np.isfinite(value[i:i + step]).all() for i in range(0, len(value), step))
 
@@ -345,7 +359,7 @@ class Episode:
         keys = ["actions", "actions_t"] + [k for k in ("state", "state_t", "sensor", "sensor_t") if self.has(k)]
         for v in self.views:
             keys += [f"images/{v}_t", f"images/{v}" + ("_index" if self.image_storage[v] == "encoded" else "")]
-        validate_arrays({k: np.asarray(self.array(k)) for k in keys}, where=str(self.path))
+        validate_arrays({k: self.array(k) for k in keys}, where=str(self.path))
         for v in self.views:
             if self.image_storage[v] != "encoded":
                 continue
