@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .episodes import DatasetError, EncodedFrames, EpisodeData, write_episode
+from .episodes import DatasetError, EpisodeWriter, validate_arrays
 
 STATE_COLUMNS = [f"joint_{i}" for i in range(1, 7)] + ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"]
 ACTION_NAMES = ["dx", "dy", "dz", "da", "db", "dr", "gripper"]
@@ -94,8 +94,9 @@ def _read_states(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
     return t[order], values[order]
 
 
-def _read_sensor(path: Path, where: str, sensor_hz: float) -> tuple[np.ndarray, np.ndarray]:
-    """(stamps (M,), samples (M, 1 + A-scan)) of either layout's sensor_data*.npz."""
+def _sensor_blocks(path: Path, where: str, sensor_hz: float):
+    """(stamps (n,), samples (n, 1 + A-scan)) blocks of either layout's sensor_data*.npz, read a block at a
+    time (a session's sensor does not have to fit in memory)."""
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -105,17 +106,32 @@ def _read_sensor(path: Path, where: str, sensor_hz: float) -> tuple[np.ndarray, 
     with archive:
         keys = {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
         if {"timestamps", "data"} <= keys:
-            return _read_windows(archive, path, where, sensor_hz)
+            yield from _windows(archive, path, where, sensor_hz)
+            return
         if not {"timestamps", "forces", "alines"} <= keys:
             raise DatasetError(f"{where}: field 'sensor': {path.name} has keys {sorted(keys)}; expected timestamps + "
                                "forces + alines (legacy stream) or timestamps + data (pre-windowed episodes)")
-        t, forces, alines = (_npz_array(archive, k, path, where) for k in ("timestamps", "forces", "alines"))
-    n = len(t)
-    if forces.shape != (n,) or alines.ndim != 2 or len(alines) != n:
-        raise DatasetError(f"{where}: field 'sensor': {path.name}: expected timestamps (N,), forces (N,), alines "
-                           f"(N, 1025); got {t.shape}, {forces.shape}, {alines.shape}")
-    order = np.argsort(t, kind="stable")
-    return t[order], np.concatenate([forces[:, None], alines], axis=1)[order].astype(np.float32)
+        t, forces = (_npz_array(archive, k, path, where) for k in ("timestamps", "forces"))
+        with archive.open("alines.npy") as fh:
+            shape, dtype = _npy_header(fh, path, where, "alines")
+            n = len(t)
+            if forces.shape != (n,) or len(shape) != 2 or shape[0] != n:
+                raise DatasetError(f"{where}: field 'sensor': {path.name}: expected timestamps (N,), forces (N,), "
+                                   f"alines (N, 1025); got {t.shape}, {forces.shape}, {tuple(shape)}")
+            step = max(1, (16 << 20) // (shape[1] * dtype.itemsize))
+            for begin in range(0, n, step):
+                count = min(step, n - begin)
+                alines = np.frombuffer(fh.read(count * shape[1] * dtype.itemsize), dtype).reshape(count, shape[1])
+                yield t[begin:begin + count], np.concatenate([forces[begin:begin + count, None], alines], axis=1)
+
+
+def _npy_header(fh, path: Path, where: str, key: str):
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    if fortran:
+        raise DatasetError(f"{where}: field 'sensor': {path.name} key {key!r} is in Fortran order; expected C order")
+    return shape, dtype
 
 
 def _npz_array(archive: zipfile.ZipFile, key: str, path: Path, where: str) -> np.ndarray:
@@ -126,32 +142,27 @@ def _npz_array(archive: zipfile.ZipFile, key: str, path: Path, where: str) -> np
             raise DatasetError(f"{where}: field 'sensor': {path.name} key {key!r} is unreadable ({exc})") from None
 
 
-def _read_windows(archive: zipfile.ZipFile, path: Path, where: str, sensor_hz: float):
+def _windows(archive: zipfile.ZipFile, path: Path, where: str, sensor_hz: float):
     """Pre-windowed `data (N, W, C)` whose window i ends at timestamps[i] -> the sensor stream at
     `sensor_hz`: from each window only the samples newer than the previous window's end (windows
-    overlap), read one window at a time (a session's windows do not fit in memory)."""
+    overlap), one window at a time."""
     t = _npz_array(archive, "timestamps", path, where).astype(np.float64)
     with archive.open("data.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(fh)
-        if len(shape) != 3 or shape[0] != len(t) or fortran:
-            raise DatasetError(f"{where}: field 'sensor': {path.name}: expected data (N, W, C) in C order with N = "
-                               f"{len(t)} timestamps; got {shape}{' (Fortran order)' if fortran else ''}")
-        n, window, channels = shape
-        stamps, rows, previous = [], [], -np.inf
-        for i in range(n):
+        shape, dtype = _npy_header(fh, path, where, "data")
+        if len(shape) != 3 or shape[0] != len(t):
+            raise DatasetError(f"{where}: field 'sensor': {path.name}: expected data (N, W, C) with N = {len(t)} "
+                               f"timestamps; got {tuple(shape)}")
+        if not len(t):
+            raise DatasetError(f"{where}: field 'sensor': {path.name} holds no windows")
+        _, window, channels = shape
+        previous = -np.inf
+        for i in range(len(t)):
             block = np.frombuffer(fh.read(window * channels * dtype.itemsize), dtype).reshape(window, channels)
             times = t[i] - (window - 1 - np.arange(window)) / sensor_hz  # oldest -> newest
             new = times > previous + 0.5 / sensor_hz
-            stamps.append(times[new])
-            rows.append(block[new].astype(np.float32))
+            if new.any():
+                yield times[new], block[new]
             previous = max(previous, t[i])
-    if not rows:
-        raise DatasetError(f"{where}: field 'sensor': {path.name} holds no windows")
-    stamps, samples = np.concatenate(stamps), np.concatenate(rows)
-    order = np.argsort(stamps, kind="stable")
-    return stamps[order], samples[order]
 
 
 def _instruction(session: Path) -> str:
@@ -159,36 +170,34 @@ def _instruction(session: Path) -> str:
     return re.sub(r"\s+", " ", parent.replace("_", " ")).strip().lower() or "insert the needle"
 
 
-def _encoded(files: list[Path]) -> EncodedFrames:
-    """The JPEG files as recorded (decoded when a training sample needs them)."""
-    return EncodedFrames([f.read_bytes() for f in files])
-
-
 def _wrap_degrees(delta: np.ndarray) -> np.ndarray:
     """Angle differences into (-180, 180]: a crossing of +-180 is a small turn, not a 360-degree one."""
     return 180.0 - np.mod(180.0 - delta, 360.0)
 
 
-def read_session(session: Path) -> EpisodeData:
-    where = str(session)
-    layout = _layout(session)
+def _session_files(session: Path):
+    where, layout = str(session), _layout(session)
     if layout == "legacy":
         view_dirs = {f"View{i}": session / f"View{i}" / "left" for i in range(1, 5)} | {"View5": session / "View5"}
         states = sorted(session.glob("robot_state_*.csv"))
         sensors = sorted(session.glob("sensor_data_*.npz"))
-        state_file = states[0] if states else session / "robot_state_.csv"
-        sensor_file = sensors[0] if sensors else None
-        sensor_hz = 650.0
-    else:
-        try:
-            meta = json.loads((session / "metadata.json").read_text()) if (session / "metadata.json").exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{where}: field 'metadata': metadata.json is not valid JSON ({exc})") from None
-        sensor_hz = float(meta.get("sensor_hz") or 650.0)
-        views = meta.get("camera_views") or sorted(p.name for p in (session / "images").glob("View*"))
-        view_dirs = {v: session / "images" / v for v in views}
-        state_file = session / "robot_states.csv"
-        sensor_file = session / "sensor_data.npz" if (session / "sensor_data.npz").exists() else None
+        return layout, view_dirs, states[0] if states else session / "robot_state_.csv", \
+            sensors[0] if sensors else None, 650.0
+    try:
+        meta = json.loads((session / "metadata.json").read_text()) if (session / "metadata.json").exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{where}: field 'metadata': metadata.json is not valid JSON ({exc})") from None
+    views = meta.get("camera_views") or sorted(p.name for p in (session / "images").glob("View*"))
+    sensor = session / "sensor_data.npz"
+    return layout, {v: session / "images" / v for v in views}, session / "robot_states.csv", \
+        sensor if sensor.exists() else None, float(meta.get("sensor_hz") or 650.0)
+
+
+def write_session(session: Path, out: str | Path, progress: bool = True) -> Path:
+    """One recording -> one episode, streamed: frames are copied file by file (as recorded), the sensor a
+    block at a time; only the small streams (robot state, actions) are held in memory."""
+    where = str(session)
+    layout, view_dirs, state_file, sensor_file, sensor_hz = _session_files(session)
     view_dirs = {v: d for v, d in view_dirs.items() if d.is_dir()}
     if not view_dirs:
         raise DatasetError(f"{where}: field 'images': no view folders found")
@@ -207,19 +216,46 @@ def read_session(session: Path) -> EpisodeData:
     deltas = np.diff(poses, axis=0)  # (N-1, 6) mm and degrees
     deltas[:, 3:] = _wrap_degrees(deltas[:, 3:])
     actions = np.concatenate([deltas, np.ones((len(deltas), 1))], axis=1)
-    sensor_t, sensor = _read_sensor(sensor_file, where, sensor_hz) if sensor_file else (None, None)
-    data = EpisodeData(
-        instruction=_instruction(session), actions=actions, actions_t=t[:-1], action_names=ACTION_NAMES,
-        state=state, state_t=state_t, state_names=STATE_COLUMNS, sensor=sensor, sensor_t=sensor_t,
-        sensor_names=(["force"] + [f"aline_{i}" for i in range(sensor.shape[1] - 1)]) if sensor is not None else [],
-        images={v: _encoded(files) for v, (_, files) in frames.items()},
-        images_t={v: ts for v, (ts, _) in frames.items()},
-        meta={"source": f"seed/{layout}", "source_path": str(session), "anchor_view": anchor_view,
-              "unmatched_frames": int((~matched).sum()), "action_units": ACTION_UNITS,
-              "mm_per_action_unit": 1.0, "has_sensor": sensor is not None,
-              "constant_action_dims": [n for n, c in zip(ACTION_NAMES, np.ptp(actions, axis=0) < 1e-9) if c]},
-    )
-    return data
+    writer = EpisodeWriter(out, _episode_name(session))
+    try:
+        validate_arrays({"actions": actions, "actions_t": t[:-1], "state": state, "state_t": state_t}, where)
+        writer.array("actions", actions, np.float32)
+        writer.array("actions_t", t[:-1], np.float64)
+        writer.array("state", state, np.float32)
+        writer.array("state_t", state_t, np.float64)
+        total = sum(len(files) for _, files in frames.values())
+        with tqdm(total=total, desc=session.name, disable=not progress, unit="frame", leave=False) as bar:
+            for view, (stamps, files) in frames.items():
+                for stamp, f in zip(stamps, files):
+                    writer.append_encoded_frame(view, float(stamp), f.read_bytes())
+                    bar.update(1)
+        channels = 0
+        for stamps, rows in _sensor_blocks(sensor_file, where, sensor_hz) if sensor_file else ():
+            if not np.isfinite(rows).all():
+                raise DatasetError(f"{where}: field 'sensor': {sensor_file.name} contains NaN or inf")
+            writer.append_rows("sensor", stamps, rows)
+            channels = rows.shape[1]
+        if sensor_file and not writer.count("sensor"):
+            raise DatasetError(f"{where}: field 'sensor': {sensor_file.name} holds no samples")
+        rates = {"control": _rate(t[:-1]), "state": _rate(state_t),
+                 "sensor": _rate(np.sort(writer.stamps("sensor"))) if channels else None,
+                 **{f"image/{v}": _rate(ts) for v, (ts, _) in frames.items()}}
+        meta = {"instruction": _instruction(session), "length": len(actions), "action_names": ACTION_NAMES,
+                "state_names": STATE_COLUMNS, "rates_hz": rates,
+                "sensor_names": (["force"] + [f"aline_{i}" for i in range(channels - 1)]) if channels else [],
+                "source": f"seed/{layout}", "source_path": str(session), "anchor_view": anchor_view,
+                "unmatched_frames": int((~matched).sum()), "action_units": ACTION_UNITS, "mm_per_action_unit": 1.0,
+                "has_sensor": bool(channels),
+                "constant_action_dims": [n for n, c in zip(ACTION_NAMES, np.ptp(actions, axis=0) < 1e-9) if c]}
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(meta)
+
+
+def _rate(t) -> float | None:
+    t = np.asarray(t)
+    return None if len(t) < 2 else float((len(t) - 1) / max(t[-1] - t[0], 1e-9))
 
 
 def _episode_name(session: Path) -> str:
@@ -227,7 +263,5 @@ def _episode_name(session: Path) -> str:
 
 
 def import_seed(src: str | Path, out: str | Path, progress: bool = True) -> list[Path]:
-    written = []
-    for session in tqdm(find_sessions(src), desc="import seed", disable=not progress, unit="session"):
-        written.append(write_episode(out, _episode_name(session), read_session(session)))
-    return written
+    return [write_session(session, out, progress) for session in
+            tqdm(find_sessions(src), desc="import seed", disable=not progress, unit="session")]
