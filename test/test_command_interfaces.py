@@ -111,3 +111,18 @@ def test_chunk_executor_reset_forgets_every_chunk():
     executor.reset()
     assert executor.action_at(0.15) is None and executor.counts["resets"] == 1
     assert executor.add_chunk(0.05, np.zeros((4, 2)))  # an older stamp than before the reset is accepted
+
+
+def test_pose_targets_saturate_on_the_workspace_and_can_continue_the_setpoint():
+    from vla_policy_ros.command_interfaces import PoseTargetCommand
+
+    layout = ActionLayout.from_names(["dx", "dy", "dz", "gripper"])
+    limits = OutputLimits(max_delta=np.full(4, np.inf), workspace_min=[-1, -1, 0.0], workspace_max=[1, 1, 1], max_speed=1.0)
+    command = PoseTargetCommand(layout, limits, 0.1, 0.01, 1.0, "")
+    robot = RobotState(pose=(np.array([0.0, 0.0, 0.02]), np.array([0, 0, 0, 1.0]), "world"))
+    chunk = np.array([[0, 0, -5.0, 0], [0, 0, 1.0, 0], [0, 0, 1.0, 0]])  # down past the floor, then up
+    planned = command.plan(chunk, robot, 1.0)
+    # held on the floor, then up from the floor at once (a clamped setpoint), not from 3 cm below it
+    assert planned.outcome == "clipped" and np.allclose(planned.rows[:, 2], [0.0, 0.01, 0.02])
+    robot.setpoint = (np.array([0.0, 0.0, 0.5]), np.array([0, 0, 0, 1.0]))  # pose_reference: setpoint
+    assert np.allclose(command.plan(np.zeros((3, 4)), robot, 1.0).rows[:, 2], 0.5)

@@ -116,3 +116,40 @@ def test_torchrun_two_cpu_processes(tmp_path, sim_data):
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "train_config.json").read_text())["world_size"] == 2
     assert load_policy(run / "last").config.expert.type == "regression"
+
+
+def test_ema_holds_exactly_the_trainable_parameters_and_averages_like_averaged_model():
+    """The frozen tiny Qwen backbone is not copied; the average equals torch's AveragedModel with the same decay."""
+    import torch
+    from conftest import make_policy
+    from torch.optim.swa_utils import AveragedModel
+
+    from vla_training.ema import TrainableEMA
+
+    policy = make_policy("tiny", "diffusion")
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    ema = TrainableEMA(policy, max_decay=0.9)
+    assert set(ema.shadow) == trainable and not any(n.startswith("backbone.model") for n in ema.shadow)
+    assert any(n.startswith("backbone.model") for n, _ in policy.named_parameters())  # it exists, frozen
+
+    def decay(avg, cur, n):
+        d = min(0.9, 1.0 - (1.0 + float(n)) ** -0.75)
+        return avg * d + cur * (1 - d)
+
+    reference = AveragedModel(policy, avg_fn=decay)
+    for step in range(4):
+        with torch.no_grad():
+            for n, p in policy.named_parameters():
+                if p.requires_grad:
+                    p.add_(0.01 * (step + 1))
+        ema.update(policy)
+        reference.update_parameters(policy)
+    ref = dict(reference.module.named_parameters())
+    assert all(torch.allclose(ema.shadow[n], ref[n], atol=1e-6) for n in trainable)
+    live = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    with ema.applied(policy):
+        assert all(torch.equal(p, ema.shadow[n]) for n, p in policy.named_parameters() if n in trainable)
+    assert all(torch.equal(p, live[n]) for n, p in policy.named_parameters())  # restored
+    restored = TrainableEMA(policy)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.n_averaged == 4 and all(torch.equal(restored.shadow[n], ema.shadow[n]) for n in trainable)

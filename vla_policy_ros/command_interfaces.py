@@ -8,7 +8,10 @@ One class per `command_interface` parameter value:
 - `servo_twist`: geometry_msgs/TwistStamped for MoveIt Servo: velocity = delta / dt, streamed one
   per control period. Hold: a zero twist.
 - `pose_target`: geometry_msgs/PoseStamped targets for cartesian controllers, accumulated from the
-  pose at the observation's stamp, streamed one per control period. Hold: the current pose.
+  pose at the observation's stamp (or, `pose_reference: setpoint`, from the target the controller
+  had been given for that time: actions recorded as setpoint changes, e.g. a mocap or an impedance
+  controller's equilibrium, would otherwise lose the steady-state offset between setpoint and
+  measured pose at every chunk), streamed one per control period. Hold: the current pose.
 The gripper dimension (if the action layout has one) goes to a std_msgs/Float64MultiArray command
 (a ros2_controllers forward command controller).
 
@@ -95,6 +98,9 @@ class RobotState:
 
     joints: dict[str, float] | None = None
     pose: tuple[np.ndarray, np.ndarray, str] | None = None
+    # pose_target with pose_reference `setpoint`: the target the controller was last given for this time
+    # (position, xyzw); None = start from the measured pose
+    setpoint: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -203,9 +209,19 @@ class CartesianCommand:
         if limited.chunk is None:
             return limited, None, None, None, ""
         position, orientation, frame = self.pose(robot)
+        if robot.setpoint is not None:  # deltas continue the controller's setpoint, not the measured pose
+            position, orientation = (finite(v, "setpoint") for v in robot.setpoint)
         deltas = self.layout.pick(limited.chunk, self.layout.translation) * self.translation_scale
         angles = self.layout.pick(limited.chunk, self.layout.rotation) * self.rotation_scale
-        positions = position + np.cumsum(deltas, axis=0)
+        # accumulated with the workspace as a saturating bound: a delta that would leave it moves along the
+        # boundary, and the next delta starts from there (as a clamped setpoint does), not from outside
+        positions, point, saturated = np.empty((len(chunk), 3)), np.asarray(position, float), False
+        low, high = self.limits.workspace_min, self.limits.workspace_max
+        for k, delta in enumerate(deltas):
+            raw = point + delta
+            point = np.clip(raw, low, high)
+            saturated |= bool(np.any(point != raw))
+            positions[k] = point
         orientations = np.empty((len(chunk), 4))
         q = orientation / np.linalg.norm(orientation)
         for i, rpy in enumerate(angles):
@@ -214,6 +230,8 @@ class CartesianCommand:
         bounded = self.limits.apply_targets(positions, position, self.dt)
         if bounded.positions is None:
             return bounded, None, None, None, frame
+        if bounded.outcome == "ok" and saturated:
+            bounded = LimitResult(None, positions, "clipped", "workspace (targets held on its boundary)")
         return (bounded if bounded.outcome != "ok" else limited), limited.chunk, bounded.positions, orientations, frame
 
 

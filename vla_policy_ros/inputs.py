@@ -64,6 +64,8 @@ class Inputs:
         if self.sensor is not None:
             self.sensor = SensorRingBuffer(self.sensor.capacity, self.sensor.channels)
         self.watchdog = Watchdog(list(self.watchdog.inputs), self.watchdog.timeout_s)
+        self.invalid.clear()
+        self.frame_stamps.clear()
 
     def drop(self, what: str, reason: str) -> None:
         self.stats[f"dropped_{what}"] += 1

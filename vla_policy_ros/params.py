@@ -59,6 +59,7 @@ class NodeParams:
     joint_trajectory_action: str = ""  # joint_trajectory: a FollowJointTrajectory action instead of the topic
     command_frame: str = ""  # cartesian commands: "" = the frame of the pose messages
     command_rate_hz: float = 100.0  # streamed interfaces: commands per second
+    pose_reference: str = "measured"  # pose_target: deltas from the measured pose, or from the last setpoint
     action_roles: tuple = ()  # per action dimension: x y z roll pitch yaw gripper, a joint name, or "" (ignored)
     control_period_s: float = 0.0  # time per action; 0 = the checkpoint's dt
     translation_scale: float = 0.001  # action units -> metres (the seed's actions are mm)
@@ -115,6 +116,8 @@ DESCRIPTIONS = {
     "joint_trajectory_action": "joint_trajectory: FollowJointTrajectory action name (e.g. "
                                "/joint_trajectory_controller/follow_joint_trajectory); '' = the topic",
     "command_rate_hz": "servo_twist / pose_target: commands per second",
+    "pose_reference": "pose_target: accumulate deltas from the 'measured' pose at the observation, or from the "
+                      "'setpoint' (the target the controller was given for that time; measured when there is none)",
     "action_roles": "per action dimension: x y z roll pitch yaw gripper, a joint name, or '' ([] = the checkpoint's "
                     "action_names)",
     "control_period_s": "seconds per action (0 = the checkpoint's dt)",
@@ -209,7 +212,7 @@ def validate(name: str, value, num_train_timesteps: int | None, loaded: set[str]
 def validate_static(params: NodeParams) -> None:
     """Start-up checks of the fixed parameters (raises ValueError naming the parameter)."""
     for name, allowed in (("sensor_type", SENSOR_TYPES), ("state_type", STATE_TYPES),
-                          ("command_interface", COMMAND_INTERFACES),
+                          ("command_interface", COMMAND_INTERFACES), ("pose_reference", ("measured", "setpoint")),
                           ("policy_type", EXPERT_TYPES), ("sampler", SAMPLERS), ("limit_mode", LIMIT_MODES),
                           ("execution_mode", EXECUTION_MODES)):
         if getattr(params, name) not in allowed:

@@ -37,7 +37,7 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Header, Str
 from std_srvs.srv import SetBool
 
 from vla_models import CheckpointError, load_policy
-from vla_models.runtime import ChunkExecutor
+from vla_models.runtime import ChunkExecutor, StateHistory
 
 from . import params as P
 from .command_interfaces import ActionLayout, CommandError, build_command, gripper_message
@@ -65,6 +65,7 @@ class PolicyNode(LifecycleNode):
         self.layout: ActionLayout | None = None
         self.joint_bounds: JointBounds | None = None
         self.command_executor: ChunkExecutor | None = None  # streamed interfaces: command rows per period
+        self.setpoints: StateHistory | None = None
         self.action_executor: ChunkExecutor | None = None  # stream_actions: ~/action
         self.command_frame = ""
         self.active = False
@@ -137,6 +138,7 @@ class PolicyNode(LifecycleNode):
             if getattr(self.command, "streaming", False) else None
         self.action_executor = ChunkExecutor(self.dt, p.execution_mode, p.execute_steps, p.ensemble_decay) \
             if p.stream_actions else None
+        self.setpoints = StateHistory(horizon_s=max(2.0, 4 * self.dt), tolerance_s=self.dt)  # pose_target: sent targets
         self.worker = InferenceWorker(self.policies, self.inputs, self.snapshot, self._on_chunk, self.get_logger())
         self._create_entities(spec)
 
@@ -431,7 +433,11 @@ class PolicyNode(LifecycleNode):
             return self._hold(f"observation {age:.3f} s old at publication (max_command_age_s "
                               f"{result.params.max_command_age_s})")
         try:  # from the robot's state at the observation's stamp: motion during inference is not counted twice
-            planned = self.command.plan(result.chunk, self._robot_state_at(result.stamp), result.stamp)
+            robot = self._robot_state_at(result.stamp)
+            if result.params.pose_reference == "setpoint" and self.command.name == "pose_target":
+                setpoint = self.setpoints.at(result.stamp)
+                robot.setpoint = None if setpoint is None else (setpoint[:3], setpoint[3:7])
+            planned = self.command.plan(result.chunk, robot, result.stamp)
         except CommandError as exc:
             return self._hold(str(exc))
         self._limit_outcome(planned.outcome, planned.reason)
@@ -488,6 +494,8 @@ class PolicyNode(LifecycleNode):
                 return
             width = 6 if self.command.name == "servo_twist" else 7
             message = self.command.message(due.action[:width], now, self.command_frame)
+            if self.command.name == "pose_target":  # the target is reached by the end of its period
+                self.setpoints.add(due.chunk_stamp + (due.index + 1) * self.dt, due.action[:7])
             if len(due.action) > width:  # the gripper first: a controller stepping on the arm command has it
                 self._publish_gripper(due.action[width])
             self.command_pub.publish(message)
@@ -503,6 +511,7 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             if self.command_executor is not None:
                 self.command_executor.reset()
+                self.setpoints.clear()  # after a hold, targets start from the measured pose again
             if self.holding == reason or self.command is None or self.inputs is None:
                 self.holding = reason
                 return

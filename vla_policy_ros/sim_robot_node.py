@@ -6,7 +6,9 @@ use_sim_time:=true see the same time):
 - sensor (vla_policy_ros/SensorPacket): the 12-channel contact wrench at every physics substep,
   batched per control step with per-sample stamps,
 - joint_states (sensor_msgs/JointState): the task's 39-value observation as `position`,
-- ee_pose (geometry_msgs/PoseStamped): the hand position,
+- ee_pose (geometry_msgs/PoseStamped, frame `world`): the commanded end-effector pose (the mocap body the
+  hand follows through a weld; the hand itself sags a few mm below it under gravity, as an impedance-
+  controlled arm's measured pose differs from its setpoint),
 - ~/executed_action (vla_policy_ros/ActionChunk, horizon 1): each action applied, stamped at its step,
 - ~/episode_result (std_msgs/String, JSON): success and length of each episode.
 It executes the first `execute_steps` actions of each ActionChunk it receives (receding horizon),
@@ -191,10 +193,12 @@ class SimRobotNode(Node):
                            position=record.state.astype(float).tolist())
         state.header.stamp = stamp
         self.state_pub.publish(state)
-        pose = PoseStamped()
+        pose = PoseStamped()  # the commanded end-effector pose: the mocap, which the hand follows through a weld
         pose.header.stamp, pose.header.frame_id = stamp, "world"
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in record.state[:3])
-        pose.pose.orientation.w = 1.0
+        mocap, (w, x, y, z) = self.env.env.data.mocap_pos[0], self.env.env.data.mocap_quat[0]
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in mocap)
+        o = pose.pose.orientation
+        o.x, o.y, o.z, o.w = float(x), float(y), float(z), float(w)
         self.pose_pub.publish(pose)
 
     def _step(self, action: np.ndarray):

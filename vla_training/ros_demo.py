@@ -51,11 +51,10 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
                        "command_frame": "world", "control_period_s": dt, "translation_scale": scale,
                        "execute_steps": execute_steps, "action_roles": ["dx", "dy", "dz", "gripper"],
                        "gripper_topic": "gripper_command",
-                       # limits that never bind where the sim's own do not: |action| <= 1 per axis (the env
-                       # clips there too), the mocap box + 10 cm (targets start from the hand, which lags the
-                       # mocap) and the speed of a full action on all three axes
-                       "max_delta": [1.0] * 4, "workspace_min": (low - 0.1).tolist(),
-                       "workspace_max": (high + 0.1).tolist(), "max_speed": float(1.01 * np.sqrt(3) * scale / dt),
+                       # the sim's own limits: |action| <= 1 per axis, the mocap box, and the speed of a full
+                       # action on all three axes
+                       "max_delta": [1.0] * 4, "workspace_min": low.tolist(), "workspace_max": high.tolist(),
+                       "max_speed": float(1.01 * np.sqrt(3) * scale / dt),
                        "max_command_age_s": 10.0})
     if views:
         policy["image_topics"] = [f"camera/{v}/image_raw" for v in views]

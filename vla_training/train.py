@@ -10,6 +10,7 @@ Stage 1 trains with a frozen backbone from the feature cache; stage 2 adds LoRA 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,13 +22,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from vla_models import ConfigError, PolicyConfig, build_policy, load_policy, preset
 from vla_models.constants import OBS_SENSOR_MASK, SAMPLE_WEIGHT, VL_FEATURES
 from vla_models.presets import PRESETS
 
+from .ema import TrainableEMA
 from .episodes import list_episodes
 from .feature_cache import FeatureCache
 from .samples import ChunkDataset, check_episode, collate, control_period, fit_statistics, split_episodes
@@ -131,18 +132,6 @@ def lr_lambda(total: int, warmup_frac: float, hold_frac: float, min_ratio: float
     return f
 
 
-def ema_with_warmup(max_decay: float, power: float = 0.75):
-    """EMA whose decay grows with the number of updates n: min(max_decay, 1 - (1 + n)^-power), as Diffusion
-    Policy's EMA. A fixed 0.999 from the first step would average in ~1000 steps of untrained weights, which
-    on a short CPU budget leaves the EMA far behind the model (measured: 0 % vs 60 % success)."""
-
-    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        decay = min(max_decay, 1.0 - (1.0 + float(num_averaged)) ** -power)
-        return averaged * decay + current * (1.0 - decay)
-
-    return update
-
-
 def param_groups(policy, lr: float, weight_decay: float) -> list[dict]:
     groups = {"expert": [], "sensor": [], "backbone": []}
     for name, p in policy.named_parameters():
@@ -187,8 +176,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.policy, train.lr, train.weight_decay))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
-        self.ema = (AveragedModel(self.policy, avg_fn=ema_with_warmup(train.ema_decay), use_buffers=True)
-                    if policy_config.expert.type == "diffusion" else None)
+        self.ema = TrainableEMA(self.policy, train.ema_decay) if policy_config.expert.type == "diffusion" else None
         self.cache = FeatureCache(train.feature_cache, self.policy) if train.feature_cache else None
         self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": None, "samples": 0}
         if train.resume:
@@ -290,7 +278,7 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
-                    self.ema.update_parameters(self.policy)
+                    self.ema.update(self.policy)
                 p["step"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
@@ -316,10 +304,9 @@ class Trainer:
     def validate(self) -> float | None:
         if self.val_ds is None or len(self.val_ds) == 0:
             return None
-        model = self.ema.module if self.ema is not None else self.policy
-        model.eval()
         losses = []
-        with torch.random.fork_rng():
+        with self._evaluated() as model, torch.random.fork_rng():
+            model.eval()
             torch.manual_seed(1234)  # the same diffusion noise every validation
             idx = np.arange(len(self.val_ds))[:: max(1, len(self.val_ds) // 512)]
             for i in range(0, len(idx), self.train_cfg.batch_size):
@@ -328,6 +315,10 @@ class Trainer:
         self.policy.train()
         return float(np.mean(losses))
 
+    def _evaluated(self):
+        """The policy as validated and saved to best/: with the EMA's values for diffusion."""
+        return self.ema.applied(self.policy) if self.ema is not None else contextlib.nullcontext(self.policy)
+
     def checkpoint(self) -> None:
         """last/ = raw weights + trainer state (EMA included); best/ = the weights validated (EMA for diffusion)."""
         val = self.validate()
@@ -335,14 +326,15 @@ class Trainer:
             p = self.progress
             if val is not None:
                 self.log({"val/loss": val})
-            evaluated = self.ema.module if self.ema is not None else self.policy
             if val is None or p["best_val"] is None or val < p["best_val"]:
                 p["best_val"] = val
-                evaluated.save(self.out / "best")
+                with self._evaluated() as evaluated:
+                    evaluated.save(self.out / "best")
             self.policy.save(self.out / "last", extra=lambda d: save_train_state(
                 d, self.optimizer, self.scheduler, dict(p), self.ema))
             if self.ema is not None:
-                self.ema.module.save(self.out / "last_ema")
+                with self.ema.applied(self.policy) as averaged:
+                    averaged.save(self.out / "last_ema")
         if self.distributed:
             dist.barrier()
 

@@ -43,7 +43,7 @@ def _from_json(value: Any) -> Any:
 
 
 def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler, progress: dict,
-                     ema: torch.nn.Module | None = None) -> None:
+                     ema=None) -> None:
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
@@ -63,7 +63,7 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, schedule
 
 
 def load_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler,
-                     ema: torch.nn.Module | None = None) -> dict:
+                     ema=None) -> dict:
     """Restore optimizer, scheduler, EMA and RNG; returns the saved progress dict."""
     try:
         tensors = load_file(directory / STATE_TENSORS)
