@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,37 @@ def test_ema_holds_exactly_the_trainable_parameters_and_averages_like_averaged_m
     restored = TrainableEMA(policy)
     restored.load_state_dict(ema.state_dict())
     assert restored.n_averaged == 4 and all(torch.equal(restored.shadow[n], ema.shadow[n]) for n in trainable)
+
+
+@pytest.mark.parametrize("world, samples, accum", [(2, 23, 3), (3, 10, 1), (1, 17, 2)])
+def test_epoch_order_gives_every_rank_whole_steps_of_equal_size(world, samples, accum):
+    """DistributedSampler semantics: each rank the same number of micro-batches (a multiple of grad_accum),
+    together covering the epoch's permutation (padded by wrapping); no rank waits in an all-reduce."""
+    from types import SimpleNamespace
+
+    from vla_training.train import Trainer
+
+    per_rank = []
+    for rank in range(world):
+        fake = SimpleNamespace(train_cfg=SimpleNamespace(seed=0, batch_size=2, grad_accum=accum),
+                               train_ds=range(samples), world=world, rank=rank)
+        per_rank.append(Trainer._epoch_order(fake, epoch=1))
+        assert len(per_rank[-1]) == Trainer.steps_per_epoch(fake) * accum
+    assert len({len(b) for b in per_rank}) == 1 and all(len(b) % accum == 0 for b in per_rank)
+    seen = np.concatenate([np.concatenate(b) for b in per_rank])
+    assert set(seen.tolist()) <= set(range(samples)) and len(seen) >= samples - world * 2 * accum
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings():
+    from conftest import make_policy
+
+    from vla_training.train import param_groups
+
+    policy = make_policy("tiny", "diffusion")
+    groups = param_groups(policy, 1e-3, 0.01)
+    names = {id(p): n for n, p in policy.named_parameters()}
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert decayed and plain and not decayed & plain
+    assert not any(n.endswith(".bias") or "norm" in n.lower() for n in decayed)
+    assert all(policy.get_parameter(n).ndim >= 2 for n in decayed)

@@ -133,14 +133,20 @@ def lr_lambda(total: int, warmup_frac: float, hold_frac: float, min_ratio: float
 
 
 def param_groups(policy, lr: float, weight_decay: float) -> list[dict]:
-    groups = {"expert": [], "sensor": [], "backbone": []}
+    """AdamW groups: expert/fusion at lr, sensor encoder at 5 x lr, backbone (LoRA) at 0.1 x lr; weight decay
+    only on weight matrices (not on norms, biases, embeddings, or learned query/token tables)."""
+    embeddings = {f"{m}.weight" for m, module in policy.named_modules() if isinstance(module, torch.nn.Embedding)}
+    groups: dict[tuple[str, bool], list] = {}
     for name, p in policy.named_parameters():
         if not p.requires_grad:
             continue
         key = "backbone" if name.startswith("backbone.") else "sensor" if name.startswith("sensor_encoder.") else "expert"
-        groups[key].append(p)
+        decay = p.ndim >= 2 and name not in embeddings and "embed" not in name.split(".")[-1] and \
+            "queries" not in name and "token" not in name.split(".")[-1]
+        groups.setdefault((key, decay), []).append(p)
     scale = {"expert": 1.0, "sensor": 5.0, "backbone": 0.1}
-    return [{"params": ps, "lr": lr * scale[k], "weight_decay": weight_decay, "name": k} for k, ps in groups.items() if ps]
+    return [{"params": ps, "lr": lr * scale[k], "weight_decay": weight_decay if decay else 0.0,
+             "name": f"{k}{'' if decay else '/no_decay'}"} for (k, decay), ps in groups.items() if ps]
 
 
 class Trainer:
@@ -171,8 +177,7 @@ class Trainer:
         self.policy.to(self.device)
         self.train_ds = ChunkDataset(self.train_eps, policy_config, train.sensor_window)
         self.val_ds = ChunkDataset(self.val_eps, policy_config, train.sensor_window) if self.val_eps else None
-        per_step = train.batch_size * train.grad_accum * self.world
-        self.total_steps = train.max_steps or max(1, train.epochs * math.ceil(len(self.train_ds) / per_step))
+        self.total_steps = train.max_steps or max(1, train.epochs * self.steps_per_epoch())
         self.optimizer = torch.optim.AdamW(param_groups(self.policy, train.lr, train.weight_decay))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
@@ -243,10 +248,24 @@ class Trainer:
         return batch
 
     def _epoch_order(self, epoch: int) -> list[np.ndarray]:
+        """This rank's micro-batches of an epoch, DistributedSampler-style: one seeded permutation per epoch,
+        padded by wrapping to a multiple of the world size so every rank gets the same number of samples
+        (ranks that disagree on it fall out of step in their all-reduces and hang), then cut into whole
+        optimiser steps of grad_accum micro-batches (left-over micro-batches would carry their gradients
+        into the next epoch)."""
         generator = torch.Generator().manual_seed(self.train_cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_ds), generator=generator).numpy()[self.rank::self.world]
+        order = torch.randperm(len(self.train_ds), generator=generator).numpy()
+        if len(order) % self.world:
+            order = np.concatenate([order, order[:self.world - len(order) % self.world]])
+        order = order[self.rank::self.world]
         bs = self.train_cfg.batch_size
-        return [order[i:i + bs] for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs)]
+        batches = [order[i:i + bs] for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs)]
+        return batches[:max(1, len(batches) // self.train_cfg.grad_accum) * self.train_cfg.grad_accum]
+
+    def steps_per_epoch(self) -> int:
+        per_rank = math.ceil(len(self.train_ds) / self.world)
+        micro = max(1, per_rank // self.train_cfg.batch_size) if per_rank >= self.train_cfg.batch_size else 1
+        return max(1, micro // self.train_cfg.grad_accum)
 
     def run(self) -> dict:
         cfg, p = self.train_cfg, self.progress
@@ -262,16 +281,21 @@ class Trainer:
             "cpu", enabled=False)
         self.model.train()
         start, start_samples = time.perf_counter(), p["samples"]
+        micro_losses: list[float] = []
         while p["step"] < self.total_steps:
             batches = self._epoch_order(p["epoch"])
             for b in range(p["batch_in_epoch"], len(batches)):
                 batch = self._batch(self.train_ds, batches[b])
-                with autocast:
+                final = (b + 1) % cfg.grad_accum == 0  # the micro-batch that completes an optimiser step
+                sync = contextlib.nullcontext() if final or not self.distributed else self.model.no_sync()
+                with sync, autocast:  # DDP all-reduces the gradients once per step, on its final micro-batch
                     loss, logs = self.model(batch)
-                (loss / cfg.grad_accum).backward()
+                with sync:
+                    (loss / cfg.grad_accum).backward()
                 p["batch_in_epoch"] = b + 1
                 p["samples"] += len(batches[b]) * self.world
-                if (b + 1) % cfg.grad_accum:
+                micro_losses = (micro_losses if b % cfg.grad_accum else []) + [logs["loss"]]
+                if not final:
                     continue
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.clip_grad)
                 self.optimizer.step()
@@ -281,9 +305,10 @@ class Trainer:
                     self.ema.update(self.policy)
                 p["step"] += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                step_loss = float(np.mean(micro_losses))  # every micro-batch of the step, not the last one
+                bar.set_postfix(loss=f"{step_loss:.4f}")
                 rate = (p["samples"] - start_samples) / max(time.perf_counter() - start, 1e-9)
-                metrics = {"train/loss": logs["loss"], "train/lr": self.scheduler.get_last_lr()[0],
+                metrics = {"train/loss": step_loss, "train/lr": self.scheduler.get_last_lr()[0],
                            "train/grad_norm": float(grad_norm), "train/samples_per_s": rate}
                 if "timestep_mean" in logs:
                     metrics["train/timestep_dist"] = logs["timestep_mean"]
