@@ -8,6 +8,7 @@ from control_msgs.action import FollowJointTrajectory
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.task import Future
 from ros_helpers import start_policy_node
 from test_robot_deployment import JOINTS, URDF, Robot, _enable, _params, checkpoint  # noqa: F401
 
@@ -30,17 +31,28 @@ class FakeTrajectoryActionServer(Node):
         self.cancelled.append(handle)
         return CancelResponse.ACCEPT
 
-    def _execute(self, handle):
+    def _sleep(self, seconds: float) -> Future:
+        """A future done after `seconds` (awaited: the executor thread is free meanwhile)."""
+        done = Future()
+
+        def fire():
+            timer.cancel()
+            self.destroy_timer(timer)
+            done.set_result(True)
+
+        timer = self.create_timer(seconds, fire)
+        return done
+
+    async def _execute(self, handle):
         self.goals.append(handle.request.trajectory)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 60.0  # runs until cancelled (a trajectory longer than the test)
         while time.monotonic() < deadline and not handle.is_cancel_requested and handle.is_active:
-            time.sleep(0.01)
-        result = FollowJointTrajectory.Result()
+            await self._sleep(0.02)
         if handle.is_cancel_requested:
             handle.canceled()
         elif handle.is_active:
             handle.succeed()
-        return result
+        return FollowJointTrajectory.Result()
 
 
 def test_goals_and_cancel_on_hold(ros, checkpoint):  # noqa: F811
@@ -53,6 +65,6 @@ def test_goals_and_cancel_on_hold(ros, checkpoint):  # noqa: F811
     assert _enable(ros, robot).success
     robot.run_until(ros, lambda: node.trajectory_action.counts["accepted"] >= 2, "accepted goals")
     assert list(server.goals[-1].joint_names) == JOINTS and node.trajectory_action.counts["rejected"] == 0
-    assert _enable(ros, robot, on=False).success  # disarm: the running goal is cancelled
+    assert _enable(ros, robot, on=False).success  # disarm (or the inputs going stale meanwhile): a hold
     ros.wait_for(lambda: len(server.cancelled) >= 1, what="the goal cancelled on the hold")
     assert node.trajectory_action.counts["cancelled"] >= 1 and node.holding.startswith("disarmed")
