@@ -38,3 +38,10 @@ def test_import_memory_smoke(tmp_path):
     figures = _run("bench/import_memory.py", ["--gb", "0.01", "--workdir", str(tmp_path / "work")], tmp_path)
     assert figures["bag_bytes"] > 5e6 and figures["import_peak_rss_mb"] > 0
     assert figures["frames_bytes"] == figures["session"]["jpeg_bytes"]  # frames stored as recorded
+
+
+def test_denoise_loop_smoke(tmp_path):
+    figures = _run("bench/denoise_loop.py", ["--device", "cpu", "--hidden", "64", "--layers", "1", "--heads", "4",
+                                             "--feedforward", "128", "--tokens", "8", "--steps", "3", "--repeats", "2"],
+                   tmp_path)
+    assert figures

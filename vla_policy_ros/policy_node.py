@@ -57,7 +57,7 @@ class PolicyNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._lock = threading.RLock()
-        self._arming = False  # set while ~/enable switches dry_run off
+        self._arming: int | None = None  # the thread of ~/enable while it switches dry_run
         self.policies: dict = {}
         self.inputs: Inputs | None = None
         self.worker: InferenceWorker | None = None
@@ -295,7 +295,7 @@ class PolicyNode(LifecycleNode):
         steps = max((p.config.expert.num_train_timesteps for p in self.policies.values()), default=None)
         loaded = set(self.policies) or {k for k in P.EXPERT_TYPES if getattr(self.params, f"{k}_checkpoint")}
         for change in changes:
-            if change.name == "dry_run" and self._arming:
+            if change.name == "dry_run" and self._arming == threading.get_ident():
                 continue
             reason = P.validate(change.name, change.value, steps, loaded, set())
             if reason:
@@ -319,11 +319,13 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info("parameters: " + ", ".join(f"{c.name}={c.value}" for c in changes))
 
     def _set_dry_run(self, value: bool) -> None:
-        self._arming = True
+        """The node's own change of dry_run (arming, disarming): allowed for this thread's call only, so a
+        parameter service request arriving meanwhile from another process is still refused."""
+        self._arming = threading.get_ident()
         try:
             self.set_parameters([Parameter("dry_run", value=value)])
         finally:
-            self._arming = False
+            self._arming = None
 
     def _on_enable(self, request, response):
         if not request.data:
