@@ -137,6 +137,7 @@ def _rejected(result: LimitResult) -> Planned:
 
 
 class JointTrajectoryCommand:
+    name = "joint_trajectory"
     streaming = False
     message_type = JointTrajectory
 
