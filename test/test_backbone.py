@@ -30,6 +30,23 @@ def test_lora_freezes_the_base_and_trains_the_adapters():
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
 
 
+def test_gradient_checkpointing_gives_the_same_lora_gradients():
+    """Stage 2's memory switch recomputes activations in backward: the LoRA gradients are unchanged."""
+    grads = {}
+    for checkpointing in (False, True):
+        policy = make_policy("tiny", "regression", seed=3, **{"backbone.lora.enabled": True,
+                                                             "backbone.gradient_checkpointing": checkpointing})
+        policy.train()
+        assert policy.backbone.model.is_gradient_checkpointing == checkpointing
+        torch.manual_seed(0)
+        loss, _ = policy(fake_batch(policy.config, 2, seed=0))
+        loss.backward()
+        grads[checkpointing] = {n: p.grad.clone() for n, p in policy.backbone.model.named_parameters()
+                                if "lora_B" in n and p.grad is not None}
+    assert grads[True] and grads[True].keys() == grads[False].keys()
+    assert all(torch.allclose(grads[True][n], grads[False][n], atol=1e-6) for n in grads[True])
+
+
 def test_images_are_used():
     policy = make_policy("tiny", "regression")
     obs = fake_observation(policy.config, 1)

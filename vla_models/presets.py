@@ -37,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "action_dim": 7, "horizon": 8, "views": ["View1", "View2", "View3", "View4", "View5"], "hidden_dim": 1024,
         "action_names": ["dx", "dy", "dz", "da", "db", "dr", "gripper"],
         "backbone": {"type": "qwen_vl", "variant": "qwen2_5_vl", "pretrained": "Qwen/Qwen2.5-VL-3B-Instruct",
-                     "size": "3b", "lora": {"enabled": True}},
+                     "size": "3b", "lora": {"enabled": True}, "gradient_checkpointing": True},
         "sensor": {"channels": 1026, "window": 650},
         "state": {"dim": 6, "columns": [f"joint_{i}" for i in range(1, 7)]},  # `vla data import-seed`'s names
         "expert": {"layers": 4, "heads": 8, "feedforward": 4096},

@@ -212,6 +212,9 @@ class QwenVLBackbone(nn.Module):
             lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                               target_modules=list(config.lora.target_modules))
             inject_adapter_in_model(lora, self.model)
+        if config.gradient_checkpointing:
+            # non-reentrant: gradients reach the LoRA adapters although the inputs do not require grad
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- stages -----------------------------------------------------------------------------------
     def preprocess(self, images: dict[str, np.ndarray | torch.Tensor], instruction: list[str],
