@@ -188,3 +188,48 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
     assert decayed and plain and not decayed & plain
     assert not any(n.endswith(".bias") or "norm" in n.lower() for n in decayed)
     assert all(policy.get_parameter(n).ndim >= 2 for n in decayed)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
+def test_feature_cache_keeps_what_the_fusion_needs_and_a_second_epoch_hits(tmp_path, fusion):
+    import torch
+    from conftest import make_policy
+    from safetensors.torch import load_file
+
+    from vla_models.constants import OBS_IMAGES
+    from vla_models.testing import fake_batch
+    from vla_training.feature_cache import FeatureCache
+
+    policy = make_policy("tiny", "regression", fusion=fusion)
+    cache = FeatureCache(tmp_path / "cache", policy)
+    batches = [fake_batch(policy.config, 3, seed=s) for s in range(2)]
+    for epoch in range(2):
+        for batch in batches:
+            features = cache.features(batch)
+        assert cache.counts()["misses"] == 6 and cache.counts()["hits"] == 6 * epoch  # second epoch: all hits
+    entry = load_file(next((tmp_path / "cache").glob("*/*.safetensors")))
+    if fusion == "concat":  # pooled fusions read the pooled vector only
+        assert set(entry) == {"pooled"} and features.tokens.shape[1] == 0
+    else:
+        assert entry["tokens"].dtype == torch.bfloat16 and features.tokens.shape[1] > 0
+    direct = policy.backbone(policy.backbone.preprocess(batches[1][OBS_IMAGES], batches[1]["instruction"],
+                                                        policy.config.views))
+    assert torch.allclose(features.pooled, direct.pooled, atol=1e-5)
+    assert cache.size == sum(p.stat().st_size for p in (tmp_path / "cache").glob("*/*.safetensors"))
+    small = FeatureCache(tmp_path / "cache", policy, max_bytes=cache.size // 3)  # reads the index once
+    small.features(fake_batch(policy.config, 1, seed=9))
+    assert small.size <= cache.size // 3 + max(small._index.values()) and len(small._index) < 7
+
+
+def test_cache_build_in_shards_then_training_only_hits(tmp_path, sim_data):
+    cache = tmp_path / "cache"
+    for shard in ("0/2", "1/2", "0/2"):  # two processes' shares; the third run resumes: nothing recomputed
+        assert vla(["cache", "build", "--config", TINY, "--dataset", sim_data, "--cache", str(cache), "--shard", shard,
+                    "--batch-size", "4", "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert vla(["train", "--config", TINY, "--dataset", sim_data, "--expert", "regression", "--max-steps", "3",
+                "--batch-size", "4", "--feature-cache", str(cache), "--val-fraction", "0", "--no-progress",
+                "--out", str(run)]) == 0
+    last = [m for m in _metrics(run) if "cache/misses" in m][-1]
+    assert last["cache/misses"] == 0 and last["cache/hits"] == 12
+    assert vla(["cache", "build", "--config", TINY, "--dataset", sim_data, "--cache", str(cache), "--shard", "2/2"]) == 2

@@ -232,6 +232,22 @@ def cmd_data_import_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_build(args: argparse.Namespace) -> int:
+    from .feature_cache import build_cache
+
+    index, _, count = args.shard.partition("/")
+    try:
+        shard = (int(index), int(count or 1))
+    except ValueError:
+        raise ConfigError(f"--shard: expected I/N such as 0/4, got {args.shard!r}") from None
+    result = build_cache({"config": args.config, "dataset": args.dataset, "feature_cache": args.cache,
+                          "feature_cache_gb": args.cache_gb, "set": args.set, "device": args.device}, shard,
+                         args.batch_size, progress=not args.no_progress)
+    print(f"cache {args.cache}: {result['samples']} samples of shard {args.shard}: {result['hits']} already cached, "
+          f"{result['misses']} computed; {result['entries']} entries, {result['bytes'] / 2**20:.1f} MB")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
@@ -311,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", help="write every figure to this JSON file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("cache", help="stage-1 feature cache: `vla cache build` fills it before training")
+    csub = p.add_subparsers(dest="cache_command", required=True)
+    p = csub.add_parser("build", help="backbone features of every sample (resumable, shardable across GPUs)")
+    p.add_argument("--config", help="preset or YAML, as vla train (default: cpu)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--cache", required=True, help="cache directory (vla train --feature-cache)")
+    p.add_argument("--cache-gb", dest="cache_gb", type=float, help="size cap in GB (default 20)")
+    p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as vla train")
+    p.add_argument("--shard", default="0/1", help="I/N: this process takes samples I, I+N, ... (one per GPU)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_cache_build)
 
     p = sub.add_parser("ros-demo", help="closed loop through ROS 2: sim_robot_node + policy_node as processes")
     p.add_argument("--checkpoint", required=True, help="run directory (uses best/) or checkpoint directory")
@@ -396,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=int, choices=[1, 2])
     p.add_argument("--init", help="checkpoint to start from (e.g. stage 1's best/)")
     p.add_argument("--feature-cache", "--feature_cache", dest="feature_cache", help="stage-1 feature cache directory")
+    p.add_argument("--feature-cache-gb", dest="feature_cache_gb", type=float, help="its size cap in GB (default 20)")
     p.add_argument("--checkpoint-every", "--checkpoint_every", dest="checkpoint_every", type=int)
     p.add_argument("--val-fraction", dest="val_fraction", type=float)
     p.add_argument("--sensor-window", dest="sensor_window", type=int,

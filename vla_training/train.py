@@ -59,6 +59,7 @@ class TrainConfig:
     stage: int = 1
     init: str | None = None  # checkpoint to start from (e.g. stage 1's best/ for stage 2)
     feature_cache: str | None = None  # directory; stage 1 with a frozen backbone only
+    feature_cache_gb: float = 20.0  # the cache's size cap (least recently used entries are deleted)
     sensor_window: int | None = None  # sensor samples per window; goes into the checkpoint (sensor.window)
     sensor_weight: float = 1.0  # loss weight of samples that have sensor data (the seed: 2.0)
     device: str = "auto"
@@ -182,7 +183,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
         self.ema = TrainableEMA(self.policy, train.ema_decay) if policy_config.expert.type == "diffusion" else None
-        self.cache = FeatureCache(train.feature_cache, self.policy) if train.feature_cache else None
+        self.cache = FeatureCache(train.feature_cache, self.policy, int(train.feature_cache_gb * 2**30)) \
+            if train.feature_cache else None
         self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": None, "samples": 0}
         if train.resume:
             self._resume()
@@ -312,6 +314,8 @@ class Trainer:
                            "train/grad_norm": float(grad_norm), "train/samples_per_s": rate}
                 if "timestep_mean" in logs:
                     metrics["train/timestep_dist"] = logs["timestep_mean"]
+                if self.cache is not None:
+                    metrics.update({f"cache/{k}": v for k, v in self.cache.counts().items()})
                 self.log(metrics)
                 if p["step"] % cfg.checkpoint_every == 0 or p["step"] >= self.total_steps:
                     self.checkpoint()
