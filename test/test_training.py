@@ -233,3 +233,45 @@ def test_cache_build_in_shards_then_training_only_hits(tmp_path, sim_data):
     last = [m for m in _metrics(run) if "cache/misses" in m][-1]
     assert last["cache/misses"] == 0 and last["cache/hits"] == 12
     assert vla(["cache", "build", "--config", TINY, "--dataset", sim_data, "--cache", str(cache), "--shard", "2/2"]) == 2
+
+
+def _state_only_dataset(root: Path, steps: int) -> str:
+    """One episode of `steps` samples of a 3-d state and 2-d actions (no sensor: no BatchNorm between ranks)."""
+    from vla_training.episodes import EpisodeData, write_episode
+
+    rng = np.random.default_rng(0)
+    t = np.arange(steps) * 0.1
+    write_episode(root, "episode_000000", EpisodeData(
+        instruction="", actions=rng.normal(size=(steps, 2)), actions_t=t, action_names=["dx", "dy"],
+        state=rng.normal(size=(steps, 3)), state_t=t, state_names=["a", "b", "c"]))
+    return str(root)
+
+
+def test_two_process_torchrun_equals_one_process_with_the_same_global_batch(tmp_path):
+    """13 samples (not divisible by 2), accumulation 3, 3 epochs: both ranks end identical (RUN/ranks.json)
+    and equal a 1-process run whose micro-batch is the two ranks' together (horizon 1: no padded rows, so
+    the ranks' mean losses average to the global one)."""
+    data = _state_only_dataset(tmp_path / "data", 13)
+    common = ["--config", "cpu", "-o", "sensor.channels=0", "-o", "state.dim=3", "-o", "action_dim=2",
+              "-o", "action_names=[dx,dy]", "-o", "horizon=1", "--expert", "regression", "--dataset", data,
+              "--epochs", "3", "--grad-accum", "3", "--val-fraction", "0", "--lr", "0.01", "--device", "cpu",
+              "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    two = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port", str(29900 + os.getpid() % 90), "-m",
+                          "vla_training.cli", "train", *common, "--batch-size", "2", "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    digests = json.loads((tmp_path / "two" / "ranks.json").read_text())["weights_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert vla(["train", *common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    steps = [m["step"] for m in _metrics(tmp_path / "two") if "train/loss" in m]
+    assert steps == [m["step"] for m in _metrics(tmp_path / "one") if "train/loss" in m] == [1, 2, 3]
+    one, two = load_policy(tmp_path / "one" / "last"), load_policy(tmp_path / "two" / "last")
+    # compared as functions: with one query and one condition token, attention's query/key side (and the
+    # norms feeding only it) gets rounding noise as gradient, which Adam scales to full steps in any other
+    # float order (those weights differ by up to 1e-3 and do not change any output)
+    obs = {"state": np.array(list_episodes(data)[0].array("state"), np.float32)}
+    assert torch.allclose(one.predict_action_chunk(obs), two.predict_action_chunk(obs), atol=1e-4)
+    untrained = json.loads((tmp_path / "two" / "train_config.json").read_text())["total_steps"]
+    assert untrained == 3

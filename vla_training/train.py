@@ -11,6 +11,7 @@ Stage 1 trains with a frozen backbone from the feature cache; stage 2 adds LoRA 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -289,10 +290,10 @@ class Trainer:
             for b in range(p["batch_in_epoch"], len(batches)):
                 batch = self._batch(self.train_ds, batches[b])
                 final = (b + 1) % cfg.grad_accum == 0  # the micro-batch that completes an optimiser step
-                sync = contextlib.nullcontext() if final or not self.distributed else self.model.no_sync()
-                with sync, autocast:  # DDP all-reduces the gradients once per step, on its final micro-batch
-                    loss, logs = self.model(batch)
-                with sync:
+                # DDP all-reduces the gradients once per optimiser step, in its final micro-batch's backward
+                with contextlib.nullcontext() if final or not self.distributed else self.model.no_sync():
+                    with autocast:
+                        loss, logs = self.model(batch)
                     (loss / cfg.grad_accum).backward()
                 p["batch_in_epoch"] = b + 1
                 p["samples"] += len(batches[b]) * self.world
@@ -326,8 +327,22 @@ class Trainer:
                 p["batch_in_epoch"] = 0
         bar.close()
         if self.distributed:
+            self._check_ranks_agree()
             dist.barrier()
         return dict(p)
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must end with the same weights (DDP keeps them so unless the ranks fell out of step):
+        a digest per rank is gathered, written to RUN/ranks.json, and a difference is an error."""
+        digest = hashlib.sha256()
+        for _, param in sorted(self.policy.named_parameters()):
+            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digests: list = [None] * self.world
+        dist.all_gather_object(digests, digest.hexdigest())
+        if self.rank == 0:
+            (self.out / "ranks.json").write_text(json.dumps({"weights_sha256": digests}, indent=2))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {self.world} ranks ended with different weights: {digests}")
 
     @torch.no_grad()
     def validate(self) -> float | None:
