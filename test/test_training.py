@@ -69,18 +69,20 @@ def test_train_tiny_qwen_with_feature_cache_then_lora(tmp_path, sim_data):
     assert any("lora_" in n for n, _ in policy.named_parameters())
 
 
-def _train_cmd(run: Path, data: str, steps: int) -> list[str]:
+def _train_cmd(run: Path, data: str, steps: int, accum: int = 1) -> list[str]:
     return [str(Path(sys.executable).parent / "vla"), "train", "--config", CPU, "--dataset", data, "--out", str(run),
             "--expert", "diffusion", "--max-steps", str(steps), "--batch-size", "8", "--checkpoint-every", "4",
-            "--no-progress"]
+            "--grad-accum", str(accum), "--no-progress"]
 
 
-def test_kill_9_then_resume_continues_exactly(tmp_path, sim_data):
+@pytest.mark.parametrize("accum", [1, 3])  # 3: 24 steps x 24 samples cross an epoch end, killed mid-epoch
+def test_kill_9_then_resume_continues_exactly(tmp_path, sim_data, accum):
     steps = 24
     reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(reference, sim_data, steps), check=True, capture_output=True)
+    subprocess.run(_train_cmd(reference, sim_data, steps, accum), check=True, capture_output=True)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(run, sim_data, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(run, sim_data, steps, accum), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     state = run / "last" / "trainer_state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -92,7 +94,7 @@ def test_kill_9_then_resume_continues_exactly(tmp_path, sim_data):
     killed_at = json.loads(state.read_text())["progress"]["step"]
     assert killed_at < steps, "the run finished before it could be killed"
     load_policy(run / "last")  # whatever the moment, last/ is a loadable checkpoint
-    subprocess.run(_train_cmd(run, sim_data, steps) + ["--resume"], check=True, capture_output=True)
+    subprocess.run(_train_cmd(run, sim_data, steps, accum) + ["--resume"], check=True, capture_output=True)
     resumed, ref = load_policy(run / "last").state_dict(), load_policy(reference / "last").state_dict()
     assert json.loads(state.read_text())["progress"]["step"] == steps
     for key in ref:
