@@ -45,3 +45,10 @@ def test_denoise_loop_smoke(tmp_path):
                                              "--feedforward", "128", "--tokens", "8", "--steps", "3", "--repeats", "2"],
                    tmp_path)
     assert figures
+
+
+def test_train_throughput_smoke(tmp_path):
+    figures = _run("bench/train_throughput.py", ["--steps", "2", "--episodes", "1", "--only", "tiny stage 2 (LoRA)"],
+                   tmp_path)
+    (row,) = figures.values()
+    assert row["samples_per_s"] > 0 and 0 <= row["data_wait_frac"] < 1 and row["peak_rss_mb"] > 100

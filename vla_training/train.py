@@ -285,10 +285,13 @@ class Trainer:
         self.model.train()
         start, start_samples = time.perf_counter(), p["samples"]
         micro_losses: list[float] = []
+        data_s = 0.0
         while p["step"] < self.total_steps:
             batches = self._epoch_order(p["epoch"])
             for b in range(p["batch_in_epoch"], len(batches)):
-                batch = self._batch(self.train_ds, batches[b])
+                fetch = time.perf_counter()
+                batch = self._batch(self.train_ds, batches[b])  # samples read + features (cache) on this process
+                data_s += time.perf_counter() - fetch
                 final = (b + 1) % cfg.grad_accum == 0  # the micro-batch that completes an optimiser step
                 # DDP all-reduces the gradients once per optimiser step, in its final micro-batch's backward
                 with contextlib.nullcontext() if final or not self.distributed else self.model.no_sync():
@@ -310,8 +313,10 @@ class Trainer:
                 bar.update(1)
                 step_loss = float(np.mean(micro_losses))  # every micro-batch of the step, not the last one
                 bar.set_postfix(loss=f"{step_loss:.4f}")
-                rate = (p["samples"] - start_samples) / max(time.perf_counter() - start, 1e-9)
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                rate = (p["samples"] - start_samples) / elapsed
                 metrics = {"train/loss": step_loss, "train/lr": self.scheduler.get_last_lr()[0],
+                           "train/data_wait_frac": data_s / elapsed,  # of the wall time since start: reading data
                            "train/grad_norm": float(grad_norm), "train/samples_per_s": rate}
                 if "timestep_mean" in logs:
                     metrics["train/timestep_dist"] = logs["timestep_mean"]
