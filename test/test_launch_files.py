@@ -125,3 +125,13 @@ def test_sim_demo_launch_starts_the_policy_and_the_simulated_robot(launch_module
     assert on_exit.args[0].kwargs["target_action"] is sim  # the launch ends with the simulated robot
     cmake = (ROOT / "CMakeLists.txt").read_text()
     assert '"sim_robot_node=vla_policy_ros.sim_robot_node"' in cmake
+
+
+def test_the_shipped_params_file_documents_every_parameter():
+    from dataclasses import fields
+
+    from vla_policy_ros.params import DESCRIPTIONS, NodeParams
+
+    params = yaml.safe_load((ROOT / "config" / "policy.yaml").read_text())["vla_policy"]["ros__parameters"]
+    names = {f.name for f in fields(NodeParams)}
+    assert set(params) == names == set(DESCRIPTIONS)
