@@ -277,3 +277,15 @@ def test_two_process_torchrun_equals_one_process_with_the_same_global_batch(tmp_
     assert torch.allclose(one.predict_action_chunk(obs), two.predict_action_chunk(obs), atol=1e-4)
     untrained = json.loads((tmp_path / "two" / "train_config.json").read_text())["total_steps"]
     assert untrained == 3
+
+
+def test_loader_workers_read_the_same_batches_in_the_same_order(tmp_path, sim_data):
+    """Samples read in 2 worker processes train exactly what the training process alone would."""
+    runs = {}
+    for workers in (0, 2):
+        run = tmp_path / f"w{workers}"
+        assert vla(["train", "--config", CPU, "--dataset", sim_data, "--out", str(run), "--expert", "regression",
+                    "--max-steps", "5", "--batch-size", "8", "--grad-accum", "2", "--loader-workers", str(workers),
+                    "--no-progress"]) == 0
+        runs[workers] = load_policy(run / "last").state_dict()
+    assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])

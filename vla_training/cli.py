@@ -433,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sensor samples per window (stored in the checkpoint: evaluation and the node use it)")
     p.add_argument("--sensor-weight", dest="sensor_weight", type=float,
                    help="loss weight of samples with sensor data (the research code: 2)")
+    p.add_argument("--loader-workers", dest="loader_workers", type=int,
+                   help="processes reading samples (decoding frames) ahead of the step (default 0: this process)")
     p.add_argument("--pretrained", help="local directory (or hub id) of the backbone weights = -o backbone.pretrained=DIR")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value: policy fields by dotted key (-o policy.horizon=8, "

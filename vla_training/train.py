@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vla_models import ConfigError, PolicyConfig, build_policy, load_policy, preset
@@ -63,6 +64,7 @@ class TrainConfig:
     feature_cache_gb: float = 20.0  # the cache's size cap (least recently used entries are deleted)
     sensor_window: int | None = None  # sensor samples per window; goes into the checkpoint (sensor.window)
     sensor_weight: float = 1.0  # loss weight of samples that have sensor data (the seed: 2.0)
+    loader_workers: int = 0  # processes reading samples (decoding frames) ahead of the step; 0 = in this process
     device: str = "auto"
     resume: bool = False
     wandb: bool = False
@@ -243,7 +245,10 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def _batch(self, ds: ChunkDataset, indices) -> dict:
-        batch = collate([ds[int(i)] for i in indices])
+        return self._complete(collate([ds[int(i)] for i in indices]))
+
+    def _complete(self, batch: dict) -> dict:
+        """What the training process adds to a collated batch: sample weights, cached features."""
         if self.train_cfg.sensor_weight != 1.0 and OBS_SENSOR_MASK in batch:
             batch[SAMPLE_WEIGHT] = 1.0 + (self.train_cfg.sensor_weight - 1.0) * batch[OBS_SENSOR_MASK].float()
         if self.cache is not None:
@@ -288,9 +293,15 @@ class Trainer:
         data_s = 0.0
         while p["step"] < self.total_steps:
             batches = self._epoch_order(p["epoch"])
-            for b in range(p["batch_in_epoch"], len(batches)):
+            first = p["batch_in_epoch"]
+            # samples are read (frames decoded) in `loader_workers` processes, in this epoch's order
+            # (its own generator: the loader draws a base seed, which must not move the training noise's RNG)
+            loader = iter(DataLoader(self.train_ds, batch_sampler=[b.tolist() for b in batches[first:]],
+                                     num_workers=cfg.loader_workers, collate_fn=collate,
+                                     generator=torch.Generator().manual_seed(cfg.seed)))
+            for b in range(first, len(batches)):
                 fetch = time.perf_counter()
-                batch = self._batch(self.train_ds, batches[b])  # samples read + features (cache) on this process
+                batch = self._complete(next(loader))  # + sample weights, cached features (this process)
                 data_s += time.perf_counter() - fetch
                 final = (b + 1) % cfg.grad_accum == 0  # the micro-batch that completes an optimiser step
                 # DDP all-reduces the gradients once per optimiser step, in its final micro-batch's backward
