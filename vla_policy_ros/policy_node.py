@@ -445,7 +445,10 @@ class PolicyNode(LifecycleNode):
         self._limit_outcome(planned.outcome, planned.reason)
         if planned.outcome == "rejected":
             return self._hold(f"command rejected: {planned.reason}")
-        with self._lock:
+        with self._lock:  # holds take this lock too: no command goes out after a hold for a fault found meanwhile
+            late = self.fault()
+            if late:
+                return self._hold(late)
             self.holding = ""
             if not self.command.streaming:
                 if planned.gripper is not None:
