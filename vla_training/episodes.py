@@ -67,20 +67,10 @@ class EpisodeData:
     meta: dict[str, Any] = field(default_factory=dict)  # rates, units, source, success, constant dims...
 
 
-def _rate(t: np.ndarray | None) -> float | None:
-    if t is None or len(t) < 2:
-        return None
-    return float((len(t) - 1) / max(t[-1] - t[0], 1e-9))
-
-
-class EncodedFrames:
-    """Frames kept as recorded: a list of JPEG/PNG byte strings (decoded lazily after import)."""
-
-    def __init__(self, frames: list[bytes]) -> None:
-        self.frames = list(frames)
-
-    def __len__(self) -> int:
-        return len(self.frames)
+def stream_rate(t) -> float | None:
+    """Messages per second of a stream's stamps (in any order), or None for fewer than two."""
+    t = None if t is None else np.asarray(t)
+    return None if t is None or len(t) < 2 else float((len(t) - 1) / max(t.max() - t.min(), 1e-9))
 
 
 class EpisodeWriter:
@@ -230,11 +220,11 @@ def write_episode(dataset_dir: str | Path, name: str, episode: EpisodeData) -> P
             if len(stamps) != len(frames):
                 raise DatasetError(f"{writer.final}: field 'images/{view}_t': {len(stamps)} stamps for {len(frames)} "
                                    "frames")
-            for stamp, frame in zip(stamps, frames.frames if isinstance(frames, EncodedFrames) else frames):
-                (writer.append_encoded_frame if isinstance(frames, EncodedFrames) else writer.append_frame)(
-                    view, stamp, frame)
-        rates = {"control": _rate(episode.actions_t), "state": _rate(episode.state_t),
-                 "sensor": _rate(episode.sensor_t), **{f"image/{v}": _rate(t) for v, t in episode.images_t.items()}}
+            for stamp, frame in zip(stamps, frames):
+                writer.append_frame(view, stamp, frame)
+        rates = {"control": stream_rate(episode.actions_t), "state": stream_rate(episode.state_t),
+                 "sensor": stream_rate(episode.sensor_t),
+                 **{f"image/{v}": stream_rate(t) for v, t in episode.images_t.items()}}
     except BaseException:
         writer.abort()
         raise

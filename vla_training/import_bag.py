@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from .episodes import DatasetError, Episode, EpisodeWriter
+from .episodes import DatasetError, Episode, EpisodeWriter, stream_rate
 from .messages import ImageConversionError, InputError, decode_sensor, image_to_rgb
 
 def _msg_dir() -> Path | None:
@@ -293,19 +293,14 @@ def _finish(episode: _Episode, spec: dict, topics: dict, anchor_view: str | None
         raise DatasetError(f"{where}: field 'actions': fewer than 2 {anchor} frames; cannot form an action")
     writer.array("actions", actions, np.float32)
     writer.array("actions_t", actions_t, np.float64)
-    rates = {"control": _rate(actions_t), "state": _rate(state_t) if episode.state else None,
-             "sensor": _rate(np.asarray(writer.stamps("sensor"))) if writer.count("sensor") else None,
-             **{f"image/{v}": _rate(np.asarray(writer.stamps(f"images/{v}"))) for v in spec.get("views", {})}}
+    rates = {"control": stream_rate(actions_t), "state": stream_rate(state_t) if episode.state else None,
+             "sensor": stream_rate(writer.stamps("sensor")) if writer.count("sensor") else None,
+             **{f"image/{v}": stream_rate(writer.stamps(f"images/{v}")) for v in spec.get("views", {})}}
     meta = {"instruction": str(spec.get("instruction", "")), "length": len(actions), "action_names": names,
             "state_names": state_names, "sensor_names": [], "rates_hz": rates, "source": "rosbag2",
             "source_path": where, "anchor_view": anchor, "action_units": units, "topics": topics,
             "has_sensor": writer.count("sensor") > 0}
     return writer.close(meta)
-
-
-def _rate(t) -> float | None:
-    t = np.asarray(t) if t is not None else None
-    return None if t is None or len(t) < 2 else float((len(t) - 1) / max(t.max() - t.min(), 1e-9))
 
 
 def import_bags(bags: list[str], topic_map: str | Path, out: str | Path, progress: bool = True) -> list[Path]:

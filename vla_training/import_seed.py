@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .episodes import DatasetError, EpisodeWriter, validate_arrays
+from .episodes import DatasetError, EpisodeWriter, stream_rate, validate_arrays
 
 STATE_COLUMNS = [f"joint_{i}" for i in range(1, 7)] + ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"]
 ACTION_NAMES = ["dx", "dy", "dz", "da", "db", "dr", "gripper"]
@@ -237,9 +237,9 @@ def write_session(session: Path, out: str | Path, progress: bool = True) -> Path
             channels = rows.shape[1]
         if sensor_file and not writer.count("sensor"):
             raise DatasetError(f"{where}: field 'sensor': {sensor_file.name} holds no samples")
-        rates = {"control": _rate(t[:-1]), "state": _rate(state_t),
-                 "sensor": _rate(np.sort(writer.stamps("sensor"))) if channels else None,
-                 **{f"image/{v}": _rate(ts) for v, (ts, _) in frames.items()}}
+        rates = {"control": stream_rate(t[:-1]), "state": stream_rate(state_t),
+                 "sensor": stream_rate(writer.stamps("sensor")) if channels else None,
+                 **{f"image/{v}": stream_rate(ts) for v, (ts, _) in frames.items()}}
         meta = {"instruction": _instruction(session), "length": len(actions), "action_names": ACTION_NAMES,
                 "state_names": STATE_COLUMNS, "rates_hz": rates,
                 "sensor_names": (["force"] + [f"aline_{i}" for i in range(channels - 1)]) if channels else [],
@@ -251,11 +251,6 @@ def write_session(session: Path, out: str | Path, progress: bool = True) -> Path
         writer.abort()
         raise
     return writer.close(meta)
-
-
-def _rate(t) -> float | None:
-    t = np.asarray(t)
-    return None if len(t) < 2 else float((len(t) - 1) / max(t[-1] - t[0], 1e-9))
 
 
 def _episode_name(session: Path) -> str:
