@@ -2,6 +2,7 @@
 acceptance rules): joints by name, explicit holds on every fault, arming, heartbeat, lifecycle,
 policy switch, clock jumps."""
 
+import threading
 import time
 
 import numpy as np
@@ -242,9 +243,24 @@ def test_clock_jump_back_resets_the_stamp_guard(ros, checkpoint):
         clock.publish(Clock(clock=stamp(robot.t)))
 
     robot.run_until(ros, lambda: (tick(), len(robot.chunks) >= 2)[1], "chunks at t=1000")
+    # hold the next inference inside the policy while the clock jumps: its chunk, computed from an
+    # observation of before the jump, must not go out after it
+    policy = node.policies["regression"]
+    entered, release = threading.Event(), threading.Event()
+    predict = policy.predict_action_chunk
+
+    def gated(*args, **kwargs):
+        entered.set()
+        release.wait(10.0)
+        return predict(*args, **kwargs)
+
+    policy.predict_action_chunk = gated
+    robot.run_until(ros, lambda: (tick(), entered.is_set())[1], "an inference in flight at t=1000")
     robot.t = 10.0  # a bag loop / simulator reset: the clock and every stamp go back
+    robot.run_until(ros, lambda: (tick(), node.inputs.stamp_guard.resets >= 1)[1], "the node to see the jump")
     n = len(robot.chunks)
+    policy.predict_action_chunk = predict
+    release.set()
     robot.run_until(ros, lambda: (tick(), len(robot.chunks) > n + 1)[1], "chunks after the jump back")
-    assert node.inputs.stamp_guard.resets >= 1
-    last = robot.chunks[-1].header.stamp
-    assert last.sec < 100
+    assert node.stats["discarded_after_reset"] == 1
+    assert all(chunk.header.stamp.sec < 100 for chunk in robot.chunks[n:]), [c.header.stamp.sec for c in robot.chunks[n:]]

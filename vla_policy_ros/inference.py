@@ -50,7 +50,9 @@ class InferenceWorker:
         self.last_error = ""
         self._features: CachedFeatures | None = None
         self._last_stamp: float | None = None
+        self._generation = 0  # bumped by reset(): a chunk from an observation taken before it is dropped
         self._lock = threading.Lock()
+        self._delivery = threading.Lock()  # reset() waits for a chunk being handed on: none follows a reset
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -76,10 +78,12 @@ class InferenceWorker:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def reset(self) -> None:
-        """Forget cached features and the last observation (a switch): the next chunk is computed afresh."""
-        with self._lock:
+        """Forget cached features and the last observation (a switch, a clock jump): the next chunk is
+        computed afresh, and a chunk still being computed from an observation taken before is dropped."""
+        with self._delivery, self._lock:
             self._features = None
             self._last_stamp = None
+            self._generation += 1
 
     # -- observations ------------------------------------------------------------------------------
     def assemble_observation(self) -> tuple[float, dict] | None:
@@ -181,6 +185,8 @@ class InferenceWorker:
     def infer_once(self) -> bool:
         """One inference on the latest observation if it is new; True when a chunk was handed on."""
         params, _ = self.snapshot()
+        with self._lock:
+            generation = self._generation
         stale = self.inputs.watchdog.stale(self.inputs.now(), only=self.inputs.policy_inputs)
         if stale:  # never act on old data
             self.stats["stale_skips"] += 1
@@ -208,7 +214,8 @@ class InferenceWorker:
         latency = (time.perf_counter() - start) * 1e3
         self.latencies.append(latency / 1e3)
         with self._lock:
-            self._last_stamp = stamp
+            if generation == self._generation:
+                self._last_stamp = stamp
         self.stats["inferences"] += 1
         chunk = chunk[0].cpu().numpy()  # (H, A)
         if not np.isfinite(chunk).all():
@@ -218,6 +225,12 @@ class InferenceWorker:
         if self.snapshot()[0].policy_type != params.policy_type:  # switched during inference: discard
             self.stats["discarded_after_switch"] += 1
             return False
-        self.event_times["chunk"].append(time.monotonic())
-        self.on_chunk(ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest))
+        with self._delivery:
+            with self._lock:
+                reset_meanwhile = generation != self._generation
+            if reset_meanwhile:  # the clock jumped back (or a switch) while this chunk was computed
+                self.stats["discarded_after_reset"] += 1
+                return False
+            self.event_times["chunk"].append(time.monotonic())
+            self.on_chunk(ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest))
         return True

@@ -371,9 +371,9 @@ class PolicyNode(LifecycleNode):
             return
         if jump.delta.nanoseconds < 0:
             self.get_logger().warning(f"the clock jumped back {-jump.delta.nanoseconds * 1e-9:.3f} s: inputs reset")
+            self.worker.reset()  # first: a chunk computed from before the jump is dropped, not published
             self.inputs.clear()
             self.inputs.stamp_guard.reset()
-            self.worker.reset()
             with self._lock:
                 for executor in (self.command_executor, self.action_executor):
                     if executor is not None:
