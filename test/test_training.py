@@ -289,3 +289,19 @@ def test_loader_workers_read_the_same_batches_in_the_same_order(tmp_path, sim_da
                     "--no-progress"]) == 0
         runs[workers] = load_policy(run / "last").state_dict()
     assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_backbone_inputs_are_made_in_the_loader_workers(tmp_path, sim_data):
+    """Stage 2 (the backbone runs): the image processor in 2 loader workers trains exactly what it trains in
+    the training process; `--pixels device` (pixel values from the frames on the training device) trains too."""
+    runs = {}
+    for name, extra in {"in-process": ["--loader-workers", "0"], "workers": ["--loader-workers", "2"],
+                        "device": ["--loader-workers", "2", "--pixels", "device"]}.items():
+        run = tmp_path / name
+        assert vla(["train", "--config", TINY, "--dataset", sim_data, "--out", str(run), "--expert", "regression",
+                    "--stage", "2", "--max-steps", "3", "--batch-size", "4", "--val-fraction", "0", *extra,
+                    "--no-progress"]) == 0
+        runs[name] = load_policy(run / "last").state_dict()
+        assert all(np.isfinite(m["train/loss"]) for m in _metrics(run) if "train/loss" in m)
+    assert all(torch.equal(runs["in-process"][k], runs["workers"][k]) for k in runs["in-process"])
+    assert not all(torch.equal(runs["in-process"][k], runs["device"][k]) for k in runs["in-process"])

@@ -19,8 +19,8 @@ from torch import nn
 
 from .backbones import build_backbone
 from .config import PolicyConfig
-from .constants import (ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE,
-                        SAMPLE_WEIGHT, VL_FEATURES)
+from .constants import (ACTION, ACTION_IS_PAD, BACKBONE_INPUTS, OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR,
+                        OBS_SENSOR_MASK, OBS_STATE, SAMPLE_WEIGHT, VL_FEATURES)
 from .encoders import SensorEncoder, StateEncoder
 from .errors import ObservationError
 from .experts import EXPERTS
@@ -74,7 +74,8 @@ class VLAPolicy(nn.Module):
         batch = _batch_size(observation)
         processed = sensor = sensor_mask = state = None
         if self.backbone is not None and backbone_inputs:
-            processed = self.prepare_images(observation, batch)
+            processed = self.prepare_images(observation, batch) if BACKBONE_INPUTS not in observation else \
+                self.prepared_backbone_inputs(observation, batch)
         if self.sensor_encoder is not None:
             sensor = _float_tensor(observation, OBS_SENSOR, (batch, None, cfg.sensor.channels), "(B, T, C)", device)
             sensor = self.normalizer["sensor"].normalize(sensor)
@@ -102,6 +103,22 @@ class VLAPolicy(nn.Module):
         if not isinstance(instruction, (list, tuple)) or len(instruction) != batch:
             raise ObservationError(f"{OBS_INSTRUCTION}: expected a list of {batch} strings, got {instruction!r}")
         return self.backbone.preprocess(images, list(instruction), cfg.views)
+
+    def prepared_backbone_inputs(self, observation: dict[str, Any], batch: int) -> dict[str, torch.Tensor]:
+        """Backbone inputs made beforehand (`BACKBONE_INPUTS`); missing `pixel_values` are computed here, on
+        the policy's device, from the uint8 views."""
+        inputs = observation[BACKBONE_INPUTS]
+        if not isinstance(inputs, dict) or "input_ids" not in inputs or len(inputs["input_ids"]) != batch:
+            raise ObservationError(f"{BACKBONE_INPUTS}: expected the backbone's input tensors for {batch} "
+                                   f"observations (input_ids, attention_mask, image_grid_thw[, pixel_values])")
+        if "pixel_values" in inputs:
+            return inputs
+        images = observation.get(OBS_IMAGES)
+        if not isinstance(images, dict):
+            raise ObservationError(f"{BACKBONE_INPUTS} without pixel_values needs {OBS_IMAGES}: expected a dict "
+                                   f"{{view: (B, H, W, 3) uint8}} with views {self.config.views}")
+        self.backbone.check_images(images, self.config.views, batch)
+        return {**inputs, "pixel_values": self.backbone.pixels(images, self.config.views, self.device)}
 
     # -- tensors -> condition ---------------------------------------------------------------------
     def encode_vision_language(self, prepared: PreparedObservation) -> Features | None:

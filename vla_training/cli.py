@@ -248,9 +248,8 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
-
+def train_overrides(args: argparse.Namespace) -> dict:
+    """`vla train`'s arguments -> the overrides `load_train_config` reads."""
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "data_command", "no_progress")}
     overrides["progress"] = not args.no_progress
     overrides["resume"] = args.resume or None
@@ -259,7 +258,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     pretrained = overrides.pop("pretrained", None)
     if pretrained:
         overrides["set"] = [*overrides.get("set", []), f"backbone.pretrained={pretrained}"]
-    progress = train(overrides)
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    progress = train(train_overrides(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {progress['step']} steps; checkpoints in {args.out}/last and {args.out}/best")
     return 0
@@ -435,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss weight of samples with sensor data (the research code: 2)")
     p.add_argument("--loader-workers", dest="loader_workers", type=int,
                    help="processes reading samples (decoding frames) ahead of the step (default 0: this process)")
+    p.add_argument("--pixels", choices=["processor", "device"],
+                   help="where the backbone's pixel values are made: 'processor' (the image processor, in the loader "
+                        "workers; default) or 'device' (torch on the training device from the uint8 frames)")
     p.add_argument("--pretrained", help="local directory (or hub id) of the backbone weights = -o backbone.pretrained=DIR")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value: policy fields by dotted key (-o policy.horizon=8, "

@@ -33,7 +33,8 @@ from vla_models.presets import PRESETS
 from .ema import TrainableEMA
 from .episodes import list_episodes
 from .feature_cache import FeatureCache
-from .samples import ChunkDataset, check_episode, collate, control_period, fit_statistics, split_episodes
+from .samples import (BackboneCollate, ChunkDataset, check_episode, collate, control_period, fit_statistics,
+                      split_episodes)
 from .train_state import load_train_state, save_train_state
 
 
@@ -65,6 +66,9 @@ class TrainConfig:
     sensor_window: int | None = None  # sensor samples per window; goes into the checkpoint (sensor.window)
     sensor_weight: float = 1.0  # loss weight of samples that have sensor data (the seed: 2.0)
     loader_workers: int = 0  # processes reading samples (decoding frames) ahead of the step; 0 = in this process
+    # where the backbone's pixel values are made when it runs (no feature cache): 'processor' = the image
+    # processor in the loader workers (exact), 'device' = torch on the training device (the fast runner's path)
+    pixels: str = "processor"
     device: str = "auto"
     resume: bool = False
     wandb: bool = False
@@ -99,6 +103,8 @@ def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
         raise ConfigError(f"stage: expected 1 or 2, got {train.stage}")
     if train.sensor_window:
         changes["sensor.window"] = train.sensor_window
+    if train.pixels not in ("processor", "device"):
+        raise ConfigError(f"pixels: expected 'processor' or 'device', got {train.pixels!r}")
     return train, policy_cfg.replace(**changes) if changes else policy_cfg
 
 
@@ -188,6 +194,11 @@ class Trainer:
         self.ema = TrainableEMA(self.policy, train.ema_decay) if policy_config.expert.type == "diffusion" else None
         self.cache = FeatureCache(train.feature_cache, self.policy, int(train.feature_cache_gb * 2**30)) \
             if train.feature_cache else None
+        # the backbone's inputs are made while collating (in the loader workers) unless cached features replace them
+        self.collate = BackboneCollate(self.policy.backbone, policy_config.views, train.pixels) \
+            if self.policy.backbone is not None and self.cache is None else collate
+        if train.loader_workers:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
         self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": None, "samples": 0}
         if train.resume:
             self._resume()
@@ -245,7 +256,7 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def _batch(self, ds: ChunkDataset, indices) -> dict:
-        return self._complete(collate([ds[int(i)] for i in indices]))
+        return self._complete(self.collate([ds[int(i)] for i in indices]))
 
     def _complete(self, batch: dict) -> dict:
         """What the training process adds to a collated batch: sample weights, cached features."""
@@ -297,7 +308,7 @@ class Trainer:
             # samples are read (frames decoded) in `loader_workers` processes, in this epoch's order
             # (its own generator: the loader draws a base seed, which must not move the training noise's RNG)
             loader = iter(DataLoader(self.train_ds, batch_sampler=[b.tolist() for b in batches[first:]],
-                                     num_workers=cfg.loader_workers, collate_fn=collate,
+                                     num_workers=cfg.loader_workers, collate_fn=self.collate,
                                      generator=torch.Generator().manual_seed(cfg.seed)))
             for b in range(first, len(batches)):
                 fetch = time.perf_counter()
@@ -331,6 +342,8 @@ class Trainer:
                            "train/grad_norm": float(grad_norm), "train/samples_per_s": rate}
                 if "timestep_mean" in logs:
                     metrics["train/timestep_dist"] = logs["timestep_mean"]
+                if self.device.type == "cuda":
+                    metrics["train/peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
                 if self.cache is not None:
                     metrics.update({f"cache/{k}": v for k, v in self.cache.counts().items()})
                 self.log(metrics)

@@ -202,16 +202,20 @@ class QwenVLBackbone(nn.Module):
             self.model = model_cls.from_pretrained(config.pretrained, dtype=dtype)
         else:
             self.model = model_cls(config_cls(**_random_architecture(config.variant, config.size)))
+            if config.dtype == "bfloat16":  # as a pretrained model loads with dtype bfloat16 (memory figures)
+                self.model.to(torch.bfloat16)
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.hidden_size = text_config.hidden_size
         if config.freeze:
             self.model.requires_grad_(False)
         if config.lora.enabled:
             from peft import LoraConfig, inject_adapter_in_model
+            from peft.tuners.tuners_utils import cast_adapter_dtype
 
             lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                               target_modules=list(config.lora.target_modules))
             inject_adapter_in_model(lora, self.model)
+            cast_adapter_dtype(self.model, "default")  # adapters train in fp32 over a bf16 base (AdamW on bf16 stalls)
         if config.gradient_checkpointing:
             # non-reentrant: gradients reach the LoRA adapters although the inputs do not require grad
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -230,6 +234,30 @@ class QwenVLBackbone(nn.Module):
         texts = [prompt + (text or "") for text in instruction]
         inputs = self.processor(text=texts, images=flat, return_tensors="pt", padding=True)
         return dict(inputs)
+
+    def text_inputs(self, image_sizes: dict[str, tuple[int, int]], instruction: list[str],
+                    views: list[str]) -> dict[str, torch.Tensor]:
+        """What `preprocess` returns except `pixel_values`, from the images' sizes alone (no pixel is read):
+        the prompts with each image's placeholder tokens, the image grids and the token types. With
+        `pixels()` on the training device, a data-loader worker then only tokenises text."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        proc = self.processor.image_processor
+        p, m = proc.patch_size, proc.merge_size
+        grids = []
+        for view in views:
+            h, w = image_sizes[view]
+            h, w = smart_resize(h, w, factor=p * m, min_pixels=proc.size["shortest_edge"],
+                                max_pixels=proc.size["longest_edge"])
+            grids.append((1, h // p, w // p))
+        image_token = self.processor.image_token
+        prompt = "".join(f"{view}: " + VISION_PROMPT.replace(image_token, image_token * (t * gh * gw // m ** 2)) + "\n"
+                         for view, (t, gh, gw) in zip(views, grids))
+        inputs = dict(self.processor.tokenizer([prompt + (text or "") for text in instruction], return_tensors="pt",
+                                               padding=True))
+        inputs["image_grid_thw"] = torch.tensor(grids * len(instruction), dtype=torch.int64)
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.processor.image_token_id).long()
+        return inputs
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> Features:
         """Model inputs -> tokens (B, L, hidden_size) float32, mask (B, L), pooled (B, hidden_size)."""
