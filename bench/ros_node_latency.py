@@ -87,7 +87,8 @@ def overhead(node: PolicyNode, iters: int) -> dict:
         t2 = time.perf_counter()
         chunk = policy.predict_action_chunk(obs)[0].numpy()
         t3 = time.perf_counter()
-        msg = node.chunk_message(ChunkResult(stamp, chunk, "regression", params, (t3 - t2) * 1e3, None))
+        msg = node.chunk_message(ChunkResult(stamp, chunk, "regression", params, (t3 - t2) * 1e3, None,
+                                             policy.expert.sampling()))
         node.chunk_pub.publish(msg)
         t4 = time.perf_counter()
         if i < 10:

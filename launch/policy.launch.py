@@ -20,9 +20,10 @@ from launch_ros.substitutions import FindPackageShare
 
 # argument -> (default, description). Empty defaults mean "keep the params file's value".
 OVERRIDES = {
-    "policy_type": ("", "regression | diffusion"),
+    "policy_type": ("", "regression | diffusion | flow"),
     "regression_checkpoint": ("", "checkpoint directory of the regression expert"),
     "diffusion_checkpoint": ("", "checkpoint directory of the diffusion expert"),
+    "flow_checkpoint": ("", "checkpoint directory of the flow-matching expert"),
     "device": ("", "cpu | cuda | cuda:N"),
     "dry_run": ("", "true: publish chunks only, no commands (false only with limits in the params file)"),
     "autostart": ("", "true: configure + activate at start; false: wait for a lifecycle manager"),

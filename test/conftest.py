@@ -8,7 +8,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 from vla_models import build_policy, preset  # noqa: E402
 from vla_models.testing import fit_fake_statistics  # noqa: E402
 
-EXPERTS = ["regression", "diffusion"]
+EXPERTS = ["regression", "diffusion", "flow"]
 FUSIONS = ["concat", "cross_attention", "gated", "none"]
 BACKBONES = ["tiny", "cpu"]  # `tiny` = Qwen2.5-VL architecture at toy size; `cpu` = backbone none
 

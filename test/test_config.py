@@ -19,7 +19,7 @@ def test_presets_round_trip_through_yaml_and_json(name, tmp_path):
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"expert.type": "flow"}, ["expert.type", "regression", "diffusion", "'flow'"]),
+        ({"expert.type": "vae"}, ["expert.type", "regression", "diffusion", "flow", "'vae'"]),
         ({"fusion.mode": "sum"}, ["fusion.mode", "cross_attention", "'sum'"]),
         ({"expert.sampler": "euler"}, ["expert.sampler", "ddim", "'euler'"]),
         ({"expert.ddim_steps": 0}, ["expert.ddim_steps", "got 0"]),

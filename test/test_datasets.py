@@ -130,6 +130,28 @@ def test_sim_demos_and_info(tmp_path, capsys):
     assert "episodes     2" in text and "sensor       12 channels" in text and "every array read" in text
 
 
+@pytest.mark.parametrize("task", ["hand-insert-v3", "pick-place-v3"])
+def test_sim_demos_of_other_tasks_sense_their_own_object(tmp_path, task):
+    """The sensed body is each task's manipulated object (its one free body), not a hard-coded peg."""
+    out = tmp_path / task
+    assert vla(["data", "sim", "--task", task, "--out", str(out), "--episodes", "1", "--views", "",
+                "--no-progress"]) == 0
+    (ep,) = list_episodes(out)
+    assert ep.meta["success"] and ep.meta["instruction"] == task.removesuffix("-v3").replace("-", " ")
+    sensor = np.abs(np.asarray(ep.array("sensor")))
+    assert sensor[:, :6].max() > 0.1  # contact on the object (grasp, table) was measured
+
+
+@pytest.mark.parametrize("args, words", [(["--task", "no-such-task-v3"], ["no-such-task-v3", "expected one of"]),
+                                         (["--task", "hand-insert-v3", "--modes", "2"], ["--modes 2", "peg-insert-side"])])
+def test_sim_demos_of_unsupported_tasks_are_clear_errors(tmp_path, capsys, args, words):
+    assert vla(["data", "sim", "--out", str(tmp_path / "x"), "--episodes", "1", "--views", "", *args,
+                "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
+
+
 @pytest.mark.parametrize("layout", ["legacy", "episode"])
 def test_import_seed_layouts(tmp_path, layout):
     if layout == "legacy":

@@ -11,7 +11,7 @@ import pytest
 from vla_training.cli import main as vla
 from vla_training.evaluate import _classify, wilson_interval
 
-SECTIONS = ["## Setup (to reproduce)", "## Closed-loop success (held-out placements)",
+SECTIONS = ["## Setup (to reproduce)", "## Targets", "## Closed-loop success (held-out placements)",
             "## Offline path error", "## Latency per stage", "## Diversity and modes"]
 
 
@@ -42,12 +42,20 @@ def test_quick_demo_report(quick_demo):
         assert section in text
     for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
         assert (report_dir / image).stat().st_size > 1000, image
-    for variant in ("| regression |", "| ddim-5 |", "| ddim-10 |", "| ddim-20 |", "| ddpm-100 |"):
+    for variant in ("| regression |", "| ddim-5 |", "| ddim-10 |", "| ddim-20 |", "| ddpm-100 |", "| flow-5 |",
+                    "| flow-10 |", "| flow-20 |"):
         assert variant in text
     data = json.loads((report_dir / "report.json").read_text())
     numbers = list(_numbers(data["runs"]))
     assert len(numbers) > 100 and all(math.isfinite(x) for x in numbers)
-    assert {r["name"] for r in data["runs"]} == {"regression", "diffusion", "bimodal_regression", "bimodal_diffusion"}
+    assert {r["name"] for r in data["runs"]} == {"regression", "diffusion", "flow", "bimodal_regression",
+                                                 "bimodal_diffusion", "bimodal_flow"}
+    runs = {r["name"]: r for r in data["runs"]}
+    for name in ("diffusion", "flow"):  # the experts that sample: one closed loop per sampling seed, pooled
+        assert len(runs[name]["closed_loop"]) == 2 and runs[name]["pooled"]["seeds"] == [0, 1]
+        assert runs[name]["pooled"]["episodes"] == sum(c["episodes"] for c in runs[name]["closed_loop"].values())
+    assert len(runs["regression"]["closed_loop"]) == 1 and runs["regression"]["pooled"] is None
+    assert "**pooled**" in text and "| diffusion success >= 96 % (pooled seeds) |" in text
     assert list((report_dir / "rollouts").glob("*.gif")) and list((report_dir / "rollouts").glob("*_sheet.png"))
 
 

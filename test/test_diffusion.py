@@ -1,9 +1,11 @@
-"""The diffusion expert's sampling contracts: schedule coverage, determinism, one backbone pass."""
+"""Sampling contracts of the iterative experts (diffusion, flow): schedule coverage, determinism per
+seed, one backbone pass per chunk, options resolved and checked by the expert."""
 
 import pytest
 import torch
 from conftest import make_policy
 
+from vla_models.fusion import Condition
 from vla_models.testing import fake_observation
 
 
@@ -14,7 +16,7 @@ def _record_timesteps(policy):
     time_tokens, denoise_step = expert.time_tokens, expert.denoise_step
 
     def tokens_spy(timesteps, dtype):
-        seen.extend(int(t) for t in timesteps)
+        seen.extend(round(float(t), 3) for t in timesteps)
         return time_tokens(timesteps, dtype)
 
     def step_spy(noisy, plan):
@@ -29,7 +31,7 @@ def _record_timesteps(policy):
 def test_ddim_covers_the_whole_schedule(steps):
     policy = make_policy("cpu", "diffusion")
     seen, denoise_steps = _record_timesteps(policy)
-    policy.predict_action_chunk(fake_observation(policy.config, 1), seed=0, sampler="ddim", ddim_steps=steps)
+    policy.predict_action_chunk(fake_observation(policy.config, 1), seed=0, sampler="ddim", steps=steps)
     total = policy.config.expert.num_train_timesteps
     stride = total // steps
     assert len(seen) == len(denoise_steps) == steps
@@ -48,36 +50,74 @@ def test_ddpm_visits_every_step():
     assert seen == list(range(policy.config.expert.num_train_timesteps - 1, -1, -1))
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_same_seed_same_samples_and_samples_differ(sampler):
-    policy = make_policy("cpu", "diffusion")
+@pytest.mark.parametrize("steps", [1, 5, 10])
+def test_flow_takes_k_euler_steps_from_noise_to_the_chunk(steps):
+    policy = make_policy("cpu", "flow")
+    seen, network_calls = _record_timesteps(policy)
+    policy.predict_action_chunk(fake_observation(policy.config, 1), seed=0, steps=steps)
+    assert len(network_calls) == steps
+    assert seen == [round(1000.0 * (1 - i / steps), 3) for i in range(steps)]  # t = 1 (noise) ... 1/K
+
+
+def test_flow_euler_integration_reaches_the_target_of_a_straight_path():
+    """With the exact velocity of the straight path (noise - actions), K Euler steps land on the actions."""
+    expert = make_policy("cpu", "flow").expert
+    target = torch.randn(2, expert.horizon, expert.action_dim)
+    noise = torch.randn_like(target)
+    cond = Condition(torch.zeros(2, 1, expert.hidden_dim), torch.ones(2, 1, dtype=torch.bool))
+    for steps in (1, 3, 10):
+        out = expert.sample_from(cond, noise, expert.sampling(steps=steps), step=lambda x, plan: noise - target)
+        torch.testing.assert_close(out, target)
+
+
+@pytest.mark.parametrize("expert, options", [("diffusion", {"sampler": "ddim"}), ("diffusion", {"sampler": "ddpm"}),
+                                             ("flow", {"steps": 10})])
+def test_same_seed_same_samples_and_samples_differ(expert, options):
+    policy = make_policy("cpu", expert)
     obs = fake_observation(policy.config, 2)
-    a = policy.predict_action_chunk(obs, num_samples=4, seed=7, sampler=sampler)
-    b = policy.predict_action_chunk(obs, num_samples=4, seed=7, sampler=sampler)
-    c = policy.predict_action_chunk(obs, num_samples=4, seed=8, sampler=sampler)
+    a = policy.predict_action_chunk(obs, num_samples=4, seed=7, **options)
+    b = policy.predict_action_chunk(obs, num_samples=4, seed=7, **options)
+    c = policy.predict_action_chunk(obs, num_samples=4, seed=8, **options)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     assert not torch.allclose(a[:, 0], a[:, 1])  # the samples of one observation are distinct draws
+    single = policy.predict_action_chunk({k: v[:1] for k, v in obs.items()}, seed=7, **options)
+    assert single.shape == (1, policy.config.horizon, policy.config.action_dim)
 
 
-@pytest.mark.parametrize("expert, overrides, num_samples", [
+@pytest.mark.parametrize("expert, options, num_samples", [
     ("regression", {}, 1), ("diffusion", {"sampler": "ddim", "ddim_steps": 5}, 1),
-    ("diffusion", {"sampler": "ddim", "ddim_steps": 20}, 4), ("diffusion", {"sampler": "ddpm"}, 3),
+    ("diffusion", {"sampler": "ddim", "steps": 20}, 4), ("diffusion", {"sampler": "ddpm"}, 3), ("flow", {"steps": 5}, 3),
 ])
-def test_backbone_runs_once_per_chunk(expert, overrides, num_samples):
+def test_backbone_runs_once_per_chunk(expert, options, num_samples):
     policy = make_policy("tiny", expert)
     calls = []
     policy.backbone.model.register_forward_hook(lambda *args: calls.append(1))
-    policy.predict_action_chunk(fake_observation(policy.config, 2), num_samples=num_samples, seed=0, **overrides)
+    policy.predict_action_chunk(fake_observation(policy.config, 2), num_samples=num_samples, seed=0, **options)
     assert len(calls) == 1
 
 
-def test_unknown_sampler_options_are_rejected():
-    policy = make_policy("cpu", "diffusion")
-    obs = fake_observation(policy.config, 1)
-    with pytest.raises(TypeError, match="unknown sampler option"):
-        policy.predict_action_chunk(obs, temperature=0.5)
-    with pytest.raises(ValueError, match="sampler: expected one of"):
-        policy.predict_action_chunk(obs, sampler="euler")
-    with pytest.raises(TypeError, match="regression expert takes no sampler options"):
-        make_policy("cpu", "regression").predict_action_chunk(obs, sampler="ddim")
+@pytest.mark.parametrize("expert, options, error, words", [
+    ("diffusion", {"temperature": 0.5}, TypeError, "unknown sampling option"),
+    ("diffusion", {"sampler": "euler"}, ValueError, "diffusion expert samples with one of"),
+    ("diffusion", {"steps": 101}, ValueError, "DDIM steps in 1..100"),
+    ("flow", {"sampler": "ddim"}, ValueError, "flow expert samples with one of"),
+    ("flow", {"steps": 0}, ValueError, "Euler steps"),
+    ("regression", {"sampler": "ddim"}, TypeError, "regression expert takes no"),
+])
+def test_sampling_options_are_checked_by_the_expert(expert, options, error, words):
+    policy = make_policy("cpu", expert)
+    with pytest.raises(error, match=words):
+        policy.predict_action_chunk(fake_observation(policy.config, 1), **options)
+
+
+@pytest.mark.parametrize("expert, labels", [
+    ("regression", ["regression"]), ("diffusion", ["ddim-5", "ddim-10", "ddim-20", "ddpm-100"]),
+    ("flow", ["flow-5", "flow-10", "flow-20"])])
+def test_each_expert_names_its_samplings(expert, labels):
+    policy = make_policy("cpu", expert)
+    assert [s.label for s in policy.expert.latency_variants()] == labels
+    spec = policy.expert.sampling()
+    assert spec.label in labels and spec.stochastic == (expert != "regression")
+    assert policy.expert.options_for(sampler="", steps=7, ddim_steps=None) == ({} if expert == "regression" else
+                                                                            {"steps": 7})

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _start(ros, checkpoints, **overrides):
     params = {"regression_checkpoint": checkpoints["regression"], "diffusion_checkpoint": checkpoints["diffusion"],
-              "sensor_topic": "sensor",
+              "flow_checkpoint": checkpoints["flow"], "sensor_topic": "sensor",
               "rate_hz": 20.0, "instruction": "insert the needle", "slop_s": 0.02, **overrides}
     node = start_policy_node(ros, params)
     client = ros.add(rclpy_node(ros, "test_client"))
@@ -89,14 +89,36 @@ def test_live_switch_and_rejected_values(ros, checkpoints):
     n = len(chunks)
     _feed_until(ros, pubs, chunks, 0, t0=3000.0, predicate=lambda: len(chunks) > n and chunks[-1].num_steps == 5)
 
+    assert set_param("sampler", "ddpm").successful
+    n = len(chunks)
+    _feed_until(ros, pubs, chunks, 0, t0=4000.0, predicate=lambda: len(chunks) > n and chunks[-1].sampler == "ddpm")
+    assert chunks[-1].num_steps == 100  # DDPM visits every training timestep, whatever ddim_steps says
+
+    # the experts decide what the shared sampler/steps parameters mean: flow has no 'ddpm' -> switch refused
     bad = set_param("policy_type", "flow")
-    assert not bad.successful and "regression" in bad.reason and "'flow'" in bad.reason
+    assert not bad.successful and "flow" in bad.reason and "'ddpm'" in bad.reason and "euler" in bad.reason
+    assert set_param("sampler", "").successful  # '' = each expert's own sampler
+    assert set_param("policy_type", "flow").successful
+    n = len(chunks)
+    _feed_until(ros, pubs, chunks, 0, t0=5000.0, predicate=lambda: len(chunks) > n and chunks[-1].policy_type == "flow")
+    assert chunks[-1].sampler == "euler" and chunks[-1].num_steps == 5  # K = the live ddim_steps
+    bad = set_param("sampler", "ddim")
+    assert not bad.successful and "flow" in bad.reason
+    assert set_param("policy_type", "regression").successful  # and back: all three live
+    n = len(chunks)
+    _feed_until(ros, pubs, chunks, 0, t0=6000.0,
+                predicate=lambda: len(chunks) > n and chunks[-1].policy_type == "regression")
+    assert chunks[-1].sampler == "" and chunks[-1].num_steps == 0
+    assert set_param("policy_type", "diffusion").successful
+
+    bad = set_param("policy_type", "vae")
+    assert not bad.successful and "regression" in bad.reason and "'vae'" in bad.reason
     bad = set_param("ddim_steps", 0)
     assert not bad.successful and "ddim_steps" in bad.reason
     assert not set_param("sensor_topic", "other").successful  # read-only at runtime
     assert node.get_parameter("policy_type").value == "diffusion"
     n = len(chunks)
-    _feed_until(ros, pubs, chunks, 0, t0=4000.0, predicate=lambda: len(chunks) > n + 1)
+    _feed_until(ros, pubs, chunks, 0, t0=7000.0, predicate=lambda: len(chunks) > n + 1)
     assert chunks[-1].policy_type == "diffusion"  # still serving, with its state kept
 
 
@@ -114,7 +136,8 @@ def test_node_as_a_process_with_the_shipped_params_file(tmp_path, checkpoints):
     exe = Path(sys.executable).parent / "policy_node"
     cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config" / "policy.yaml"), "-p", "policy_type:=diffusion",
            "-p", f"regression_checkpoint:={checkpoints['regression']}", "-p",
-           f"diffusion_checkpoint:={checkpoints['diffusion']}", "-p", "rate_hz:=20.0"]
+           f"diffusion_checkpoint:={checkpoints['diffusion']}", "-p", f"flow_checkpoint:={checkpoints['flow']}", "-p",
+           "rate_hz:=20.0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         import rclpy
@@ -161,6 +184,7 @@ def test_param_client_switches_and_reports_rejections(ros, checkpoints):
     assert ok.returncode == 0 and "set policy_type: ok" in ok.stdout, ok.stdout + ok.stderr
     assert node.params.policy_type == "diffusion"
     bad = subprocess.run([exe, "set", "sampler", "euler"], env=env, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "rejected: sampler: expected one of ['ddim', 'ddpm']" in bad.stdout
+    assert bad.returncode == 1 and "rejected: diffusion: sampler: the diffusion expert samples with one of ['ddim', " \
+        "'ddpm'], got 'euler'" in bad.stdout
     got = subprocess.run([exe, "get", "sampler"], env=env, capture_output=True, text=True, timeout=60)
-    assert got.stdout.strip() == "sampler: ddim"
+    assert got.stdout.strip() == "sampler:"  # unchanged: '' = the expert's own

@@ -19,12 +19,12 @@ from vla_training.evaluate import closed_loop  # noqa: E402
 from vla_training.import_bag import import_bags  # noqa: E402
 
 
-@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+@pytest.mark.parametrize("expert", ["regression", "diffusion", "flow"])
 def test_sim_robot_and_policy_node_complete_an_episode_like_the_in_process_loop(tmp_path, expert):
     policy = make_policy("cpu", expert)
     checkpoint = policy.save(tmp_path / "ckpt")
     summary = run_ros_demo(checkpoint, episodes=1, placement_seed=1, execute_steps=4, max_steps=12,
-                           ddim_steps=3, timeout_s=240, log_dir=tmp_path / "logs")
+                           steps=3, timeout_s=240, log_dir=tmp_path / "logs")
     (episode,) = summary["per_episode"]
     assert "error" not in episode, episode
     assert episode["length"] == 12 and episode["chunks"] == 3  # 12 steps, 4 actions per chunk

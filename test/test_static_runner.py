@@ -4,6 +4,7 @@ pixels and StaticRunner give the same results as the plain policy (CPU here; CUD
 import numpy as np
 import pytest
 import torch
+from conftest import EXPERTS
 
 from vla_models import build_policy
 from vla_models.config import ExpertConfig
@@ -33,7 +34,7 @@ def test_chunk_plan_steps_match_the_training_denoiser():
 @pytest.fixture(scope="module")
 def tiny_policies():
     out = {}
-    for expert in ("regression", "diffusion"):
+    for expert in EXPERTS:
         policy = build_policy(preset("tiny", **{"expert.type": expert})).eval()
         fit_fake_statistics(policy)
         out[expert] = policy
@@ -68,7 +69,7 @@ def test_pixels_on_device_match_the_image_processor(tiny_policies, size):
         assert (ours - ref).abs().mean() < 0.02
 
 
-@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+@pytest.mark.parametrize("expert", EXPERTS)
 def test_static_runner_matches_the_policy(tiny_policies, expert):
     policy = tiny_policies[expert]
     runner = StaticRunner(policy)
@@ -81,7 +82,7 @@ def test_static_runner_matches_the_policy(tiny_policies, expert):
     assert len(runner._layouts) == 1  # the layout is computed once for a fixed prompt and image size
 
 
-@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+@pytest.mark.parametrize("expert", EXPERTS)
 def test_static_runner_without_a_backbone(expert):
     policy = build_policy(preset("cpu", **{"expert.type": expert})).eval()
     fit_fake_statistics(policy)
@@ -90,11 +91,14 @@ def test_static_runner_without_a_backbone(expert):
                                policy.predict_action_chunk(obs, seed=2), atol=1e-4, rtol=1e-4)
 
 
-def test_static_runner_rejects_unknown_sampler_options(tiny_policies):
-    runner = StaticRunner(tiny_policies["diffusion"])
+@pytest.mark.parametrize("expert, options, error", [("diffusion", {"ddim_step": 5}, TypeError),
+                                                    ("flow", {"sampler": "ddpm"}, ValueError),
+                                                    ("regression", {"steps": 3}, TypeError)])
+def test_static_runner_lets_the_expert_check_its_options(tiny_policies, expert, options, error):
+    runner = StaticRunner(tiny_policies[expert])
     obs = fake_observation(runner.policy.config, 1, image_size=(56, 56))
-    with pytest.raises(TypeError, match="ddim_step"):
-        runner.predict_action_chunk(obs, ddim_step=5)
+    with pytest.raises(error, match=next(iter(options)) if error is TypeError else "ddpm"):
+        runner.predict_action_chunk(obs, **options)
 
 
 def test_static_runner_rejects_missing_views(tiny_policies):
@@ -115,21 +119,22 @@ def test_batched_samples_share_one_condition(tiny_policies):
     assert (chunks[0, 0] - chunks[0, 1]).abs().max() > 0
 
 
-def test_compiled_heads_give_the_same_chunks(tiny_policies):
+@pytest.mark.parametrize("expert", ["diffusion", "flow"])
+def test_compiled_heads_give_the_same_chunks(tiny_policies, expert):
     """torch.compile'd encoders and denoiser (inductor, here on the CPU) = the eager policy."""
-    policy = tiny_policies["diffusion"]
+    policy = tiny_policies[expert]
     obs = fake_observation(policy.config, 1, image_size=(56, 56))
-    ref = policy.predict_action_chunk(obs, seed=1, ddim_steps=3)
+    ref = policy.predict_action_chunk(obs, seed=1, steps=3)
     runner = StaticRunner(policy, compile_heads=True)
-    torch.testing.assert_close(runner.predict_action_chunk(obs, seed=1, ddim_steps=3), ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runner.predict_action_chunk(obs, seed=1, steps=3), ref, atol=1e-4, rtol=1e-4)
     # one compiled step serves every timestep of every chunk (the plan's buffers keep their addresses):
     # a recompile per timestep would exhaust dynamo's cache and fall back to eager on a GPU
     with torch._dynamo.config.patch(error_on_recompile=True):
-        ref = policy.predict_action_chunk(obs, seed=2, ddim_steps=10)
-        torch.testing.assert_close(runner.predict_action_chunk(obs, seed=2, ddim_steps=10), ref, atol=1e-4, rtol=1e-4)
+        ref = policy.predict_action_chunk(obs, seed=2, steps=10)
+        torch.testing.assert_close(runner.predict_action_chunk(obs, seed=2, steps=10), ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("expert", ["regression", "diffusion"])
+@pytest.mark.parametrize("expert", EXPERTS)
 def test_bf16_expert_runner_keeps_the_policy_and_float32_samples(tiny_policies, expert):
     """expert_dtype=bfloat16: the runner's own copy of the expert; the policy's stays float32, chunks are
     float32 and within bfloat16 rounding of the float32 policy (in normalised action units)."""

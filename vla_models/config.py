@@ -23,7 +23,6 @@ QWEN_VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 BACKBONE_SIZES = ("tiny", "3b")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FUSION_MODES = ("concat", "cross_attention", "gated", "none")
-EXPERT_TYPES = ("regression", "diffusion")
 REGRESSION_LOSSES = ("mse", "l1")
 SAMPLERS = ("ddim", "ddpm")
 NORMALIZATION_MODES = ("min_max", "mean_std", "identity")
@@ -149,7 +148,8 @@ class FusionConfig:
 
 @dataclass
 class ExpertConfig:
-    """The action expert. Regression: one forward pass. Diffusion: DDPM training, DDIM/DDPM sampling."""
+    """The action expert. Regression: one forward pass. Diffusion: DDPM training, DDIM/DDPM sampling.
+    Flow: flow matching, K Euler steps."""
 
     type: str = "regression"
     layers: int = 4
@@ -165,9 +165,13 @@ class ExpertConfig:
     sampler: str = "ddim"
     ddim_steps: int = 10
     clip_sample: bool = True  # actions are normalised to [-1, 1]
+    # flow (shares the denoiser's layers/heads/feedforward and timestep_embed_dim)
+    flow_steps: int = 10
 
     def validate(self, path: str) -> None:
-        _choice(f"{path}.type", self.type, EXPERT_TYPES)
+        from .experts import EXPERTS  # the registry (its modules import this one)
+
+        _choice(f"{path}.type", self.type, tuple(EXPERTS))
         _positive(f"{path}.layers", self.layers)
         _positive(f"{path}.heads", self.heads)
         _positive(f"{path}.feedforward", self.feedforward)
@@ -184,6 +188,8 @@ class ExpertConfig:
                 f"{path}.ddim_steps: expected an int in [1, num_train_timesteps={self.num_train_timesteps}], "
                 f"got {self.ddim_steps!r}"
             )
+        if not isinstance(self.flow_steps, int) or not 1 <= self.flow_steps <= 1000:
+            raise ConfigError(f"{path}.flow_steps: expected an int in [1, 1000], got {self.flow_steps!r}")
 
 
 @dataclass

@@ -188,12 +188,13 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(self, observation: dict[str, Any], num_samples: int = 1, seed: int | None = None,
-                             vl_features: Features | None = None, **sampler_overrides: Any) -> torch.Tensor:
+                             vl_features: Features | None = None, **sampling_options: Any) -> torch.Tensor:
         """Action chunks in the dataset's units: (B, H, A), or (B, num_samples, H, A) when num_samples > 1.
 
-        seed: makes diffusion samples reproducible (a CPU generator, so the same on any device).
+        seed: makes diffusion/flow samples reproducible (a CPU generator, so the same on any device).
         vl_features: backbone features from `encode_images` (then images are not needed nor processed).
-        sampler_overrides: diffusion only, `sampler` ('ddim'|'ddpm') and `ddim_steps`.
+        sampling_options: what the expert takes (`expert.options`): `sampler` (diffusion 'ddim'|'ddpm', flow
+        'euler') and `steps`; the expert resolves and checks them (`expert.sampling`).
         Stage latencies of this call are left in `self.last_timings` (ms).
         """
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -207,7 +208,7 @@ class VLAPolicy(nn.Module):
             cond = self.encode(prepared, vl_features=vl_features, timings=timings)
             clock = _StageClock(self.device, timings)
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            chunks = self.expert.sample(cond, num_samples, generator=generator, **sampler_overrides)  # (B, N, H, A)
+            chunks = self.expert.sample(cond, num_samples, generator=generator, **sampling_options)  # (B, N, H, A)
             chunks = self.normalizer["action"].unnormalize(chunks.float())
             clock.lap("expert_ms")
             timings["total_ms"] = (time.perf_counter() - start) * 1e3

@@ -24,7 +24,6 @@ import torch
 
 from .constants import OBS_IMAGES, OBS_INSTRUCTION
 from .errors import ObservationError
-from .experts.diffusion import SAMPLER_OPTIONS
 from .fusion import Condition, Features
 from .policy import VLAPolicy, _StageClock
 
@@ -68,7 +67,7 @@ class StaticRunner:
     step is bound by reading the expert's weights and launching kernels): the runner keeps its own
     copy of the expert's weights in it, taken now; the diffusion sample and the scheduler's arithmetic
     stay in float32.
-    Layouts and graphs are cached per (instruction, image sizes, sampler, steps, samples).
+    Layouts and graphs are cached per (instruction, image sizes, the expert's Sampling, samples).
     """
 
     def __init__(self, policy: VLAPolicy, cuda_graphs: bool = True, compile_heads: bool = False,
@@ -78,10 +77,7 @@ class StaticRunner:
         self.cuda_graphs = cuda_graphs and policy.device.type == "cuda"
         self.expert = expert = policy.expert if expert_dtype in (None, torch.float32) \
             else copy.deepcopy(policy.expert).to(expert_dtype)
-        self._denoise_step = torch.compile(expert.denoise_step, dynamic=False) \
-            if compile_heads and hasattr(expert, "denoise_step") else getattr(expert, "denoise_step", None)
-        self._predict = torch.compile(expert.predict, dynamic=False) if compile_heads and hasattr(expert, "predict") \
-            else getattr(expert, "predict", None)
+        self._step = torch.compile(expert.network_step(), dynamic=False) if compile_heads else expert.network_step()
         self._encode = torch.compile(policy.encode, dynamic=False) if compile_heads else policy.encode
         if compile_backbone and policy.backbone is not None:  # per layer: identical layers share one compile
             model = policy.backbone.model
@@ -125,7 +121,7 @@ class StaticRunner:
 
     @torch.no_grad()
     def predict_action_chunk(self, observation: dict[str, Any], num_samples: int = 1, seed: int | None = None,
-                             **sampler_overrides: Any) -> torch.Tensor:
+                             **sampling_options: Any) -> torch.Tensor:
         policy, cfg = self.policy, self.policy.config
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
@@ -161,38 +157,30 @@ class StaticRunner:
         tokens, mask = self._staged(("condition", layout_key, *(tuple(t.shape) for t in sensor_inputs)), condition,
                                     [*vl, *sensor_inputs])
         clock.lap("sensor_ms")
-        chunks = self._expert(Condition(tokens, mask), num_samples, seed, sampler_overrides, layout_key)
+        chunks = self._expert(Condition(tokens, mask), num_samples, seed, sampling_options, layout_key)
         chunks = policy.normalizer["action"].unnormalize(chunks.float()).clone()
         clock.lap("expert_ms")
         timings["total_ms"] = (time.perf_counter() - start) * 1e3
         self.last_timings = timings
         return chunks[:, 0] if num_samples == 1 else chunks
 
-    def _expert(self, cond: Condition, num_samples: int, seed: int | None, overrides: dict,
+    def _expert(self, cond: Condition, num_samples: int, seed: int | None, options: dict,
                 layout_key: tuple) -> torch.Tensor:
         expert = self.expert
+        spec = expert.sampling(**options)  # the expert says what its options mean
         b, dtype = cond.tokens.shape[0], next(expert.parameters()).dtype  # tokens cast inside the captured stage
-        if self.policy.config.expert.type != "diffusion":
-            if overrides:
-                raise TypeError(f"the regression expert takes no sampler options, got {sorted(overrides)}")
-            (chunk,) = self._staged(("regression", layout_key, tuple(cond.tokens.shape)),
-                                    lambda t, m: (self._predict(Condition(t.to(dtype), m)),), [cond.tokens, cond.mask])
-            return chunk.unsqueeze(1).expand(-1, num_samples, -1, -1)
-        unknown = set(overrides) - set(SAMPLER_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; expected some of {list(SAMPLER_OPTIONS)}")
-        sampler = overrides.get("sampler") or expert.config.sampler
-        steps = int(overrides.get("ddim_steps") or expert.config.ddim_steps)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        noise = torch.randn((b * num_samples, expert.horizon, expert.action_dim), generator=generator)
-        noise = noise.to(cond.tokens.device)  # float32: the sampler's arithmetic stays in full precision
-        cond = cond.repeat_interleave(num_samples)
-        loop_generator = None if self.cuda_graphs else generator
+        noise: list[torch.Tensor] = []
+        if spec.stochastic:  # all samples in one batched call, from a CPU generator's noise (same on any device)
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            noise = [expert.initial_noise(b * num_samples, generator, cond.tokens.float())]
+            cond = cond.repeat_interleave(num_samples)  # float32 noise: the sampler's arithmetic in full precision
+        loop_generator = None if self.cuda_graphs or not spec.stochastic else generator
 
-        def loop(t, m, n):
-            return (expert.denoise_loop(Condition(t.to(dtype), m), n, sampler, steps, loop_generator,
-                                        step=self._denoise_step),)
+        def run(t, m, *n):
+            return (expert.sample_from(Condition(t.to(dtype), m), n[0] if n else None, spec, loop_generator,
+                                       step=self._step),)
 
-        (x,) = self._staged(("diffusion", layout_key, sampler, steps, tuple(cond.tokens.shape)), loop,
-                            [cond.tokens, cond.mask, noise])
+        (x,) = self._staged(("expert", layout_key, spec, tuple(cond.tokens.shape)), run, [cond.tokens, cond.mask, *noise])
+        if not spec.stochastic:
+            return x.unsqueeze(1).expand(-1, num_samples, -1, -1)
         return x.view(b, num_samples, expert.horizon, expert.action_dim)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vla_models.experts import Sampling
 from vla_models.runtime import WAITING_FOR_SENSOR, assemble, sensor_inputs
 
 from .inputs import Inputs
@@ -38,6 +39,7 @@ class ChunkResult:
     params: object  # the NodeParams snapshot the chunk was computed with
     latency_ms: float
     sensor_newest: float | None  # newest sensor sample the chunk saw
+    sampling: Sampling  # how the expert sampled it (sampler, steps, label)
 
 
 class InferenceWorker:
@@ -206,11 +208,10 @@ class InferenceWorker:
                 return False
         stamp, obs = assembled
         policy = self.policies[params.policy_type]
-        overrides = {"sampler": params.sampler, "ddim_steps": params.ddim_steps} \
-            if params.policy_type == "diffusion" else {}
+        options = policy.expert.options_for(sampler=params.sampler, steps=params.ddim_steps)  # the ones it takes
         start = time.perf_counter()
         chunk = policy.predict_action_chunk(obs, seed=params.seed if params.seed >= 0 else None, vl_features=features,
-                                            **overrides)
+                                            **options)
         latency = (time.perf_counter() - start) * 1e3
         self.latencies.append(latency / 1e3)
         with self._lock:
@@ -232,5 +233,6 @@ class InferenceWorker:
                 self.stats["discarded_after_reset"] += 1
                 return False
             self.event_times["chunk"].append(time.monotonic())
-            self.on_chunk(ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest))
+            self.on_chunk(ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest,
+                                      policy.expert.sampling(**options)))
         return True

@@ -119,6 +119,10 @@ class PolicyNode(LifecycleNode):
             if path:
                 self.policies[kind] = load_policy(path, device=p.device, backbone_pretrained=p.backbone_path or None)
                 self.get_logger().info(f"loaded {kind} policy from {path}")
+        try:  # the starting expert takes the sampler / steps it is given
+            self.sampling_options(p.policy_type, p.sampler, p.ddim_steps)
+        except TypeError as exc:
+            raise ValueError(f"parameters sampler/ddim_steps for {p.policy_type}: {exc}") from exc
         spec = self._input_spec()
         config = next(iter(self.policies.values())).config
         self.dt = p.control_period_s or config.dt
@@ -292,15 +296,29 @@ class PolicyNode(LifecycleNode):
             return self.params, self.instruction
 
     def _validate_parameters(self, changes) -> SetParametersResult:
-        steps = max((p.config.expert.num_train_timesteps for p in self.policies.values()), default=None)
         loaded = set(self.policies) or {k for k in P.EXPERT_TYPES if getattr(self.params, f"{k}_checkpoint")}
         for change in changes:
             if change.name == "dry_run" and self._arming == threading.get_ident():
                 continue
-            reason = P.validate(change.name, change.value, steps, loaded, set())
+            reason = P.validate(change.name, change.value, loaded, set())
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
+        after = {c.name: c.value for c in changes}
+        if self.policies and {"policy_type", "sampler", "ddim_steps"} & set(after):  # the expert that will serve
+            kind = after.get("policy_type", self.params.policy_type)  # says whether it takes these options
+            try:
+                self.sampling_options(kind, after.get("sampler", self.params.sampler),
+                                      after.get("ddim_steps", self.params.ddim_steps))
+            except (TypeError, ValueError) as exc:
+                return SetParametersResult(successful=False, reason=f"{kind}: {exc}")
         return SetParametersResult(successful=True)
+
+    def sampling_options(self, kind: str, sampler: str, steps: int) -> dict:
+        """The node's sampler/steps parameters as the options the `kind` expert takes (checked by it)."""
+        expert = self.policies[kind].expert
+        options = expert.options_for(sampler=sampler, steps=steps)
+        expert.sampling(**options)  # raises, naming what it expected
+        return options
 
     def _apply_parameters(self, changes) -> None:
         names = {c.name for c in changes}
@@ -406,14 +424,11 @@ class PolicyNode(LifecycleNode):
 
     def chunk_message(self, result: ChunkResult) -> ActionChunk:
         c = self.policies[result.policy_type].config
-        p = result.params
-        diffusion = result.policy_type == "diffusion"
-        steps = (p.ddim_steps if p.sampler == "ddim" else c.expert.num_train_timesteps) if diffusion else 0
+        spec = result.sampling
         timings = {k: v for k, v in self.policies[result.policy_type].last_timings.items() if k != "total_ms"}
         header = Header(stamp=Time(nanoseconds=int(round(result.stamp * 1e9))).to_msg(), frame_id=self.inputs.pose_frame)
-        return ActionChunk(header=header, policy_type=result.policy_type, sampler=p.sampler if diffusion else "",
-                           num_steps=steps, horizon=c.horizon, action_dim=c.action_dim, dt=self.dt,
-                           action_names=list(c.action_names), actions=result.chunk.astype(np.float32).ravel().tolist(),
+        return ActionChunk(header=header, policy_type=result.policy_type, sampler=spec.sampler, num_steps=spec.steps,
+                           horizon=c.horizon, action_dim=c.action_dim, dt=self.dt, action_names=list(c.action_names), actions=result.chunk.astype(np.float32).ravel().tolist(),
                            latency_ms=result.latency_ms, stage_names=list(timings),
                            stage_latency_ms=[float(v) for v in timings.values()])
 

@@ -114,7 +114,7 @@ def _live_chunks(bag: str | Path, topic: str) -> list[tuple[float, np.ndarray, d
 
 def bag_eval(bag: str | Path, checkpoint: str | Path | None, topics: str | Path, chunks_topic: str | None = None,
              mm_per_unit: float | None = None, max_frames: int | None = None, slop_s: float = 0.05,
-             sampler: str | None = None, ddim_steps: int | None = None, seed: int = 0, plot: str | Path | None = None,
+             sampler: str | None = None, steps: int | None = None, seed: int = 0, plot: str | Path | None = None,
              progress: bool = True, device: str | None = None, backbone: str | None = None) -> dict:
     spec = load_topic_map(topics)
     workdir = tempfile.TemporaryDirectory(prefix="vla-bag-eval-")
@@ -131,10 +131,10 @@ def bag_eval(bag: str | Path, checkpoint: str | Path | None, topics: str | Path,
                 latencies.append(timing)
         source = f"live: {chunks_topic}"
     else:
-        from .evaluate import _overrides, load_for_eval
+        from .evaluate import load_for_eval, sampling_options
 
         policy = load_for_eval(checkpoint, device, backbone)
-        overrides = _overrides(policy, sampler, ddim_steps)
+        overrides = sampling_options(policy, sampler, steps)
         frames = list(_observations(data, policy.config, slop_s, max_frames))
         for k, _, obs in tqdm(frames, desc="bag-eval", disable=not progress, unit="frame"):
             start = time.perf_counter()

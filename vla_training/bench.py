@@ -31,12 +31,13 @@ import torch
 from tqdm import tqdm
 
 from vla_models import build_policy, load_policy, preset
+from vla_models.experts import EXPERTS
 from vla_models.experts.diffusion import ChunkPlan
 from vla_models.policy import VLAPolicy
 from vla_models.static_runner import StaticRunner
 from vla_models.testing import fake_observation, fit_fake_statistics
 
-from .evaluate import LATENCY_VARIANTS, resolve_checkpoint
+from .evaluate import resolve_checkpoint
 
 RUNNERS = ("eager", "eager-bf16", "static", "graphs", "compiled", "compiled-backbone", "bf16-expert")
 GRAPHED = ("graphs", "compiled", "compiled-backbone", "bf16-expert")
@@ -52,9 +53,9 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def build_pair(spec: str, device: torch.device, overrides: dict | None = None) -> dict[str, VLAPolicy]:
-    """{'regression', 'diffusion'} policies sharing one backbone: from a preset (random weights,
-    statistics fitted on random data) or from checkpoint directories/runs (`spec` = RUN[,RUN])."""
+def build_policies(spec: str, device: torch.device, overrides: dict | None = None) -> dict[str, VLAPolicy]:
+    """One policy per expert type (regression, diffusion, flow) sharing one backbone: from a preset (random
+    weights, statistics fitted on random data) or from checkpoint directories/runs (`spec` = RUN[,RUN])."""
     if Path(spec.split(",")[0]).exists():
         policies = {}
         for path in spec.split(","):
@@ -63,12 +64,14 @@ def build_pair(spec: str, device: torch.device, overrides: dict | None = None) -
         return policies
     config = preset(spec, **(overrides or {}))
     with torch.device(device):  # build the weights where they run (a 3B backbone initialises in seconds on a GPU)
-        regression = build_policy(config.replace(**{"expert.type": "regression"}))
-        diffusion = VLAPolicy(config.replace(**{"expert.type": "diffusion"}), backbone=regression.backbone)
-    for policy in (regression, diffusion):
+        policies = {"regression": build_policy(config.replace(**{"expert.type": "regression"}))}
+        for kind in EXPERTS:
+            if kind not in policies:
+                policies[kind] = VLAPolicy(config.replace(**{"expert.type": kind}), backbone=policies["regression"].backbone)
+    for policy in policies.values():
         fit_fake_statistics(policy)
         policy.to(device).eval()
-    return {"regression": regression, "diffusion": diffusion}
+    return policies
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -84,25 +87,31 @@ def time_variants(policies: dict, runner: str, observation: dict, repeats: int, 
                                    expert_dtype=torch.bfloat16 if runner == "bf16-expert" else None)
                       if runner == "static" or runner in GRAPHED else p)
                for name, p in policies.items()}
-    for label, overrides in LATENCY_VARIANTS:
-        if label not in variants:
-            continue
-        engine = engines.get("regression" if label == "regression" else "diffusion")
-        if engine is None:
-            continue
-        try:
-            for _ in range(warmup):
-                engine.predict_action_chunk(observation, seed=0, **overrides)
-            runs = []
-            for r in range(repeats):
-                engine.predict_action_chunk(observation, seed=r, **overrides)
-                runs.append(dict(engine.last_timings))
-            out[label] = _summary(runs)
-            if getattr(engine, "capture_errors", None):
-                out[label]["capture_errors"] = dict(engine.capture_errors)
-        except Exception as exc:  # reported, not hidden: one failing stage must not lose the other figures
-            out[label] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=3)}
+    for name, policy in policies.items():
+        for spec in policy.expert.latency_variants():
+            if spec.label in variants:
+                out[spec.label] = _time_one(engines[name], policy.expert.options_for(sampler=spec.sampler,
+                                                                                   steps=spec.steps),
+                                            observation, repeats, warmup)
     return out
+
+
+def _time_one(engine, overrides: dict, observation: dict, repeats: int, warmup: int) -> dict:
+    """Stage latencies of one sampling; an error is reported in the figures, not raised (one failing
+    stage must not lose the others)."""
+    try:
+        for _ in range(warmup):
+            engine.predict_action_chunk(observation, seed=0, **overrides)
+        runs = []
+        for r in range(repeats):
+            engine.predict_action_chunk(observation, seed=r, **overrides)
+            runs.append(dict(engine.last_timings))
+        out = _summary(runs)
+        if getattr(engine, "capture_errors", None):
+            out["capture_errors"] = dict(engine.capture_errors)
+        return out
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=3)}
 
 
 def wall_times_ms(fn, repeats: int, device: torch.device, warmup: int = 0) -> list[float]:
@@ -156,10 +165,10 @@ def run_bench(spec: str, device: str = "cpu", runners: list[str] | None = None, 
     unknown = [r for r in runners if r not in RUNNERS]
     if unknown:
         raise ValueError(f"runners: unknown {unknown}; expected some of {list(RUNNERS)}")
-    variants = variants or [label for label, _ in LATENCY_VARIANTS]
     torch.manual_seed(seed)
     start = time.perf_counter()
-    policies = build_pair(spec, dev, overrides)
+    policies = build_policies(spec, dev, overrides)
+    variants = variants or [s.label for p in policies.values() for s in p.expert.latency_variants()]
     config = next(iter(policies.values())).config
     observation = fake_observation(config, 1, seed=seed, image_size=image_size)
     result: dict = {"spec": spec, "overrides": overrides or {}, "device": str(dev), "machine": machine_info(dev), "views": list(config.views),

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from vla_models import CheckpointError, ConfigError, ObservationError, PolicyConfig, preset
+from vla_models.experts import EXPERTS
 from vla_models.presets import PRESETS
 
 from .episodes import DatasetError
@@ -41,7 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import closed_loop, diversity, load_for_eval, offline_path_error, stage_latency
+    from .evaluate import closed_loop, diversity, load_for_eval, offline_path_error, sampling_options, stage_latency
 
     if args.expert_dtype != "float32" and not args.sim:
         raise ConfigError(f"--expert-dtype {args.expert_dtype}: applies to the closed loop only; expected --sim TASK")
@@ -56,11 +57,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             engine = StaticRunner(policy, expert_dtype=getattr(torch, args.expert_dtype))
             result["expert_dtype"] = args.expert_dtype
-        label = "regression" if policy.config.expert.type == "regression" else \
-            (f"ddim-{args.ddim_steps or policy.config.expert.ddim_steps}" if (args.sampler or "ddim") == "ddim" else "ddpm-100")
+        label = policy.expert.sampling(**sampling_options(policy, args.sampler, args.steps)).label
         result["closed_loop"] = {label: closed_loop(
             engine, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
-            sampler=args.sampler, ddim_steps=args.ddim_steps, sample_seed=args.sample_seed,
+            sampler=args.sampler, steps=args.steps, sample_seed=args.sample_seed,
             save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
             progress=not args.no_progress, episode_log=args.episode_log)}
         cl = result["closed_loop"][label]
@@ -68,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
               f"mean length {cl['length']['mean']:.0f}")
     if args.dataset:
-        result["offline"] = offline_path_error(policy, args.dataset, sampler=args.sampler, ddim_steps=args.ddim_steps)
+        result["offline"] = offline_path_error(policy, args.dataset, sampler=args.sampler, steps=args.steps)
         o = result["offline"]["overall_mm"]
         print(f"offline path error: mean {o['mean']:.2f} mm, median {o['median']:.2f}, p95 {o['p95']:.2f} "
               f"({result['offline']['samples']} samples)")
@@ -155,7 +155,7 @@ def cmd_ros_demo(args: argparse.Namespace) -> int:
 
     summary = run_ros_demo(resolve_checkpoint(args.checkpoint), episodes=args.episodes, placement_seed=args.seed,
                            execute_steps=args.execute, task=args.task, max_steps=args.max_steps, sampler=args.sampler,
-                           ddim_steps=args.ddim_steps, log_dir=args.logs, command_interface=args.command_interface)
+                           steps=args.steps, log_dir=args.logs, command_interface=args.command_interface)
     lo, hi = wilson_interval(summary["successes"], summary["episodes"])
     summary["success_ci95"] = [lo, hi]
     print(f"through ROS 2: {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "
@@ -173,7 +173,7 @@ def cmd_bag_eval(args: argparse.Namespace) -> int:
         raise ConfigError("bag-eval: expected --checkpoint RUN (offline) or --chunks-topic TOPIC (a replay's outputs)")
     result = bag_eval(args.bag, args.checkpoint, args.topics, chunks_topic=args.chunks_topic,
                       mm_per_unit=args.mm_per_unit, max_frames=args.max_frames, sampler=args.sampler,
-                      ddim_steps=args.ddim_steps, plot=args.plot, progress=not args.no_progress, device=args.device,
+                      steps=args.steps, plot=args.plot, progress=not args.no_progress, device=args.device,
                       backbone=args.backbone)
     err, total = result["path_error_mm"], result["latency_ms"].get("total_ms", {})
     print(f"{result['source']}: {result['evaluated']}/{result['anchors']} anchors; path error mean "
@@ -270,6 +270,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", help="the expert's sampler (diffusion: ddim | ddpm; flow: euler); default: the "
+                                     "checkpoint's; the expert says what it accepts")
+    p.add_argument("--steps", "--ddim-steps", dest="steps", type=int,
+                   help="steps of an iterative expert: DDIM steps (diffusion), Euler steps (flow)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="VLA policy suite: data, training, demo.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,8 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="placement seed (use another than the training data's)")
     p.add_argument("--execute", type=int, default=8, help="actions executed per chunk (receding horizon)")
     p.add_argument("--max-steps", type=int, default=300)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"])
-    p.add_argument("--ddim-steps", type=int)
+    _sampling_arguments(p)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--save-rollouts", type=int, default=0, help="save this many rollouts as GIF + contact sheet")
     p.add_argument("--episode-log", help="append one JSON line per finished closed-loop episode to this file")
@@ -318,13 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("bench", help="per-stage inference latency of both experts on one backbone (docs/performance.md)")
+    p = sub.add_parser("bench", help="per-stage inference latency of every expert on one backbone (docs/performance.md)")
     p.add_argument("spec", nargs="?", default="tiny",
                    help="preset (tiny, cpu, 3b, ...) or checkpoint run(s) RUN[,RUN] (default tiny)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--runners", help="comma list of eager,eager-bf16,static,graphs,compiled,compiled-backbone,"
                         "bf16-expert (default: those the device supports but the last two, slow to compile)")
-    p.add_argument("--variants", help="comma list of regression,ddim-5,ddim-10,ddim-20,ddpm-100 (default all)")
+    p.add_argument("--variants", help="comma list of regression,ddim-5,ddim-10,ddim-20,ddpm-100,flow-5,flow-10,flow-20 "
+                                      "(default all)")
     p.add_argument("--image-size", default="640x360", help="camera image WIDTHxHEIGHT (default 640x360)")
     p.add_argument("--override", "-o", action="append", metavar="KEY=VALUE",
                    help="preset config override, repeatable (e.g. -o hidden_dim=1024 -o expert.layers=4)")
@@ -354,8 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute", type=int, default=8, help="actions executed per chunk (receding horizon)")
     p.add_argument("--task", default="peg-insert-side-v3")
     p.add_argument("--max-steps", type=int, default=300)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"])
-    p.add_argument("--ddim-steps", type=int)
+    _sampling_arguments(p)
     p.add_argument("--command-interface", choices=["chunk", "servo_twist", "pose_target"], default="chunk",
                    help="chunk: the sim executes the ActionChunks (node in dry run); servo_twist / pose_target: the "
                         "armed node commands the sim as MoveIt Servo / a cartesian controller")
@@ -372,8 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mm-per-unit", type=float, help="action units -> mm (default: the topic map's "
                                                      "mm_per_action_unit, else 1)")
     p.add_argument("--max-frames", type=int)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"])
-    p.add_argument("--ddim-steps", type=int)
+    _sampling_arguments(p)
     p.add_argument("--plot", help="PNG of predicted vs recorded trajectories")
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     p.add_argument("--backbone", help="the backbone weights' directory on this machine (if not the trained-with path)")
@@ -416,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_data_import_bag)
 
-    p = sub.add_parser("train", help="train a regression or diffusion expert (torchrun for several processes)")
-    p.add_argument("--expert", choices=["regression", "diffusion"])
+    p = sub.add_parser("train", help="train an action expert (torchrun for several processes)")
+    p.add_argument("--expert", choices=list(EXPERTS))
     p.add_argument("--config", help="preset name or YAML file with policy: and train: sections (default: cpu)")
     p.add_argument("--dataset", "--dataset_dir", "--dataset-dir", dest="dataset", required=True)
     p.add_argument("--out", default="runs/train")

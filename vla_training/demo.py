@@ -1,14 +1,14 @@
-"""`vla demo` (= `make demo`), the main job: data -> both experts -> evaluation -> comparison report.
+"""`vla demo` (= `make demo`), the main job: data -> three experts -> evaluation -> comparison report.
 
 1. Meta-World `peg-insert-side-v3` demonstrations (placement seed 0), a bimodal set (`--modes 2`)
    and held-out demonstrations (placement seed 1) for offline metrics, generated in parallel
    processes or reused when a previous run made them with the same parameters.
-2. Train the regression and the diffusion expert with the CPU preset (state + contact wrench), and
-   both again on the bimodal set.
-3. Closed loop on held-out placements (MT1 seed 1), offline path error on the held-out demos,
-   diversity and modes on the bimodal set.
-   Steps 2-3 run as `vla train` / `vla eval` processes in two parallel lanes (`lanes.run_lanes`): the
-   diffusion expert's training and closed loop in one, everything else in the other.
+2. Train the regression, diffusion and flow experts with the CPU preset (state + contact wrench),
+   and all three again on the bimodal set.
+3. Closed loop on held-out placements (MT1 seed 1), once per sampling seed for the experts that
+   sample from noise (pooled in the report), offline path error on the held-out demos, diversity and
+   modes on the bimodal set.
+   Steps 2-3 run as `vla train` / `vla eval` processes in two parallel lanes (`lanes.run_lanes`).
 4. Per-stage latency, measured last with nothing else running, and DIR/report.md with tables and plots.
 """
 
@@ -27,20 +27,23 @@ import numpy as np
 import torch
 
 from .episodes import list_episodes
-from .evaluate import SIM_MM_PER_UNIT, load_for_eval, stage_latency
+from .evaluate import SIM_MM_PER_UNIT, load_for_eval, stage_latency, wilson_interval
 from .lanes import Job, run_lanes, threads_per_lane
-from .report import write_report
+from .report import targets, write_report
 from .samples import ChunkDataset, collate
 
 TASK = "peg-insert-side-v3"
 CONFIG = str(Path(__file__).resolve().parents[1] / "config" / "train_cpu.yaml")
 BUDGETS = {
-    "full": {"demos": 40, "bimodal_demos": 20, "heldout_demos": 10, "diffusion_steps": 4500, "regression_steps": 1000,
-             "bimodal_steps": 600, "bimodal_diffusion_steps": 2000, "eval_episodes": 50, "max_steps": 300,
-             "batch_size": 64},
-    "quick": {"demos": 3, "bimodal_demos": 4, "heldout_demos": 2, "diffusion_steps": 20, "regression_steps": 20,
-              "bimodal_steps": 10, "bimodal_diffusion_steps": 10, "eval_episodes": 2, "max_steps": 40, "batch_size": 16},
+    "full": {"demos": 40, "bimodal_demos": 20, "heldout_demos": 10, "diffusion_steps": 3000, "flow_steps": 3000,
+             "regression_steps": 1000, "bimodal_steps": 600, "bimodal_diffusion_steps": 1200, "bimodal_flow_steps": 1200,
+             "eval_episodes": 50, "max_steps": 300, "batch_size": 64, "sample_seeds": [0, 1]},
+    "quick": {"demos": 3, "bimodal_demos": 4, "heldout_demos": 2, "diffusion_steps": 20, "flow_steps": 20,
+              "regression_steps": 20, "bimodal_steps": 10, "bimodal_diffusion_steps": 10, "bimodal_flow_steps": 10,
+              "eval_episodes": 2, "max_steps": 40, "batch_size": 16, "sample_seeds": [0, 1]},
 }
+EXPERTS = ("regression", "diffusion", "flow")
+STOCHASTIC = ("diffusion", "flow")  # sample from noise: one closed loop per sampling seed, pooled
 TRAIN_SEED, HELDOUT_SEED, BIMODAL_SEED = 0, 1, 2
 
 
@@ -91,18 +94,37 @@ def _train_job(name: str, dataset: Path, out: Path, expert: str, steps: int, bud
     return Job(f"train {name}", argv, total=steps, progress_file=run / "metrics.jsonl", progress_key="train/loss")
 
 
-def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path]) -> Job:
-    """Closed loop + offline path error (main runs) or diversity (bimodal runs) -> report/eval_NAME.json."""
-    result = out / "report" / f"eval_{name}.json"
+def _eval_file(out: Path, name: str, sample_seed: int | None = None) -> Path:
+    return out / "report" / (f"eval_{name}.json" if sample_seed is None else f"eval_{name}_seed{sample_seed}.json")
+
+
+def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path], sample_seed: int | None = None) -> Job:
+    """Closed loop with one sampling seed (+ offline path error with the first) for a main run, or
+    diversity for a bimodal run -> report/eval_NAME[_seedS].json."""
+    result = _eval_file(out, name, sample_seed)
     argv = _vla("eval", "--checkpoint", str(out / name), "--json", str(result), "--no-progress")
     if name.startswith("bimodal"):
         return Job(f"eval {name}", argv + ["--diversity", str(datasets["bimodal"]), "--samples", "16"])
-    log = out / "report" / f"episodes_{name}.jsonl"
+    log = out / "report" / f"episodes_{name}_seed{sample_seed}.jsonl"
     log.unlink(missing_ok=True)
+    first = sample_seed == budget["sample_seeds"][0]
     argv += ["--sim", TASK, "--episodes", str(budget["eval_episodes"]), "--seed", str(HELDOUT_SEED),
-             "--max-steps", str(budget["max_steps"]), "--sample-seed", "0", "--save-rollouts", "1",
-             "--episode-log", str(log), "--dataset", str(datasets["heldout"])]
-    return Job(f"eval {name}", argv, total=budget["eval_episodes"], progress_file=log)
+             "--max-steps", str(budget["max_steps"]), "--sample-seed", str(sample_seed), "--episode-log", str(log),
+             "--save-rollouts", "1" if first else "0"]
+    if first:
+        argv += ["--dataset", str(datasets["heldout"])]
+    return Job(f"eval {name} seed {sample_seed}", argv, total=budget["eval_episodes"], progress_file=log)
+
+
+def pooled_closed_loop(per_seed: dict[int, dict]) -> dict:
+    """One expert's closed loops over several sampling seeds on the same placements -> each seed's rate
+    and the pooled rate with its Wilson interval (which treats the episodes as independent draws;
+    they share placements, so it is somewhat narrower than the truth)."""
+    successes = sum(cl["successes"] for cl in per_seed.values())
+    episodes = sum(cl["episodes"] for cl in per_seed.values())
+    return {"seeds": sorted(per_seed), "successes": successes, "episodes": episodes,
+            "success_rate": successes / max(episodes, 1), "success_ci95": wilson_interval(successes, episodes),
+            "per_seed": {str(s): cl["success_rate"] for s, cl in sorted(per_seed.items())}}
 
 
 def _bimodal_paths(policy, dataset: Path, k: int = 16, max_obs: int = 8) -> dict:
@@ -131,37 +153,45 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
     t0 = time.perf_counter()
     datasets = make_datasets(data, budget)
     t_data = time.perf_counter() - t0
-    runs = {"regression": ("train", "regression", budget["regression_steps"]),
-            "diffusion": ("train", "diffusion", budget["diffusion_steps"]),
-            "bimodal_regression": ("bimodal", "regression", budget["bimodal_steps"]),
-            "bimodal_diffusion": ("bimodal", "diffusion", budget["bimodal_diffusion_steps"])}
+    runs = {name: ("train", name, budget[f"{name}_steps"]) for name in EXPERTS}
+    runs.update({f"bimodal_{name}": ("bimodal", name, budget["bimodal_steps" if name == "regression" else
+                                                             f"bimodal_{name}_steps"]) for name in EXPERTS})
     (out / "report").mkdir(parents=True, exist_ok=True)
     train_jobs = {name: _train_job(name, datasets[ds], out, expert, steps, budget)
                   for name, (ds, expert, steps) in runs.items()}
-    eval_jobs = {name: _eval_job(name, out, budget, datasets) for name in runs}
-    # Two lanes of one-thread processes; the diffusion expert's long training has a lane to itself.
-    lanes = [[train_jobs["diffusion"], eval_jobs["diffusion"]],
-             [train_jobs[n] for n in ("regression", "bimodal_regression", "bimodal_diffusion")]
-             + [eval_jobs[n] for n in ("regression", "bimodal_regression", "bimodal_diffusion")]]
+    seeds = {name: budget["sample_seeds"] if name in STOCHASTIC else budget["sample_seeds"][:1] for name in EXPERTS}
+    eval_jobs = {(name, seed): _eval_job(name, out, budget, datasets, seed) for name in EXPERTS for seed in seeds[name]}
+    eval_jobs.update({(name, None): _eval_job(name, out, budget, datasets) for name in runs if name.startswith("bimodal")})
+    # Two lanes of one-thread processes, balanced by measured cost: a training step of the iterative experts
+    # costs about what a regression step does; a closed loop of theirs several of regression's.
+    lanes = [[train_jobs["diffusion"], *[eval_jobs["diffusion", s] for s in seeds["diffusion"]],
+              train_jobs["bimodal_diffusion"], train_jobs["bimodal_regression"],
+              eval_jobs["bimodal_diffusion", None], eval_jobs["bimodal_regression", None]],
+             [train_jobs["flow"], *[eval_jobs["flow", s] for s in seeds["flow"]], train_jobs["regression"],
+              eval_jobs["regression", seeds["regression"][0]], train_jobs["bimodal_flow"], eval_jobs["bimodal_flow", None]]]
     threads = threads_per_lane(len(lanes))
     run_lanes(lanes, out / "logs", threads=threads)
-    results = {name: json.loads((out / "report" / f"eval_{name}.json").read_text()) for name in runs}
     training = {name: {"steps": runs[name][2], "batch_size": budget["batch_size"], "seconds": job.seconds}
                 for name, job in train_jobs.items()}
     # Latency last, in this process alone, so that no other job shares the CPU while it is timed.
     policies = {name: load_for_eval(out / name) for name in runs}
-    latency = stage_latency({"regression": policies["regression"], "diffusion": policies["diffusion"]},
-                            datasets["heldout"], repeats=30 if not quick else 3)
     evals, bimodal_samples = [], {}
-    for name in ("regression", "diffusion"):
+    for name in EXPERTS:
+        results = {seed: json.loads(_eval_file(out, name, seed).read_text()) for seed in seeds[name]}
+        closed = {seed: next(iter(r["closed_loop"].values())) for seed, r in results.items()}
+        label = next(iter(results[seeds[name][0]]["closed_loop"]))
+        latency = stage_latency({name: policies[name]}, datasets["heldout"], repeats=30 if not quick else 3)
         evals.append({"name": name, "expert": name, "training": training[name],
-                      "closed_loop": results[name]["closed_loop"], "offline": results[name]["offline"],
-                      "latency": {k: v for k, v in latency.items() if (k == "regression") == (name == "regression")}})
-    for name in ("bimodal_regression", "bimodal_diffusion"):
-        policy = policies[name]
-        evals.append({"name": name, "expert": policy.config.expert.type, "training": training[name],
-                      "diversity": results[name]["diversity"]})
-        bimodal_samples[policy.config.expert.type] = _bimodal_paths(policy, datasets["bimodal"])
+                      "closed_loop": {f"{label}, sampling seed {seed}": cl for seed, cl in closed.items()},
+                      "pooled": pooled_closed_loop(closed) if name in STOCHASTIC else None,
+                      "offline": results[seeds[name][0]]["offline"], "latency": latency})
+    for name in EXPERTS:
+        run = f"bimodal_{name}"
+        policy = policies[run]
+        evals.append({"name": run, "expert": name, "training": training[run],
+                      "diversity": json.loads(_eval_file(out, run).read_text())["diversity"]})
+        if name in STOCHASTIC:
+            bimodal_samples[name] = _bimodal_paths(policy, datasets["bimodal"])
     total = time.perf_counter() - t0
     context = {
         "command": "make demo (= vla demo)" + (" --quick" if quick else ""),
@@ -177,12 +207,15 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
                 f"{budget['bimodal_demos']} (seed {BIMODAL_SEED}, --modes 2); held-out offline set: "
                 f"{budget['heldout_demos']} (seed {HELDOUT_SEED})",
         "closed loop": f"{budget['eval_episodes']} placements of MT1 seed {HELDOUT_SEED} (not in training), "
-                       f"<= {budget['max_steps']} steps, diffusion DDIM-10 with sampling seed 0",
+                       f"<= {budget['max_steps']} steps; diffusion (DDIM-10) and flow (K=10) once per sampling seed "
+                       f"{budget['sample_seeds']}, pooled; regression is deterministic per checkpoint (one run "
+                       "is every seed's)",
         "training budget": "; ".join(f"{n}: {t['steps']} steps x batch {t['batch_size']} in {t['seconds']:.0f} s"
                                      for n, t in training.items()),
         "seeds": f"training {TRAIN_SEED}, placements train {TRAIN_SEED} / eval {HELDOUT_SEED} / bimodal {BIMODAL_SEED}",
         "wall time": f"data {t_data:.0f} s, total {total:.0f} s",
     }
-    report = write_report(evals, out / "report", context, bimodal_samples)
+    report = write_report(evals, out / "report", context, bimodal_samples,
+                          targets(evals, {"diffusion": 0.96, "regression": 0.80}))
     print(f"\nreport: {report}  (total {total / 60:.1f} min)")
     return report

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vla_models import load_policy
+from vla_models import ConfigError, load_policy
 from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE
 
 from .episodes import list_episodes
@@ -25,9 +25,6 @@ from .sim import task_instruction
 
 # Meta-World moves the mocap by action x 1/100 m per step: 1 action unit = 10 mm of hand motion.
 SIM_MM_PER_UNIT = 10.0
-LATENCY_VARIANTS = [("regression", {}), ("ddim-5", {"sampler": "ddim", "ddim_steps": 5}),
-                    ("ddim-10", {"sampler": "ddim", "ddim_steps": 10}),
-                    ("ddim-20", {"sampler": "ddim", "ddim_steps": 20}), ("ddpm-100", {"sampler": "ddpm"})]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -54,20 +51,20 @@ def summarise(values) -> dict:
             "n": int(values.size)}
 
 
-def _overrides(policy, sampler: str | None, ddim_steps: int | None) -> dict:
-    if policy.config.expert.type != "diffusion":
-        return {}
-    out = {}
-    if sampler:
-        out["sampler"] = sampler
-    if ddim_steps:
-        out["ddim_steps"] = ddim_steps
-    return out
+def sampling_options(policy, sampler: str | None = None, steps: int | None = None) -> dict:
+    """`--sampler` / `--steps` as the options the policy's expert takes (others dropped), checked by the
+    expert now: a value it does not accept stops the run before any episode."""
+    options = policy.expert.options_for(sampler=sampler, steps=steps)
+    try:
+        policy.expert.sampling(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--sampler/--steps for the {policy.config.expert.type} expert: {exc}") from exc
+    return options
 
 
 # -- closed loop -------------------------------------------------------------------------------------
 def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, max_steps: int = 300,
-                sampler: str | None = None, ddim_steps: int | None = None, sample_seed: int = 0,
+                sampler: str | None = None, steps: int | None = None, sample_seed: int = 0,
                 save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int | None = None,
                 progress: bool = True, episode_log: str | Path | None = None) -> dict:
     """Success rate (+ 95 % Wilson interval) and episode lengths on `episodes` placements of MT1 seed `seed`.
@@ -80,7 +77,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
     recorded = tuple(dict.fromkeys([*cfg.views, "corner"]))  # views of an episode saved as a rollout
     env = SimEnv(task, seed=seed, views=recorded if save_rollouts else tuple(cfg.views), image_size=96,
                  render=bool(cfg.views) or save_rollouts > 0)
-    overrides = _overrides(policy, sampler, ddim_steps)
+    overrides = sampling_options(policy, sampler, steps)
     instruction = task_instruction(task)
     generator_seed = sample_seed
     results, saved = [], []
@@ -121,7 +118,8 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             "success_rate": wins / max(episodes, 1), "success_ci95": wilson_interval(wins, episodes),
             "length": summarise(r["length"] for r in results),
             "length_success": summarise(r["length"] for r in results if r["success"]),
-            "execute": execute, "max_steps": max_steps, "sampler": overrides, "sample_seed": sample_seed,
+            "execute": execute, "max_steps": max_steps, "sampler": overrides,
+            "sampling": policy.expert.sampling(**overrides).label, "sample_seed": sample_seed,
             "per_episode": results, "rollouts": saved}
 
 
@@ -163,7 +161,7 @@ def _batches(ds: ChunkDataset, indices: np.ndarray, size: int):
 
 def offline_path_error(policy, dataset_dir: str | Path, max_samples: int = 512, mm_per_unit: float | None = None,
                        sensor_window: int | None = None, seed: int = 0, sampler: str | None = None,
-                       ddim_steps: int | None = None) -> dict:
+                       steps: int | None = None) -> dict:
     """L2 distance (mm) between the predicted chunk's integrated trajectory and the recorded future one.
 
     Trajectories are integrated from the current pose (cumulative sums of the translational action
@@ -176,7 +174,7 @@ def offline_path_error(policy, dataset_dir: str | Path, max_samples: int = 512, 
     idx = np.linspace(0, len(ds) - 1, min(max_samples, len(ds))).astype(int)
     dims = min(3, policy.config.action_dim)
     errors, per_dim, per_step = [], [], [[] for _ in range(policy.config.horizon)]
-    overrides = _overrides(policy, sampler, ddim_steps)
+    overrides = sampling_options(policy, sampler, steps)
     for batch in _batches(ds, idx, 64):
         pred = policy.predict_action_chunk(batch, seed=seed, **overrides).cpu().numpy()[..., :dims] * scale
         true = batch["action"].numpy()[..., :dims] * scale
@@ -199,13 +197,14 @@ def offline_path_error(policy, dataset_dir: str | Path, max_samples: int = 512, 
 
 # -- latency -----------------------------------------------------------------------------------------
 def stage_latency(policies: dict, dataset_dir: str | Path, repeats: int = 30, sensor_window: int | None = None) -> dict:
-    """Per-stage latency (median, p95 ms) at batch 1 for each expert variant, same process and inputs."""
+    """Per-stage latency (median, p95 ms) at batch 1 of every sampling each policy's expert names
+    (`latency_variants`: regression; DDIM-5/10/20, DDPM; flow K=5/10/20), same process and inputs.
+    Keyed by the sampling's label."""
     out = {}
     sample_obs = None
-    for label, overrides in LATENCY_VARIANTS:
-        policy = policies.get("regression" if label == "regression" else "diffusion")
-        if policy is None:
-            continue
+    variants = [(policy, spec) for policy in policies.values() for spec in policy.expert.latency_variants()]
+    for policy, spec in variants:
+        label, overrides = spec.label, policy.expert.options_for(sampler=spec.sampler, steps=spec.steps)
         if sample_obs is None:
             ds = ChunkDataset(list_episodes(dataset_dir), policy.config, sensor_window)
             sample_obs = collate([ds[len(ds) // 2]])

@@ -22,7 +22,7 @@ from vla_models import PolicyConfig
 
 def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: int = 1, execute_steps: int = 8,
                     task: str = "peg-insert-side-v3", max_steps: int = 300, sampler: str | None = None,
-                    ddim_steps: int | None = None, seed: int = 0, image_size: int = 96, lockstep: bool = True,
+                    steps: int | None = None, seed: int = 0, image_size: int = 96, lockstep: bool = True,
                     first_placement: int = 0, command_interface: str = "chunk") -> dict:
     """{'vla_policy': {...}, 'sim_robot': {...}} node parameters for one checkpoint directory.
 
@@ -58,9 +58,10 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
                        "max_command_age_s": 10.0})
     if views:
         policy["image_topics"] = [f"camera/{v}/image_raw" for v in views]
-    if kind == "diffusion":
-        policy["sampler"] = sampler or config.expert.sampler
-        policy["ddim_steps"] = ddim_steps or config.expert.ddim_steps
+    if sampler:  # "" = the expert's own; the node asks the expert whether it takes these
+        policy["sampler"] = sampler
+    if steps:
+        policy["ddim_steps"] = steps
     sim = {"task": task, "placement_seed": placement_seed, "episodes": episodes, "views": views or [""],
            "image_size": image_size, "execute_steps": execute_steps, "max_steps": max_steps, "lockstep": lockstep,
            "first_placement": first_placement, "use_sim_time": False, "command_interface": command_interface}

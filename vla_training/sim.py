@@ -20,17 +20,43 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_models import ConfigError
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 # The scripted experts ask for actions beyond [-1, 1]; we clip them ourselves (ViaPointExpert).
 warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
-SENSOR_NAMES = [f"{body}_{q}" for body in ("peg", "gripper") for q in ("fx", "fy", "fz", "tx", "ty", "tz")]
+# the manipulated object (the task's one free-moving body: the peg, a puck, a plug) and the gripper
+SENSOR_NAMES = [f"{body}_{q}" for body in ("object", "gripper") for q in ("fx", "fy", "fz", "tx", "ty", "tz")]
 STATE_NAMES = ([f"hand_{a}" for a in "xyz"] + ["gripper"] + [f"obj_{i}" for i in range(14)]
                + [f"prev_{i}" for i in range(18)] + [f"goal_{a}" for a in "xyz"])
 DEFAULT_VIEWS = ("corner", "gripperPOV")
 FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview")  # render upside down
 GRIPPER_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
+
+
+def manipulated_body(model, task: str) -> int:
+    """The body whose contact wrench is sensed: the task's one free-moving body (Meta-World gives the
+    manipulated object, and only it, a free joint: `peg`, `obj`, `plug1`, ...)."""
+    import mujoco
+
+    free = sorted({int(model.jnt_bodyid[j]) for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE})
+    if len(free) != 1:
+        names = [model.body(b).name for b in free]
+        raise ConfigError(f"task {task!r}: expected one free-moving object to sense the contact wrench of, found "
+                         f"{len(free)} {names}")
+    return free[0]
+
+
+def scripted_policy(task: str):
+    """Meta-World's scripted expert for a task, or an error naming the tasks that have one."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    if task not in ENV_POLICY_MAP:
+        raise ConfigError(f"task {task!r}: no scripted policy in metaworld.policies to record demonstrations with; "
+                         f"expected one of {sorted(ENV_POLICY_MAP)}")
+    return ENV_POLICY_MAP[task]()
 
 
 def task_instruction(task: str) -> str:
@@ -68,15 +94,15 @@ class SimEnv:
         cams = [model.camera(i).name for i in range(model.ncam)]
         for view in self.views:
             if view not in cams:
-                raise ValueError(f"views: camera {view!r} does not exist in {task}; expected some of {cams}")
+                raise ConfigError(f"views: camera {view!r} does not exist in {task}; expected some of {cams}")
         self._renderer = None
         if self.views:
             model.vis.quality.offsamples = 0  # no multisampling: the fast CPU path
             self._renderer = mujoco.Renderer(model, image_size, image_size)
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        self._peg = model.body("peg").id
+        self._object = manipulated_body(model, task)
         self._gripper = {model.body(n).id for n in GRIPPER_BODIES}
-        self._bodies = np.array([self._peg, *self._gripper])
+        self._bodies = np.array([self._object, *self._gripper])
         self._force = np.zeros(6)
         self._samples: list[np.ndarray] = []
         self._sample_t: list[float] = []
@@ -99,7 +125,7 @@ class SimEnv:
         env._step_mujoco_simulation = step_mujoco
 
     def _wrench(self) -> np.ndarray:
-        """Contact wrench (12,) on the peg and on the gripper, world frame (vectorised over contacts)."""
+        """Contact wrench (12,) on the manipulated object and on the gripper, world frame (vectorised over contacts)."""
         model, data, mujoco = self.env.model, self.env.data, self._mujoco
         out = np.zeros(12)
         if data.ncon == 0:
@@ -114,7 +140,7 @@ class SimEnv:
         frames = data.contact.frame[relevant].reshape(-1, 3, 3)
         force = np.einsum("nij,ni->nj", frames, local[:, :3])  # contact frame -> world; on body 2 from body 1
         pos, bodies = data.contact.pos[relevant], bodies[relevant]
-        for slot, members in ((0, [self._peg]), (6, list(self._gripper))):
+        for slot, members in ((0, [self._object]), (6, list(self._gripper))):
             for side, sign in ((0, -1.0), (1, 1.0)):
                 hit = np.isin(bodies[:, side], members)
                 if hit.any():
@@ -168,9 +194,7 @@ class ViaPointExpert:
 
     def __init__(self, task: str, mode: int = 0, offset: float = 0.12,
                  y_bounds: tuple[float, float] = (0.43, 0.97)) -> None:
-        from metaworld.policies import ENV_POLICY_MAP
-
-        self.expert = ENV_POLICY_MAP[task]()
+        self.expert = scripted_policy(task)
         self.mode, self.offset, self.y_bounds = mode, offset, y_bounds
         self.via: np.ndarray | None = None
         self.steps = 0
@@ -213,7 +237,11 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
     from .episodes import EpisodeData, next_episode_name, write_episode
 
     if modes not in (1, 2):
-        raise ValueError(f"--modes: expected 1 or 2, got {modes}")
+        raise ConfigError(f"--modes: expected 1 or 2, got {modes}")
+    if modes == 2 and task != "peg-insert-side-v3":
+        raise ConfigError(f"--modes 2: the two detours are defined for peg-insert-side-v3 (its hole's approach), not "
+                         f"{task!r}; use --modes 1")
+    scripted_policy(task)  # a task without a scripted expert stops here, before any file is written
     env = SimEnv(task, seed=seed, views=views, image_size=image_size, render=bool(views))
     rng = np.random.default_rng(seed)
     kept, attempts, mode_counts = 0, 0, {-1: 0, 0: 0, 1: 0}

@@ -15,31 +15,20 @@ import torch
 from tqdm import tqdm
 
 from vla_models import build_policy, load_policy, preset
+from vla_models.experts import EXPERTS
 from vla_models.testing import fake_observation, fit_fake_statistics
 
-VARIANTS = [("regression", {}), ("diffusion", {"sampler": "ddim", "ddim_steps": 10}),
-            ("diffusion", {"sampler": "ddpm"})]
 
 
 def run_smoke_demo(out: Path, quick: bool = False) -> int:
     repeats = 3 if quick else 20
     rows = []
-    for expert, overrides in tqdm(VARIANTS, desc="smoke demo"):
+    for expert in tqdm(EXPERTS, desc="smoke demo"):
         torch.manual_seed(0)
         policy = build_policy(preset("tiny", **{"expert.type": expert}))
         fit_fake_statistics(policy)
-        obs = fake_observation(policy.config, 1)
-        chunk = policy.predict_action_chunk(obs, seed=0, **overrides)
-        path = policy.save(out / expert)
-        reloaded = load_policy(path).predict_action_chunk(obs, seed=0, **overrides)
-        if not torch.equal(chunk, reloaded):
-            raise RuntimeError(f"{path}: the reloaded checkpoint predicts a different chunk")
-        timings = []
-        for _ in range(repeats):
-            policy.predict_action_chunk(obs, seed=0, **overrides)
-            timings.append(policy.last_timings)
-        label = expert + (f" {overrides['sampler']}-{overrides.get('ddim_steps', 100)}" if overrides else "")
-        rows.append((label, {k: statistics.median(t[k] for t in timings) for k in timings[0]}, tuple(chunk.shape)))
+        for spec in policy.expert.latency_variants():
+            rows.append(_smoke(policy, spec, out / expert, repeats))
     stages = list(rows[0][1])
     print(f"\nchunk shape (B, H, A) = {rows[0][2]}; median ms over {repeats} runs, batch 1, tiny backbone, CPU")
     print(f"{'expert':<18}" + "".join(f"{s[:-3]:>12}" for s in stages))
@@ -47,3 +36,19 @@ def run_smoke_demo(out: Path, quick: bool = False) -> int:
         print(f"{label:<18}" + "".join(f"{med[s]:>12.2f}" for s in stages))
     print(f"\ncheckpoints (reloaded to identical outputs): {out}/")
     return 0
+
+
+def _smoke(policy, spec, out: Path, repeats: int) -> tuple:
+    """One sampling: predict, save, reload to the identical chunk, time the stages."""
+    options = policy.expert.options_for(sampler=spec.sampler, steps=spec.steps)
+    obs = fake_observation(policy.config, 1)
+    chunk = policy.predict_action_chunk(obs, seed=0, **options)
+    path = policy.save(out)
+    reloaded = load_policy(path).predict_action_chunk(obs, seed=0, **options)
+    if not torch.equal(chunk, reloaded):
+        raise RuntimeError(f"{path}: the reloaded checkpoint predicts a different chunk ({spec.label})")
+    timings = []
+    for _ in range(repeats):
+        policy.predict_action_chunk(obs, seed=0, **options)
+        timings.append(policy.last_timings)
+    return spec.label, {k: statistics.median(t[k] for t in timings) for k in timings[0]}, tuple(chunk.shape)

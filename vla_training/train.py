@@ -191,7 +191,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.policy, train.lr, train.weight_decay))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
-        self.ema = TrainableEMA(self.policy, train.ema_decay) if policy_config.expert.type == "diffusion" else None
+        # an EMA of the weights for the experts that sample from noise (diffusion, flow), as Diffusion Policy
+        self.ema = TrainableEMA(self.policy, train.ema_decay) if self.policy.expert.sampling().stochastic else None
         self.cache = FeatureCache(train.feature_cache, self.policy, int(train.feature_cache_gb * 2**30)) \
             if train.feature_cache else None
         # the backbone's inputs are made while collating (in the loader workers) unless cached features replace them

@@ -1,11 +1,19 @@
-"""The action-expert interface: exactly two methods, `loss` and `sample` (as octo's action heads).
+"""The action-expert interface (as octo's action heads): `loss` for training, and sampling that the
+expert resolves itself.
 
 Experts work in normalised action space; the policy normalises targets and un-normalises samples.
+What a sampling option means is decided here and nowhere else: `sampling(**options)` turns the
+options a caller has (`sampler`, `steps`) into a `Sampling` (sampler, network evaluations, label);
+`sample_from(cond, noise, spec)` runs it from given noise. The policy, the fast runner, the CLI, the
+node and the report only pass options through and read the `Sampling`, so a new expert is one file
+plus one registry entry.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +22,22 @@ from torch import nn
 from ..config import ExpertConfig
 from ..fusion import Condition
 
+OPTIONS = ("sampler", "steps")  # every sampling option any expert takes; `ddim_steps` is the older name of steps
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """An expert's resolved sampling: what a chunk costs and how reports name it."""
+
+    label: str  # "regression", "ddim-10", "ddpm-100", "flow-10"
+    sampler: str = ""  # "" = one forward pass
+    steps: int = 0  # network evaluations per chunk (0 = one pass)
+    stochastic: bool = False  # starts from noise: chunks depend on the seed (report pooled seeds)
+
 
 class ActionExpert(nn.Module, ABC):
+    options: tuple[str, ...] = ()  # the sampling options this expert takes (some of OPTIONS)
+
     def __init__(self, config: ExpertConfig, hidden_dim: int, horizon: int, action_dim: int) -> None:
         super().__init__()
         self.config = config
@@ -33,10 +55,63 @@ class ActionExpert(nn.Module, ABC):
         constant dimensions; sample_weight (B,) float or None. Returns a scalar loss and float logs.
         """
 
-    @abstractmethod
+    # -- sampling ----------------------------------------------------------------------------------
+    def sampling(self, **options) -> Sampling:
+        """Options (`sampler`, `steps`; None = the config's) -> the resolved Sampling. An option this
+        expert does not take, or a value it does not accept, is an error naming what it expected."""
+        if "ddim_steps" in options:
+            options.setdefault("steps", options.pop("ddim_steps"))
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {sorted(unknown)}; expected some of {list(OPTIONS)}")
+        given = {k: v for k, v in options.items() if v not in (None, "")}
+        foreign = set(given) - set(self.options)
+        if foreign:
+            raise TypeError(f"the {self.config.type} expert takes no {sorted(foreign)} option(s); it takes "
+                            f"{list(self.options) or 'none'}")
+        return self.resolve(**given)
+
+    def resolve(self, sampler: str | None = None, steps: int | None = None) -> Sampling:
+        """The options this expert takes (validated by `sampling`) -> its Sampling."""
+        return Sampling(self.config.type)
+
+    def options_for(self, **options) -> dict:
+        """The options of `options` that this expert takes, unset ones dropped (a caller holding options
+        for several experts, e.g. the node's parameters, hands each expert its own)."""
+        if "ddim_steps" in options:
+            options.setdefault("steps", options.pop("ddim_steps"))
+        return {k: v for k, v in options.items() if k in self.options and v not in (None, "")}
+
+    def latency_variants(self) -> list[Sampling]:
+        """The samplings the report times (the default first)."""
+        return [self.sampling()]
+
     def sample(self, cond: Condition, num_samples: int = 1, generator: torch.Generator | None = None,
-               **overrides) -> torch.Tensor:
-        """Predict normalised chunks (B, num_samples, H, A) from condition tokens (B, L, D)."""
+               **options) -> torch.Tensor:
+        """Normalised chunks (B, num_samples, H, A) from condition tokens (B, L, D)."""
+        spec = self.sampling(**options)
+        b = cond.tokens.shape[0]
+        if not spec.stochastic:  # one chunk per observation: every "sample" is the same
+            return self.sample_from(cond, None, spec).unsqueeze(1).expand(-1, num_samples, -1, -1)
+        cond = cond.repeat_interleave(num_samples)  # (B*N, L, D): all samples in one batched call
+        noise = self.initial_noise(b * num_samples, generator, cond.tokens)
+        return self.sample_from(cond, noise, spec, generator).view(b, num_samples, self.horizon, self.action_dim)
+
+    def initial_noise(self, n: int, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+        """(n, H, A) standard normal from `generator` (a CPU generator: the same draws on any device)."""
+        noise = torch.randn((n, self.horizon, self.action_dim), generator=generator,
+                            device=generator.device if generator is not None else like.device)
+        return noise.to(device=like.device, dtype=like.dtype)
+
+    @abstractmethod
+    def sample_from(self, cond: Condition, noise: torch.Tensor | None, spec: Sampling,
+                    generator: torch.Generator | None = None, step: Callable | None = None) -> torch.Tensor:
+        """Chunks (B, H, A) from condition (B, L, D) and, for a stochastic spec, noise (B, H, A). Shapes stay
+        fixed throughout (CUDA-graph safe). step: a stand-in for `network_step()` (e.g. a compiled one)."""
+
+    @abstractmethod
+    def network_step(self) -> Callable:
+        """The network one sampling evaluation runs (what the fast runner compiles)."""
 
     def _decoder(self) -> nn.TransformerDecoder:
         c = self.config

@@ -34,8 +34,8 @@ class RegressionExpert(ActionExpert):
         loss = masked_mean(err, pad_mask, dim_weight, sample_weight)
         return loss, {f"{self.config.loss}_loss": loss.item()}
 
-    def sample(self, cond, num_samples=1, generator=None, **overrides):
-        if overrides:
-            raise TypeError(f"the regression expert takes no sampler options, got {sorted(overrides)}")
-        chunk = self.predict(cond)  # (B, H, A): deterministic, so every "sample" is the same chunk
-        return chunk.unsqueeze(1).expand(-1, num_samples, -1, -1)
+    def sample_from(self, cond, noise, spec, generator=None, step=None):
+        return (step or self.predict)(cond)
+
+    def network_step(self):
+        return self.predict
