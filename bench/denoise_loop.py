@@ -3,9 +3,11 @@
 On a GPU the loop is bound by how many kernels a step launches and how many weight bytes it reads,
 not by arithmetic. This counts the kernels (CUDA kernels from the profiler; on a CPU the top-level
 aten operators, each at least one kernel on a GPU) of the per-chunk part (`ChunkPlan`), one
-denoising step, one scheduler step and a whole DDIM loop, lists the loop's costliest kernels (CUDA),
-and times the loop: eager, with a torch.compile'd step (--compile), with the expert's weights in
-bf16 (--bf16), and on CUDA also replayed from a CUDA graph as `StaticRunner` runs it.
+denoising step, one scheduler step (diffusers) and one coefficient-tensor update, and a whole DDIM
+loop, lists the loop's costliest kernels (CUDA), and times the loop both ways (`scheduler`: diffusers'
+`DDIMScheduler.step` per step; `tensor`: the update as tensor arithmetic, what sampling runs): eager,
+with a torch.compile'd step (--compile), with the expert's weights in bf16 (--bf16), and on CUDA also
+replayed from a CUDA graph as `StaticRunner` runs it.
 
     python bench/denoise_loop.py                                  # seed-size expert, this CPU
     python bench/denoise_loop.py --hidden 64 --layers 2 --heads 4 --feedforward 256 --tokens 20   # tiny
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import traceback
@@ -85,17 +88,22 @@ def main() -> None:
         result["ops"] = {"chunk_plan": profile_ops(lambda: ChunkPlan(expert, cond, timesteps), device)[0],
                          "denoise_step": profile_ops(lambda: (plan.select(1), expert.denoise_step(noise, plan)),
                                                      device)[0],
-                         "scheduler_step": profile_ops(lambda: sched.step(eps, 50, noise), device)[0]}
+                         "scheduler_step": profile_ops(lambda: sched.step(eps, 50, noise), device)[0],
+                         "tensor_update": profile_ops(lambda: expert.ddim_update(
+                             noise, eps, expert.ddim_coefficients(args.steps, device)[0]), device)[0]}
         for dtype in [torch.float32] + ([torch.bfloat16] if args.bf16 else []):
             net = expert if dtype == torch.float32 else copy.deepcopy(expert).to(dtype)
             c = Condition(cond.tokens.to(dtype), cond.mask)
-            for mode in ["eager"] + (["compiled"] if args.compile else []):
-                name = f"{str(dtype).removeprefix('torch.')}-{mode}"
+            # the loop with diffusers' scheduler.step, and with the update as coefficient tensors (what sampling runs)
+            for mode, kind in itertools.product(["eager"] + (["compiled"] if args.compile else []), ["scheduler", "tensor"]):
+                name = f"{str(dtype).removeprefix('torch.')}-{mode}-{kind}"
                 try:
                     step = torch.compile(net.denoise_step, dynamic=False) if mode == "compiled" else None
 
-                    def loop(tokens=c.tokens, mask=c.mask, x=noise, model=net, step=step):
-                        return (model.denoise_loop(Condition(tokens, mask), x, "ddim", args.steps, step=step),)
+                    def loop(tokens=c.tokens, mask=c.mask, x=noise, model=net, step=step, kind=kind):
+                        cond_ = Condition(tokens, mask)
+                        return (model.ddim_loop(cond_, x, args.steps, step=step) if kind == "tensor" else
+                                model.denoise_loop(cond_, x, "ddim", args.steps, step=step),)
 
                     for _ in range(3):
                         loop()

@@ -9,7 +9,7 @@ joint state; no simulator needed), for:
 - `--spec tiny`: the tiny Qwen-VL backbone, stage 1 (frozen, features from a cache filled first by
   `vla cache build`), stage 2 (LoRA) with and without gradient checkpointing, stage 2 with the pixel
   values made on the device (`--pixels device`, 2 loader workers), and the seed preset's heads
-  (hidden 1024, 4-layer expert, 650 x 1026 sensor encoder) on the tiny backbone;
+  (hidden 1024, 4-layer expert, 650 x 1026 sensor encoder) on the tiny backbone, stage 1 and 2;
 - `--spec 3b`: the Qwen2.5-VL-3B architecture with random weights (bf16 base), 2 and 5 views at
   640x360, stage 1 (cached) and stage 2 (LoRA, gradient checkpointing, pixels on the device,
   4 loader workers), batch 4.
@@ -52,7 +52,10 @@ def runs(spec: str) -> dict[str, tuple[list[str], dict]]:
                 "tiny stage 2 (LoRA, pixels on the device, 2 workers)": (
                     [*tiny, "--stage", "2", "--pixels", "device", "--loader-workers", "2"], TINY_DATA),
                 "seed heads, tiny backbone, stage 1 (cached)": (
-                    [*tiny, "--stage", "1", "--cache", "-o", "sensor.channels=1026", *SEED_HEADS], seed_sensor)}
+                    [*tiny, "--stage", "1", "--cache", "-o", "sensor.channels=1026", *SEED_HEADS], seed_sensor),
+                "seed heads, tiny backbone, stage 2 (LoRA, checkpointing)": (
+                    [*tiny, "--stage", "2", "-o", "backbone.gradient_checkpointing=true", "-o", "sensor.channels=1026",
+                     *SEED_HEADS], seed_sensor)}
     out = {}
     for views in (2, 5):
         names = "[" + ",".join(f"View{i + 1}" for i in range(views)) + "]"

@@ -59,6 +59,16 @@ def test_quick_demo_report(quick_demo):
     assert list((report_dir / "rollouts").glob("*.gif")) and list((report_dir / "rollouts").glob("*_sheet.png"))
 
 
+def test_quick_demo_of_another_task(tmp_path):
+    """`vla demo --task`: the same pipeline on another task with a scripted policy (no bimodal set there)."""
+    assert vla(["demo", "--quick", "--task", "hand-insert-v3", "--out", str(tmp_path / "runs"),
+                "--data", str(tmp_path / "data")]) == 0
+    text = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert "Meta-World hand-insert-v3" in text and "## Diversity and modes" not in text
+    data = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())
+    assert {r["name"] for r in data["runs"]} == {"regression", "diffusion", "flow"}
+
+
 def test_backbone_free_latency_rows_have_no_backbone_stage(quick_demo):
     data = json.loads((quick_demo / "runs" / "report" / "report.json").read_text())
     latency = next(r for r in data["runs"] if r["name"] == "diffusion")["latency"]

@@ -42,6 +42,31 @@ def test_ddim_covers_the_whole_schedule(steps):
     assert float(sched.final_alpha_cumprod) == 1.0
 
 
+@pytest.mark.parametrize("steps", [1, 5, 10, 20])
+def test_ddim_tensor_update_equals_diffusers_step_at_every_visited_timestep(steps):
+    """The coefficient-tensor DDIM update (no scheduler in the loop: capturable whole in a CUDA graph) is
+    diffusers' DDIMScheduler.step, x0 clipping included, at each timestep the sampler visits."""
+    expert = make_policy("cpu", "diffusion").expert
+    sched = expert.inference_scheduler("ddim", steps)
+    coefficients = expert.ddim_coefficients(steps, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(steps)
+    for i, t in enumerate(expert.timesteps("ddim", steps)):
+        x = 2 * torch.randn(3, expert.horizon, expert.action_dim, generator=generator)  # x0 often out of [-1, 1]
+        eps = torch.randn(3, expert.horizon, expert.action_dim, generator=generator)
+        torch.testing.assert_close(expert.ddim_update(x, eps, coefficients[i]), sched.step(eps, t, x).prev_sample,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_sampling_equals_the_diffusers_loop():
+    policy = make_policy("cpu", "diffusion")
+    cond = policy.encode(policy.prepare(fake_observation(policy.config, 2)))
+    noise = torch.randn(2, policy.config.horizon, policy.config.action_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = policy.expert.sample_from(cond, noise, policy.expert.sampling(sampler="ddim", steps=10))
+        reference = policy.expert.denoise_loop(cond, noise, "ddim", 10)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_ddpm_visits_every_step():
     policy = make_policy("cpu", "diffusion")
     seen, denoise_steps = _record_timesteps(policy)

@@ -72,7 +72,8 @@ def test_pixels_on_device_match_the_image_processor(tiny_policies, size):
 @pytest.mark.parametrize("expert", EXPERTS)
 def test_static_runner_matches_the_policy(tiny_policies, expert):
     policy = tiny_policies[expert]
-    runner = StaticRunner(policy)
+    runner = StaticRunner(policy)  # cuda_graphs=True asked for: on a CPU every stage runs eagerly (the fallback)
+    assert runner.cuda_graphs is False
     obs = fake_observation(policy.config, 1, image_size=(56, 56))
     for num_samples in (1, 3):
         ref = policy.predict_action_chunk(obs, num_samples=num_samples, seed=4)

@@ -42,7 +42,7 @@ class PreparedObservation:
 class VLAPolicy(nn.Module):
     def __init__(self, config: PolicyConfig, backbone_files: str | Path | None = None,
                  backbone: nn.Module | None = None) -> None:
-        """backbone: an already built backbone to share (e.g. one backbone behind both experts in a benchmark)."""
+        """backbone: an already built backbone to share (e.g. one backbone behind several experts in a benchmark)."""
         super().__init__()
         self.config = config
         d = config.hidden_dim

@@ -1,4 +1,4 @@
-"""`vla bench`: per-stage inference latency at batch 1 (median, p95) for both experts on one backbone.
+"""`vla bench`: per-stage inference latency at batch 1 (median, p95) for every expert on one backbone.
 
 Both experts share one backbone object, so regression and diffusion are timed on the same weights,
 inputs and process. Runners, each an optimisation on top of the previous one (measured in order):

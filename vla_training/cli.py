@@ -37,7 +37,7 @@ def cmd_smoke_demo(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, args.data, quick=args.quick)
+    run_demo(args.out, args.data, quick=args.quick, task=args.task)
     return 0
 
 
@@ -285,13 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help=f"a preset ({', '.join(sorted(PRESETS))}) or a YAML/JSON file")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="the main job: sim data -> both experts -> evaluation -> report (make demo)")
+    p = sub.add_parser("demo", help="the main job: sim data -> three experts -> evaluation -> report (make demo)")
+    p.add_argument("--task", default="peg-insert-side-v3",
+                   help="Meta-World task with a scripted policy (default: %(default)s; the bimodal set: this one only)")
     p.add_argument("--out", default="runs/demo", help="runs and report (default: %(default)s)")
     p.add_argument("--data", default="data/demo", help="demonstration datasets, reused (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a 2-3 minute smoke version with tiny budgets")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("smoke-demo", help="model smoke test: both experts on the tiny Qwen-VL backbone")
+    p = sub.add_parser("smoke-demo", help="model smoke test: every expert on the tiny Qwen-VL backbone")
     p.add_argument("--out", default="runs/smoke_demo", help="where the checkpoints go (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     p.set_defaults(func=cmd_smoke_demo)

@@ -32,11 +32,11 @@ from .lanes import Job, run_lanes, threads_per_lane
 from .report import targets, write_report
 from .samples import ChunkDataset, collate
 
-TASK = "peg-insert-side-v3"
+TASK = "peg-insert-side-v3"  # the default; the bimodal set (two detours) is defined for this task only
 CONFIG = str(Path(__file__).resolve().parents[1] / "config" / "train_cpu.yaml")
 BUDGETS = {
-    "full": {"demos": 40, "bimodal_demos": 20, "heldout_demos": 10, "diffusion_steps": 3000, "flow_steps": 3000,
-             "regression_steps": 1000, "bimodal_steps": 600, "bimodal_diffusion_steps": 1200, "bimodal_flow_steps": 1200,
+    "full": {"demos": 40, "bimodal_demos": 20, "heldout_demos": 10, "diffusion_steps": 6000, "flow_steps": 6000,
+             "regression_steps": 2000, "bimodal_steps": 600, "bimodal_diffusion_steps": 2000, "bimodal_flow_steps": 2000,
              "eval_episodes": 50, "max_steps": 300, "batch_size": 64, "sample_seeds": [0, 1]},
     "quick": {"demos": 3, "bimodal_demos": 4, "heldout_demos": 2, "diffusion_steps": 20, "flow_steps": 20,
               "regression_steps": 20, "bimodal_steps": 10, "bimodal_diffusion_steps": 10, "bimodal_flow_steps": 10,
@@ -47,36 +47,37 @@ STOCHASTIC = ("diffusion", "flow")  # sample from noise: one closed loop per sam
 TRAIN_SEED, HELDOUT_SEED, BIMODAL_SEED = 0, 1, 2
 
 
-def _dataset_command(out: Path, episodes: int, seed: int, modes: int) -> list[str]:
-    return [sys.executable, "-m", "vla_training.cli", "data", "sim", "--out", str(out), "--task", TASK,
+def _dataset_command(out: Path, task: str, episodes: int, seed: int, modes: int) -> list[str]:
+    return [sys.executable, "-m", "vla_training.cli", "data", "sim", "--out", str(out), "--task", task,
             "--episodes", str(episodes), "--seed", str(seed), "--modes", str(modes), "--views", "", "--no-progress"]
 
 
-def _have(out: Path, episodes: int, seed: int, modes: int) -> bool:
+def _have(out: Path, task: str, episodes: int, seed: int, modes: int) -> bool:
     stamp = out / "dataset.json"
-    want = {"task": TASK, "episodes": episodes, "seed": seed, "modes": modes}
+    want = {"task": task, "episodes": episodes, "seed": seed, "modes": modes}
     return stamp.exists() and json.loads(stamp.read_text()) == want
 
 
-def make_datasets(root: Path, budget: dict) -> dict[str, Path]:
-    """Generate the three datasets in parallel processes (or reuse them)."""
-    specs = {"train": (budget["demos"], TRAIN_SEED, 1), "bimodal": (budget["bimodal_demos"], BIMODAL_SEED, 2),
-             "heldout": (budget["heldout_demos"], HELDOUT_SEED, 1)}
+def make_datasets(root: Path, budget: dict, task: str = TASK) -> dict[str, Path]:
+    """Generate the datasets in parallel processes (or reuse them); the bimodal one for TASK only."""
+    specs = {"train": (budget["demos"], TRAIN_SEED, 1), "heldout": (budget["heldout_demos"], HELDOUT_SEED, 1)}
+    if task == TASK:
+        specs["bimodal"] = (budget["bimodal_demos"], BIMODAL_SEED, 2)
     procs = {}
     for name, (n, seed, modes) in specs.items():
         out = root / name
-        if _have(out, n, seed, modes):
+        if _have(out, task, n, seed, modes):
             print(f"reusing {out}")
             continue
         if out.exists():
             shutil.rmtree(out)
         print(f"generating {out}: {n} demonstrations (placement seed {seed}, modes {modes})")
-        procs[name] = subprocess.Popen(_dataset_command(out, n, seed, modes))
+        procs[name] = subprocess.Popen(_dataset_command(out, task, n, seed, modes))
     for name, proc in procs.items():
         if proc.wait() != 0:
             raise RuntimeError(f"demo data generation for {name} failed (exit {proc.returncode})")
         n, seed, modes = specs[name]
-        (root / name / "dataset.json").write_text(json.dumps({"task": TASK, "episodes": n, "seed": seed, "modes": modes}))
+        (root / name / "dataset.json").write_text(json.dumps({"task": task, "episodes": n, "seed": seed, "modes": modes}))
     return {name: root / name for name in specs}
 
 
@@ -98,7 +99,8 @@ def _eval_file(out: Path, name: str, sample_seed: int | None = None) -> Path:
     return out / "report" / (f"eval_{name}.json" if sample_seed is None else f"eval_{name}_seed{sample_seed}.json")
 
 
-def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path], sample_seed: int | None = None) -> Job:
+def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path], sample_seed: int | None = None,
+              task: str = TASK) -> Job:
     """Closed loop with one sampling seed (+ offline path error with the first) for a main run, or
     diversity for a bimodal run -> report/eval_NAME[_seedS].json."""
     result = _eval_file(out, name, sample_seed)
@@ -108,7 +110,7 @@ def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path], sam
     log = out / "report" / f"episodes_{name}_seed{sample_seed}.jsonl"
     log.unlink(missing_ok=True)
     first = sample_seed == budget["sample_seeds"][0]
-    argv += ["--sim", TASK, "--episodes", str(budget["eval_episodes"]), "--seed", str(HELDOUT_SEED),
+    argv += ["--sim", task, "--episodes", str(budget["eval_episodes"]), "--seed", str(HELDOUT_SEED),
              "--max-steps", str(budget["max_steps"]), "--sample-seed", str(sample_seed), "--episode-log", str(log),
              "--save-rollouts", "1" if first else "0"]
     if first:
@@ -146,29 +148,34 @@ def _bimodal_paths(policy, dataset: Path, k: int = 16, max_obs: int = 8) -> dict
     return {"demos": demos, "samples": samples}
 
 
-def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/demo", quick: bool = False) -> Path:
+def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/demo", quick: bool = False,
+             task: str = TASK) -> Path:
     budget = BUDGETS["quick" if quick else "full"]
     out, data = Path(out_dir), Path(data_dir)
     torch.manual_seed(TRAIN_SEED)
     t0 = time.perf_counter()
-    datasets = make_datasets(data, budget)
+    datasets = make_datasets(data, budget, task)
     t_data = time.perf_counter() - t0
     runs = {name: ("train", name, budget[f"{name}_steps"]) for name in EXPERTS}
-    runs.update({f"bimodal_{name}": ("bimodal", name, budget["bimodal_steps" if name == "regression" else
-                                                             f"bimodal_{name}_steps"]) for name in EXPERTS})
+    if "bimodal" in datasets:
+        runs.update({f"bimodal_{name}": ("bimodal", name, budget["bimodal_steps" if name == "regression" else
+                                                                 f"bimodal_{name}_steps"]) for name in EXPERTS})
     (out / "report").mkdir(parents=True, exist_ok=True)
     train_jobs = {name: _train_job(name, datasets[ds], out, expert, steps, budget)
                   for name, (ds, expert, steps) in runs.items()}
     seeds = {name: budget["sample_seeds"] if name in STOCHASTIC else budget["sample_seeds"][:1] for name in EXPERTS}
-    eval_jobs = {(name, seed): _eval_job(name, out, budget, datasets, seed) for name in EXPERTS for seed in seeds[name]}
-    eval_jobs.update({(name, None): _eval_job(name, out, budget, datasets) for name in runs if name.startswith("bimodal")})
+    jobs = {("train", name): job for name, job in train_jobs.items()}
+    jobs.update({("eval", name, seed): _eval_job(name, out, budget, datasets, seed, task)
+                 for name in EXPERTS for seed in seeds[name]})
+    jobs.update({("eval", name, None): _eval_job(name, out, budget, datasets) for name in runs if name.startswith("bimodal")})
     # Two lanes of one-thread processes, balanced by measured cost: a training step of the iterative experts
     # costs about what a regression step does; a closed loop of theirs several of regression's.
-    lanes = [[train_jobs["diffusion"], *[eval_jobs["diffusion", s] for s in seeds["diffusion"]],
-              train_jobs["bimodal_diffusion"], train_jobs["bimodal_regression"],
-              eval_jobs["bimodal_diffusion", None], eval_jobs["bimodal_regression", None]],
-             [train_jobs["flow"], *[eval_jobs["flow", s] for s in seeds["flow"]], train_jobs["regression"],
-              eval_jobs["regression", seeds["regression"][0]], train_jobs["bimodal_flow"], eval_jobs["bimodal_flow", None]]]
+    plan = [[("train", "diffusion"), *[("eval", "diffusion", s) for s in seeds["diffusion"]], ("train", "regression"),
+             ("eval", "regression", seeds["regression"][0]), ("train", "bimodal_regression"),
+             ("eval", "bimodal_regression", None)],
+            [("train", "flow"), *[("eval", "flow", s) for s in seeds["flow"]], ("train", "bimodal_diffusion"),
+             ("train", "bimodal_flow"), ("eval", "bimodal_diffusion", None), ("eval", "bimodal_flow", None)]]
+    lanes = [[jobs[key] for key in lane if key in jobs] for lane in plan]
     threads = threads_per_lane(len(lanes))
     run_lanes(lanes, out / "logs", threads=threads)
     training = {name: {"steps": runs[name][2], "batch_size": budget["batch_size"], "seconds": job.seconds}
@@ -185,7 +192,7 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
                       "closed_loop": {f"{label}, sampling seed {seed}": cl for seed, cl in closed.items()},
                       "pooled": pooled_closed_loop(closed) if name in STOCHASTIC else None,
                       "offline": results[seeds[name][0]]["offline"], "latency": latency})
-    for name in EXPERTS:
+    for name in EXPERTS if "bimodal" in datasets else ():
         run = f"bimodal_{name}"
         policy = policies[run]
         evals.append({"name": run, "expert": name, "training": training[run],
@@ -194,18 +201,19 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
             bimodal_samples[name] = _bimodal_paths(policy, datasets["bimodal"])
     total = time.perf_counter() - t0
     context = {
-        "command": "make demo (= vla demo)" + (" --quick" if quick else ""),
+        "command": "make demo (= vla demo)" + (" --quick" if quick else "") + (f" --task {task}" if task != TASK else ""),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; training and evaluation in {len(lanes)} parallel "
                    f"lanes of processes with {threads} thread(s) each, latency alone in one process "
                    f"with {torch.get_num_threads()} threads",
-        "task": f"Meta-World {TASK}",
-        "observation": "39-d simulator state (hand, gripper, peg pose, previous frame, goal) + 12-channel contact "
+        "task": f"Meta-World {task}",
+        "observation": "39-d simulator state (hand, gripper, object pose, previous frame, goal) + 12-channel contact "
                        "wrench window (last 64 samples at 400 Hz); no images (CPU preset, backbone none)",
         "actions": "4-D (dx, dy, dz, grip), horizon 16, first 8 executed per chunk (receding horizon)",
-        "data": f"{budget['demos']} successful expert demos (placement seed {TRAIN_SEED}); bimodal: "
-                f"{budget['bimodal_demos']} (seed {BIMODAL_SEED}, --modes 2); held-out offline set: "
-                f"{budget['heldout_demos']} (seed {HELDOUT_SEED})",
+        "data": f"{budget['demos']} successful expert demos (placement seed {TRAIN_SEED}); "
+                + (f"bimodal: {budget['bimodal_demos']} (seed {BIMODAL_SEED}, --modes 2); " if "bimodal" in datasets
+                   else "no bimodal set (its detours are defined for peg-insert-side-v3); ")
+                + f"held-out offline set: {budget['heldout_demos']} (seed {HELDOUT_SEED})",
         "closed loop": f"{budget['eval_episodes']} placements of MT1 seed {HELDOUT_SEED} (not in training), "
                        f"<= {budget['max_steps']} steps; diffusion (DDIM-10) and flow (K=10) once per sampling seed "
                        f"{budget['sample_seeds']}, pooled; regression is deterministic per checkpoint (one run "
@@ -215,7 +223,7 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path = "data/dem
         "seeds": f"training {TRAIN_SEED}, placements train {TRAIN_SEED} / eval {HELDOUT_SEED} / bimodal {BIMODAL_SEED}",
         "wall time": f"data {t_data:.0f} s, total {total:.0f} s",
     }
-    report = write_report(evals, out / "report", context, bimodal_samples,
-                          targets(evals, {"diffusion": 0.96, "regression": 0.80}))
+    goals = targets(evals, {"diffusion": 0.96, "regression": 0.80}) if task == TASK else None  # the peg demo's
+    report = write_report(evals, out / "report", context, bimodal_samples, goals)
     print(f"\nreport: {report}  (total {total / 60:.1f} min)")
     return report

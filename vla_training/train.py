@@ -1,4 +1,4 @@
-"""`vla train`: one training loop for both experts, on 1 process, N GPUs (torchrun/DDP) or CPU (gloo).
+"""`vla train`: one training loop for every expert, on 1 process, N GPUs (torchrun/DDP) or CPU (gloo).
 
 AdamW (weight decay 0.01) with parameter groups (expert/fusion at lr, sensor encoder at 5 x lr,
 backbone/LoRA at 0.1 x lr, as the seed), warmup 3 % -> hold 2 % -> cosine to min_lr, gradient
@@ -241,7 +241,7 @@ class Trainer:
             except ImportError:
                 raise ConfigError("--wandb: the wandb package is not installed (pip install wandb); "
                                   "set WANDB_MODE=offline to log without network") from None
-            project = "QwenVLA-Diffusion-Sensor" if self.policy.config.expert.type == "diffusion" else "QwenVLA-Sensor"
+            project = "QwenVLA-Diffusion-Sensor" if self.ema is not None else "QwenVLA-Sensor"  # the seed's names
             run = wandb.init(project=project, dir=str(self.out), config=asdict(self.train_cfg), resume="allow")
             loggers.append(lambda m, step: run.log(m, step=step))
         return loggers

@@ -32,6 +32,7 @@ class DiffusionExpert(DenoisingExpert):
         self._inference_schedulers: dict[tuple[str, int], DDPMScheduler | DDIMScheduler] = {}
         self._timesteps: dict[tuple[str, int], list[int]] = {}
         self._timestep_tensors: dict[tuple, torch.Tensor] = {}
+        self._ddim_coefficients: dict[tuple, torch.Tensor] = {}
 
     # -- training ---------------------------------------------------------------------------------
     def loss(self, cond, actions, pad_mask, dim_weight, sample_weight=None):
@@ -91,7 +92,45 @@ class DiffusionExpert(DenoisingExpert):
         return self._timestep_tensors[key, device]
 
     def sample_from(self, cond, noise, spec, generator=None, step=None):
+        if spec.sampler == "ddim":  # deterministic: the update as tensor arithmetic, no scheduler call in the loop
+            return self.ddim_loop(cond, noise, spec.steps, step)
         return self.denoise_loop(cond, noise, spec.sampler, spec.steps, generator, step)
+
+    def ddim_coefficients(self, steps: int, device: torch.device) -> torch.Tensor:
+        """(steps, 4) float32 on `device`: per visited timestep sqrt(alpha_t), sqrt(1 - alpha_t) and the same
+        of the timestep it steps to (alpha = 1 past the last), taken once per schedule from diffusers'
+        DDIMScheduler (its alphas_cumprod, timestep spacing and final alpha), cached per device."""
+        if (steps, device) not in self._ddim_coefficients:
+            sched = self.inference_scheduler("ddim", steps)
+            stride = self.config.num_train_timesteps // steps
+            rows = []
+            for t in self.timesteps("ddim", steps):
+                alpha = float(sched.alphas_cumprod[t])
+                alpha_prev = float(sched.alphas_cumprod[t - stride]) if t - stride >= 0 else float(sched.final_alpha_cumprod)
+                rows.append([alpha ** 0.5, (1 - alpha) ** 0.5, alpha_prev ** 0.5, (1 - alpha_prev) ** 0.5])
+            self._ddim_coefficients[steps, device] = torch.tensor(rows, dtype=torch.float32, device=device)
+        return self._ddim_coefficients[steps, device]
+
+    def ddim_update(self, x: torch.Tensor, eps: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """DDIM (eta 0) from x_t to x_prev given the predicted noise: diffusers' `DDIMScheduler.step` for
+        epsilon prediction, with x0 clipped as configured. coefficients: one row of `ddim_coefficients`."""
+        a, b, a_prev, b_prev = coefficients.unbind(-1)
+        x0 = (x - b * eps) / a
+        if self.config.clip_sample:
+            bound = self.train_scheduler.config.clip_sample_range
+            x0 = x0.clamp(-bound, bound)
+        return a_prev * x0 + b_prev * eps
+
+    def ddim_loop(self, cond, x: torch.Tensor, steps: int, step=None) -> torch.Tensor:
+        """The whole DDIM loop with its coefficients as device tensors: no Python scheduler and no host
+        copy inside, so a CUDA graph captures it whole (equal to `denoise_loop(..., 'ddim', ...)`)."""
+        step = step or self.denoise_step
+        coefficients = self.ddim_coefficients(steps, x.device)
+        plan = ChunkPlan(self, cond, self.timesteps("ddim", steps, x.device))
+        for i in range(steps):
+            plan.select(i)
+            x = self.ddim_update(x, step(x, plan), coefficients[i])
+        return x
 
     def denoise_loop(self, cond, x: torch.Tensor, sampler: str, steps: int,
                      generator: torch.Generator | None = None, step=None) -> torch.Tensor:
