@@ -54,12 +54,10 @@ def summarise(values) -> dict:
 def sampling_options(policy, sampler: str | None = None, steps: int | None = None) -> dict:
     """`--sampler` / `--steps` as the options the policy's expert takes (others dropped), checked by the
     expert now: a value it does not accept stops the run before any episode."""
-    options = policy.expert.options_for(sampler=sampler, steps=steps)
     try:
-        policy.expert.sampling(**options)
+        return policy.expert.options_for(sampler=sampler, steps=steps)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"--sampler/--steps for the {policy.config.expert.type} expert: {exc}") from exc
-    return options
 
 
 # -- closed loop -------------------------------------------------------------------------------------

@@ -35,6 +35,14 @@ class Sampling:
     stochastic: bool = False  # starts from noise: chunks depend on the seed (report pooled seeds)
 
 
+def _with_steps(options: dict) -> dict:
+    """`ddim_steps` (the older name) as `steps`."""
+    options = dict(options)
+    if "ddim_steps" in options:
+        options.setdefault("steps", options.pop("ddim_steps"))
+    return options
+
+
 class ActionExpert(nn.Module, ABC):
     options: tuple[str, ...] = ()  # the sampling options this expert takes (some of OPTIONS)
 
@@ -59,8 +67,7 @@ class ActionExpert(nn.Module, ABC):
     def sampling(self, **options) -> Sampling:
         """Options (`sampler`, `steps`; None = the config's) -> the resolved Sampling. An option this
         expert does not take, or a value it does not accept, is an error naming what it expected."""
-        if "ddim_steps" in options:
-            options.setdefault("steps", options.pop("ddim_steps"))
+        options = _with_steps(options)
         unknown = set(options) - set(OPTIONS)
         if unknown:
             raise TypeError(f"unknown sampling option(s) {sorted(unknown)}; expected some of {list(OPTIONS)}")
@@ -77,10 +84,11 @@ class ActionExpert(nn.Module, ABC):
 
     def options_for(self, **options) -> dict:
         """The options of `options` that this expert takes, unset ones dropped (a caller holding options
-        for several experts, e.g. the node's parameters, hands each expert its own)."""
-        if "ddim_steps" in options:
-            options.setdefault("steps", options.pop("ddim_steps"))
-        return {k: v for k, v in options.items() if k in self.options and v not in (None, "")}
+        for several experts, e.g. the node's parameters, hands each expert its own), checked by
+        `sampling`: a value it does not accept raises there, naming what it expected."""
+        kept = {k: v for k, v in _with_steps(options).items() if k in self.options and v not in (None, "")}
+        self.sampling(**kept)
+        return kept
 
     def latency_variants(self) -> list[Sampling]:
         """The samplings the report times (the default first)."""

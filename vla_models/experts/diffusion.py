@@ -82,9 +82,9 @@ class DiffusionExpert(DenoisingExpert):
         The tensors are cached per device, so that a loop captured in a CUDA graph (after warm-up
         calls) copies nothing from the host.
         """
-        self.inference_scheduler(sampler, steps)
         spec = self.sampling(sampler=sampler, steps=steps)
         key = (spec.sampler, spec.steps)
+        self.inference_scheduler(spec.sampler, spec.steps)  # fills self._timesteps[key] once
         if device is None:
             return self._timesteps[key]
         if (key, device) not in self._timestep_tensors:
