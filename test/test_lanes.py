@@ -60,3 +60,19 @@ def test_a_job_that_cannot_start_is_a_named_failure(tmp_path):
     lanes = [[Job("missing", [str(tmp_path / "no-such-program")])], [_job("other", "pass")]]
     with pytest.raises(LaneError, match=r"missing could not start"):
         run_lanes(lanes, tmp_path / "logs", progress=False, poll_s=0.05)
+
+
+def test_a_job_waits_for_the_file_another_lane_makes(tmp_path):
+    made, log = tmp_path / "snapshot", tmp_path / "order.txt"
+    note = "import time; open({0!r}, 'a').write('{1} %f\\n' % time.time())"
+    lanes = [[_job("slow", "import time; time.sleep(0.6)"), _job("make", note.format(str(log), "made") + f"; open({str(made)!r}, 'w')")],
+             [_job("use", note.format(str(log), "used"), after=made)]]
+    run_lanes(lanes, tmp_path / "logs", progress=False, poll_s=0.05)
+    t = dict(line.split() for line in log.read_text().splitlines())
+    assert float(t["made"]) <= float(t["used"])
+
+
+def test_a_job_waiting_for_a_file_nobody_makes_is_a_named_failure(tmp_path):
+    lanes = [[_job("quick", "pass")], [_job("use", "pass", after=tmp_path / "never")]]
+    with pytest.raises(LaneError, match=r"use waited for .*never, which no job made"):
+        run_lanes(lanes, tmp_path / "logs", progress=False, poll_s=0.05)

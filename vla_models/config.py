@@ -132,6 +132,20 @@ class StateConfig:
         if self.columns and len(self.columns) != self.dim:
             raise ConfigError(f"{path}.columns: expected {self.dim} names (state.dim), got {len(self.columns)}: "
                               f"{self.columns!r}")
+        if len(set(self.columns)) != len(self.columns):
+            raise ConfigError(f"{path}.columns: expected unique names, got {self.columns!r}")
+
+    def column_indices(self, names: list[str] | tuple[str, ...]) -> list[int] | None:
+        """Where `columns` are in a state vector whose entries are called `names` (None: all, in order).
+        A recording, the simulator and the robot's JointState are all read through this; a name that is
+        not there raises KeyError listing the missing ones."""
+        if not self.columns:
+            return None
+        names = list(names)
+        missing = [c for c in self.columns if c not in names]
+        if missing:
+            raise KeyError(missing)
+        return [names.index(c) for c in self.columns]
 
 
 @dataclass

@@ -45,7 +45,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from vla_models.runtime import ChunkExecutor
-from vla_training.sim import SimEnv, ViaPointExpert
+from vla_training.sim import STATE_NAMES, SimEnv, ViaPointExpert
 
 from .image_conversion import rgb_to_image_msg
 from .msg import ActionChunk, SensorPacket
@@ -189,7 +189,7 @@ class SimRobotNode(Node):
         stamp = to_time(self.clock_t)
         for view, pub in self.image_pubs.items():
             pub.publish(rgb_to_image_msg(record.images[view], stamp))
-        state = JointState(name=[f"obs_{i}" for i in range(len(record.state))],
+        state = JointState(name=list(STATE_NAMES),  # as recorded: a policy picks state.columns by name
                            position=record.state.astype(float).tolist())
         state.header.stamp = stamp
         self.state_pub.publish(state)

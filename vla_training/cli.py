@@ -15,6 +15,7 @@ from vla_models.experts import EXPERTS
 from vla_models.presets import PRESETS
 
 from .episodes import DatasetError
+from .files import write_json_atomic
 
 
 def _resolve_config(spec: str) -> PolicyConfig:
@@ -35,9 +36,19 @@ def cmd_smoke_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.vision:
+        from .vision_demo import TASK, run_vision_demo
+
+        if args.task != TASK:
+            raise ConfigError(f"--vision: the experiment is defined for {TASK} (its probe reads the peg and the hole); "
+                              f"got --task {args.task}")
+        if args.minutes <= 0:
+            raise ConfigError(f"--minutes: expected a training budget > 0, got {args.minutes}")
+        run_vision_demo(args.out or "runs/vision", args.data or "data/vision", minutes=args.minutes, quick=args.quick)
+        return 0
     from .demo import run_demo
 
-    run_demo(args.out, args.data, quick=args.quick, task=args.task)
+    run_demo(args.out or "runs/demo", args.data or "data/demo", quick=args.quick, task=args.task)
     return 0
 
 
@@ -62,7 +73,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             engine, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
             sampler=args.sampler, steps=args.steps, sample_seed=args.sample_seed,
             save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
-            progress=not args.no_progress, episode_log=args.episode_log)}
+            progress=not args.no_progress, episode_log=args.episode_log, image_size=args.image_size)}
         cl = result["closed_loop"][label]
         print(f"closed loop {label}: {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
               f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
@@ -80,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["diversity"] = diversity(policy, args.diversity, k=args.samples)
         print("diversity: " + json.dumps({k: v for k, v in result["diversity"].items() if k != "dataset"}))
     if args.json:
-        _write_json(args.json, result)
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -108,11 +119,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.spec, device=args.device, runners=args.runners.split(",") if args.runners else None,
                        image_size=size, repeats=args.repeats, warmup=args.warmup,
                        variants=args.variants.split(",") if args.variants else None,
-                       on_update=(lambda partial: _write_json(args.json, partial)) if args.json else None,
+                       on_update=(lambda partial: write_json_atomic(args.json, partial)) if args.json else None,
                        overrides=_parse_overrides(args.override))
     print(format_table(result))
     if args.json:
-        _write_json(args.json, result)
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -126,15 +137,6 @@ def _parse_overrides(items: list[str] | None) -> dict:
             raise ConfigError(f"--override: expected KEY=VALUE such as expert.layers=4, got {item!r}")
         out[key] = yaml.safe_load(value)
     return out
-
-
-def _write_json(path: str | Path, data: dict) -> None:
-    """Write JSON atomically (a temporary file renamed into place: never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -161,7 +163,7 @@ def cmd_ros_demo(args: argparse.Namespace) -> int:
     print(f"through ROS 2: {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "
           f"(95 % CI {100 * lo:.0f}-{100 * hi:.0f} %) on {summary['task']} placements of seed {summary['placement_seed']}")
     if args.json:
-        _write_json(args.json, summary)
+        write_json_atomic(args.json, summary)
         print(f"wrote {args.json}")
     return 0
 
@@ -180,7 +182,7 @@ def cmd_bag_eval(args: argparse.Namespace) -> int:
           f"{err['mean']:.2f} mm, median {err['median']:.2f}, p95 {err['p95']:.2f}; latency median "
           f"{total.get('median') or 0:.1f} ms" + (f"; plot {result['plot']}" if "plot" in result else ""))
     if args.json:
-        _write_json(args.json, result)
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -288,9 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: sim data -> three experts -> evaluation -> report (make demo)")
     p.add_argument("--task", default="peg-insert-side-v3",
                    help="Meta-World task with a scripted policy (default: %(default)s; the bimodal set: this one only)")
-    p.add_argument("--out", default="runs/demo", help="runs and report (default: %(default)s)")
-    p.add_argument("--data", default="data/demo", help="demonstration datasets, reused (default: %(default)s)")
+    p.add_argument("--out", help="runs and report (default: runs/demo; with --vision runs/vision)")
+    p.add_argument("--data", help="demonstration datasets, reused (default: data/demo; with --vision data/vision)")
     p.add_argument("--quick", action="store_true", help="a 2-3 minute smoke version with tiny budgets")
+    p.add_argument("--vision", action="store_true", help="the vision experiment instead: a blind policy vs one that sees "
+                                                         "through the tiny Qwen-VL (runs/vision/report.md)")
+    p.add_argument("--minutes", type=float, default=60.0, help="--vision: training budget of the seeing policy in "
+                                                               "minutes of this machine (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("smoke-demo", help="model smoke test: every expert on the tiny Qwen-VL backbone")
@@ -308,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_arguments(p)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--save-rollouts", type=int, default=0, help="save this many rollouts as GIF + contact sheet")
+    p.add_argument("--image-size", type=int, default=96, help="camera resolution in the closed loop (square; as the "
+                                                              "training demos were rendered: vla data sim --image-size)")
     p.add_argument("--episode-log", help="append one JSON line per finished closed-loop episode to this file")
     p.add_argument("--expert-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="closed loop with the expert's weights in this dtype (bench's bf16-expert runner)")

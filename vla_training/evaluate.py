@@ -64,16 +64,18 @@ def sampling_options(policy, sampler: str | None = None, steps: int | None = Non
 def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, max_steps: int = 300,
                 sampler: str | None = None, steps: int | None = None, sample_seed: int = 0,
                 save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int | None = None,
-                progress: bool = True, episode_log: str | Path | None = None) -> dict:
+                progress: bool = True, episode_log: str | Path | None = None, image_size: int = 96) -> dict:
     """Success rate (+ 95 % Wilson interval) and episode lengths on `episodes` placements of MT1 seed `seed`.
 
     episode_log: a file that gets one JSON line per finished episode (progress of a separate process).
+    image_size: the cameras' resolution (square), as the training demonstrations were rendered.
     """
     from .sim import SimEnv
 
     cfg = policy.config
+    columns = sim_state_columns(cfg)
     recorded = tuple(dict.fromkeys([*cfg.views, "corner"]))  # views of an episode saved as a rollout
-    env = SimEnv(task, seed=seed, views=recorded if save_rollouts else tuple(cfg.views), image_size=96,
+    env = SimEnv(task, seed=seed, views=recorded if save_rollouts else tuple(cfg.views), image_size=image_size,
                  render=bool(cfg.views) or save_rollouts > 0)
     overrides = sampling_options(policy, sampler, steps)
     instruction = task_instruction(task)
@@ -86,10 +88,11 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             env.views = recorded if ep < save_rollouts else tuple(cfg.views)  # render only what is used
             record = env.reset(ep)
             sensor_hist = [record.sensor]
-            frames = [record.images.get("corner")] if ep < save_rollouts else None
+            frames = [_rollout_frame(record, recorded)] if ep < save_rollouts else None
             success, steps, chunks = False, 0, 0
             while steps < max_steps and not success:
-                obs = _sim_observation(cfg, record, sensor_hist, sensor_window or cfg.sensor.window, instruction)
+                obs = _sim_observation(cfg, record, sensor_hist, sensor_window or cfg.sensor.window, instruction,
+                                       columns)
                 chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides)[0].cpu().numpy()
                 generator_seed += 1
                 chunks += 1
@@ -98,7 +101,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                     sensor_hist.append(record.sensor)
                     steps += 1
                     if frames is not None:
-                        frames.append(record.images.get("corner"))
+                        frames.append(_rollout_frame(record, recorded))
                     if record.success or steps >= max_steps:
                         success = record.success
                         break
@@ -121,10 +124,27 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             "per_episode": results, "rollouts": saved}
 
 
-def _sim_observation(cfg, record, sensor_hist: list[np.ndarray], window: int, instruction: str) -> dict:
+def sim_state_columns(cfg) -> list[int] | slice:
+    """The simulator's state entries the policy reads: `state.columns` by name (sim.STATE_NAMES), as
+    from a recording; a name the simulator does not have is a ConfigError before any episode."""
+    from .sim import STATE_NAMES
+
+    try:
+        indices = cfg.state.column_indices(STATE_NAMES)
+    except KeyError as exc:
+        raise ConfigError(f"state.columns: {exc.args[0]} are not in the simulator's state; expected names from "
+                          f"{STATE_NAMES}") from None
+    if indices is None and cfg.state.dim not in (0, len(STATE_NAMES)):
+        raise ConfigError(f"state.dim: the simulator's state has {len(STATE_NAMES)} entries and the policy reads "
+                          f"{cfg.state.dim}; name them in state.columns")
+    return slice(None) if indices is None else indices
+
+
+def _sim_observation(cfg, record, sensor_hist: list[np.ndarray], window: int, instruction: str,
+                     columns: list[int] | slice = slice(None)) -> dict:
     obs: dict = {}
     if cfg.state.dim:
-        obs[OBS_STATE] = record.state[None]
+        obs[OBS_STATE] = record.state[columns][None]
     if cfg.sensor.channels:
         stream = np.concatenate(sensor_hist[-window:])[-window:]
         padded = np.zeros((window, stream.shape[1]), np.float32)
@@ -136,12 +156,16 @@ def _sim_observation(cfg, record, sensor_hist: list[np.ndarray], window: int, in
     return obs
 
 
+def _rollout_frame(record, views: tuple[str, ...]) -> np.ndarray:
+    """The policy's views (and `corner`) of one step, one above the other."""
+    return np.concatenate([record.images[v] for v in views], axis=0)
+
+
 def _save_rollout(frames: list, out_dir: Path, name: str, success: bool) -> dict:
-    """An animated GIF and a contact sheet PNG (8 frames) of one rollout."""
+    """An animated GIF and a contact sheet PNG (8 frames, the recorded views stacked) of one rollout."""
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = [f for f in frames if f is not None]
     gif = out_dir / f"{name}.gif"
     images = [Image.fromarray(f) for f in frames[::2]]
     images[0].save(gif, save_all=True, append_images=images[1:], duration=50, loop=0)

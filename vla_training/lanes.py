@@ -28,6 +28,7 @@ class Job:
     progress_file: Path | None = None
     progress_key: str = ""  # count the lines of progress_file that contain this
     seconds: float = 0.0  # wall time, filled in when the job has run
+    after: Path | None = None  # start only once this file exists (made by a job of another lane)
 
 
 class LaneError(RuntimeError):
@@ -86,7 +87,8 @@ def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None =
 
     threads: CPU threads per process (default: the machine's cores shared evenly between the lanes).
     A failing job stops every lane (the running processes are terminated) and raises LaneError naming the
-    job, its exit status and the end of its log.
+    job, its exit status and the end of its log. A job with `after` waits for that file (another lane's
+    product); if every other lane ends without making it, that is a failure too.
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -97,11 +99,25 @@ def run_lanes(lanes: list[list[Job]], log_dir: str | Path, threads: int | None =
     running: list[subprocess.Popen | None] = [None] * len(lanes)
     failures: list[str] = []
 
+    def wait_for(i: int, job: Job) -> bool:
+        """Until job.after exists; False when the lanes stop or no other lane is left to make it."""
+        while not job.after.exists():
+            others = [w for k, w in enumerate(workers) if k != i and w.is_alive()]
+            if stop.is_set() or not others:
+                if not stop.is_set():
+                    failures.append(f"{job.name} waited for {job.after}, which no job made")
+                    stop.set()
+                return False
+            time.sleep(poll_s)
+        return True
+
     def lane(i: int) -> None:
         for job in lanes[i]:
             if stop.is_set():
                 return
             current[i] = job
+            if job.after is not None and not wait_for(i, job):
+                return
             log = log_dir / f"{job.name.replace(' ', '_')}.log"
             start = time.perf_counter()
             with open(log, "w") as fh:

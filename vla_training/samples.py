@@ -30,14 +30,13 @@ def _latest_index(stamps: np.ndarray, t: float) -> int:
 
 def state_columns(ep: Episode, config: PolicyConfig) -> list[int] | slice:
     """Indices of the config's `state.columns` in the episode's state (all columns when none are named)."""
-    if not config.state.columns:
-        return slice(None)
     names = ep.meta.get("state_names") or []
-    missing = [c for c in config.state.columns if c not in names]
-    if missing:
-        raise DatasetError(f"{ep.path}: field 'state': columns {missing} (config state.columns) are not in the "
-                           f"episode's state_names {names}")
-    return [names.index(c) for c in config.state.columns]
+    try:
+        indices = config.state.column_indices(names)
+    except KeyError as exc:
+        raise DatasetError(f"{ep.path}: field 'state': columns {exc.args[0]} (config state.columns) are not in the "
+                           f"episode's state_names {names}") from None
+    return slice(None) if indices is None else indices
 
 
 class ChunkDataset(Dataset):

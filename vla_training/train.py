@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from vla_models.presets import PRESETS
 from .ema import TrainableEMA
 from .episodes import list_episodes
 from .feature_cache import FeatureCache
+from .files import write_json_atomic
 from .samples import (BackboneCollate, ChunkDataset, check_episode, collate, control_period, fit_statistics,
                       split_episodes)
 from .train_state import load_train_state, save_train_state
@@ -49,6 +50,9 @@ class TrainConfig:
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 1e-4
+    # the backbone's lr = this x lr: 0.1 (the seed's) fine-tunes pretrained weights (LoRA); a backbone with
+    # random weights learning from the demonstrations alone takes 1.0 (config/vision_sees.yaml)
+    backbone_lr_scale: float = 0.1
     min_lr: float = 1e-6
     weight_decay: float = 0.01
     warmup_frac: float = 0.03
@@ -59,6 +63,9 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     checkpoint_every: int = 500
+    # steps after which the weights as validated (EMA for diffusion/flow) are also kept in OUT/step_N/,
+    # with the wall time since training started (learning curves, e.g. `vla demo --vision`)
+    snapshots: list[int] = field(default_factory=list)
     stage: int = 1
     init: str | None = None  # checkpoint to start from (e.g. stage 1's best/ for stage 2)
     feature_cache: str | None = None  # directory; stage 1 with a frozen backbone only
@@ -142,9 +149,9 @@ def lr_lambda(total: int, warmup_frac: float, hold_frac: float, min_ratio: float
     return f
 
 
-def param_groups(policy, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: expert/fusion at lr, sensor encoder at 5 x lr, backbone (LoRA) at 0.1 x lr; weight decay
-    only on weight matrices (not on norms, biases, embeddings, or learned query/token tables)."""
+def param_groups(policy, lr: float, weight_decay: float, backbone_scale: float = 0.1) -> list[dict]:
+    """AdamW groups: expert/fusion at lr, sensor encoder at 5 x lr, backbone (LoRA) at backbone_scale x lr;
+    weight decay only on weight matrices (not on norms, biases, embeddings, or learned query/token tables)."""
     embeddings = {f"{m}.weight" for m, module in policy.named_modules() if isinstance(module, torch.nn.Embedding)}
     groups: dict[tuple[str, bool], list] = {}
     for name, p in policy.named_parameters():
@@ -154,7 +161,7 @@ def param_groups(policy, lr: float, weight_decay: float) -> list[dict]:
         decay = p.ndim >= 2 and name not in embeddings and "embed" not in name.split(".")[-1] and \
             "queries" not in name and "token" not in name.split(".")[-1]
         groups.setdefault((key, decay), []).append(p)
-    scale = {"expert": 1.0, "sensor": 5.0, "backbone": 0.1}
+    scale = {"expert": 1.0, "sensor": 5.0, "backbone": backbone_scale}
     return [{"params": ps, "lr": lr * scale[k], "weight_decay": weight_decay if decay else 0.0,
              "name": f"{k}{'' if decay else '/no_decay'}"} for (k, decay), ps in groups.items() if ps]
 
@@ -188,7 +195,7 @@ class Trainer:
         self.train_ds = ChunkDataset(self.train_eps, policy_config, train.sensor_window)
         self.val_ds = ChunkDataset(self.val_eps, policy_config, train.sensor_window) if self.val_eps else None
         self.total_steps = train.max_steps or max(1, train.epochs * self.steps_per_epoch())
-        self.optimizer = torch.optim.AdamW(param_groups(self.policy, train.lr, train.weight_decay))
+        self.optimizer = torch.optim.AdamW(param_groups(self.policy, train.lr, train.weight_decay, train.backbone_lr_scale))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
         # an EMA of the weights for the experts that sample from noise (diffusion, flow), as Diffusion Policy
@@ -350,6 +357,8 @@ class Trainer:
                 self.log(metrics)
                 if p["step"] % cfg.checkpoint_every == 0 or p["step"] >= self.total_steps:
                     self.checkpoint()
+                if p["step"] in cfg.snapshots:
+                    self.snapshot(time.perf_counter() - start)
                 if p["step"] >= self.total_steps:
                     break
             else:
@@ -392,6 +401,15 @@ class Trainer:
     def _evaluated(self):
         """The policy as validated and saved to best/: with the EMA's values for diffusion."""
         return self.ema.applied(self.policy) if self.ema is not None else contextlib.nullcontext(self.policy)
+
+    def snapshot(self, seconds: float) -> None:
+        """OUT/step_N: the weights as validated, and snapshot.json with the step and the training wall time."""
+        if self.rank == 0:
+            step = self.progress["step"]
+            with self._evaluated() as evaluated:
+                evaluated.save(self.out / f"step_{step}")
+            write_json_atomic(self.out / f"step_{step}" / "snapshot.json",
+                              {"step": step, "train_seconds": seconds, "samples": self.progress["samples"]})
 
     def checkpoint(self) -> None:
         """last/ = raw weights + trainer state (EMA included); best/ = the weights validated (EMA for diffusion)."""
