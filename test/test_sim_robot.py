@@ -34,6 +34,21 @@ def test_sim_robot_and_policy_node_complete_an_episode_like_the_in_process_loop(
         assert ref["per_episode"][0]["success"] == episode["success"]
 
 
+def test_a_policy_reading_named_state_columns_runs_alike_through_ros(tmp_path):
+    """The sim publishes its JointState with sim.STATE_NAMES: a policy that reads some of them by name
+    (`vla demo --vision`'s blind one) gets the same inputs through ROS as in process."""
+    columns = ["hand_x", "hand_y", "hand_z", "gripper"]
+    policy = make_policy("cpu", "regression", **{"state.dim": 4, "state.columns": columns})
+    checkpoint = policy.save(tmp_path / "ckpt")
+    summary = run_ros_demo(checkpoint, episodes=1, placement_seed=1, execute_steps=4, max_steps=12, timeout_s=240,
+                           log_dir=tmp_path / "logs")
+    (episode,) = summary["per_episode"]
+    assert "error" not in episode, episode
+    ref = closed_loop(policy, "peg-insert-side-v3", 1, seed=1, execute=4, max_steps=12, progress=False)
+    assert ref["per_episode"][0]["length"] == episode["length"] == 12
+    np.testing.assert_allclose(episode["final_hand"], ref["per_episode"][0]["final_hand"], atol=1e-4)
+
+
 @pytest.mark.parametrize("interface", ["servo_twist", "pose_target"])
 def test_the_armed_node_drives_the_sim_as_a_cartesian_controller(tmp_path, interface):
     """The node commands the simulated robot through MoveIt Servo's twist / a cartesian controller's

@@ -36,6 +36,8 @@ def cmd_smoke_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not args.vision and (args.set or args.placement_seeds is not None or args.image_size != 112):
+        raise ConfigError("--placement-seeds, --image-size and -o apply to --vision only")
     if args.vision:
         from .vision_demo import TASK, run_vision_demo
 
@@ -44,7 +46,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               f"got --task {args.task}")
         if args.minutes <= 0:
             raise ConfigError(f"--minutes: expected a training budget > 0, got {args.minutes}")
-        run_vision_demo(args.out or "runs/vision", args.data or "data/vision", minutes=args.minutes, quick=args.quick)
+        run_vision_demo(args.out or "runs/vision", args.data or "data/vision", minutes=args.minutes, quick=args.quick,
+                        placement_seeds=args.placement_seeds, image_size=args.image_size, overrides=args.set)
         return 0
     from .demo import run_demo
 
@@ -297,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "through the tiny Qwen-VL (runs/vision/report.md)")
     p.add_argument("--minutes", type=float, default=60.0, help="--vision: training budget of the seeing policy in "
                                                                "minutes of this machine (default: %(default)s)")
+    p.add_argument("--placement-seeds", type=int, help="--vision: MT1 placement seeds of training demos, 48 demos "
+                                                       "each (default 6)")
+    p.add_argument("--image-size", type=int, default=112, help="--vision: camera resolution, rendered and seen, a "
+                                                                "multiple of 28 (default: %(default)s)")
+    p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="--vision: config overrides for both policies' training, e.g. backbone.size=3b (a GPU)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("smoke-demo", help="model smoke test: every expert on the tiny Qwen-VL backbone")

@@ -81,7 +81,8 @@ def make_datasets(root: Path, budget: dict, task: str = TASK) -> dict[str, Path]
     return {name: root / name for name in specs}
 
 
-def _vla(*args: str) -> list[str]:
+def vla_argv(*args: str) -> list[str]:
+    """The argv of a `vla` command run as a process with this interpreter."""
     return [sys.executable, "-m", "vla_training.cli", *args]
 
 
@@ -89,7 +90,7 @@ def _train_job(name: str, dataset: Path, out: Path, expert: str, steps: int, bud
     run = out / name
     if run.exists():  # a fresh run: the demo never resumes, and metrics.jsonl counts this run's steps
         shutil.rmtree(run)
-    argv = _vla("train", "--config", CONFIG, "--dataset", str(dataset), "--out", str(run), "--expert", expert,
+    argv = vla_argv("train", "--config", CONFIG, "--dataset", str(dataset), "--out", str(run), "--expert", expert,
                 "--max-steps", str(steps), "--batch-size", str(budget["batch_size"]),
                 "--checkpoint-every", str(max(steps // 5, 1)), "--seed", str(TRAIN_SEED), "--no-progress")
     return Job(f"train {name}", argv, total=steps, progress_file=run / "metrics.jsonl", progress_key="train/loss")
@@ -104,7 +105,7 @@ def _eval_job(name: str, out: Path, budget: dict, datasets: dict[str, Path], sam
     """Closed loop with one sampling seed (+ offline path error with the first) for a main run, or
     diversity for a bimodal run -> report/eval_NAME[_seedS].json."""
     result = _eval_file(out, name, sample_seed)
-    argv = _vla("eval", "--checkpoint", str(out / name), "--json", str(result), "--no-progress")
+    argv = vla_argv("eval", "--checkpoint", str(out / name), "--json", str(result), "--no-progress")
     if name.startswith("bimodal"):
         return Job(f"eval {name}", argv + ["--diversity", str(datasets["bimodal"]), "--samples", "16"])
     log = out / "report" / f"episodes_{name}_seed{sample_seed}.jsonl"

@@ -7,7 +7,7 @@ random weights trained end to end with the expert. The two differ only in `views
 
 1. Demonstrations with both views from several placement seeds (MT1 has 50 placements per seed; more
    placements help a vision policy more than more steps), a held-out set from seed 1 (probe, latency).
-2. B's training rate is measured (two short runs, one per lane, as the real runs share the CPU), and
+2. B's training rate is measured (a short run, A training in the other lane as in the real runs), and
    `--minutes` becomes a step budget; A and B train the same steps with the same schedule, in two
    lanes, keeping snapshots at 1/4, 1/2 and all of it (about 15/30/60 minutes of B at `--minutes 60`).
 3. Closed loop on the 50 held-out placements (MT1 seed 1) for every snapshot, DDIM-10; the last
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_models import build_policy
+from vla_models import ConfigError, build_policy
 
-from .demo import pooled_closed_loop
+from .demo import pooled_closed_loop, vla_argv
 from .episodes import list_episodes
 from .evaluate import load_for_eval, stage_latency
 from .files import write_json_atomic
@@ -44,33 +44,33 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 VARIANTS = {"blind": CONFIG_DIR / "vision_blind.yaml", "sees": CONFIG_DIR / "vision_sees.yaml"}
 LABELS = {"blind": "A blind (state + wrench)", "sees": "B sees (+ 2 views, tiny Qwen-VL)"}
 VIEWS, IMAGE_SIZE, EXPERT, HELDOUT_SEED = ("corner", "gripperPOV"), 112, "diffusion", 1
+PATCH = 28  # the tiny Qwen2.5-VL's 14-px patches merged 2 x 2: the rendered size is a multiple of this
+def training_seeds(count: int) -> list[int]:
+    """`count` MT1 placement seeds for training demonstrations: 0, 2, 3, ... (1 is the held-out seed)."""
+    return [0, *range(2, count + 1)]
+
+
 BUDGETS = {
-    "full": {"seeds": [0, 2, 3, 4, 5, 6], "demos_per_seed": 48, "heldout_demos": 10, "eval_episodes": 50,
-             "max_steps": 300, "batch_size": 64, "calibration_steps": 25, "max_train_steps": None,
+    "full": {"seeds": training_seeds(6), "demos_per_seed": 48, "heldout_demos": 10, "eval_episodes": 50,
+             "max_steps": 300, "batch_size": 64, "calibration_steps": 60, "max_train_steps": None,
              "sample_seeds": [0, 1], "probe_frames": 3000, "latency_repeats": 30, "rollouts": 2},
     "quick": {"seeds": [0], "demos_per_seed": 3, "heldout_demos": 1, "eval_episodes": 2, "max_steps": 24,
-              "batch_size": 8, "calibration_steps": 3, "max_train_steps": 8, "sample_seeds": [0, 1],
+              "batch_size": 8, "calibration_steps": 5, "max_train_steps": 8, "sample_seeds": [0, 1],
               "probe_frames": 40, "latency_repeats": 2, "rollouts": 1},
 }
 
 
-def _vla(*args: str) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "vla_training.cli", *args]
-
-
-def _sim_job(out: Path, episodes: int, seed: int) -> Job:
-    return Job(f"data seed {seed}", _vla("data", "sim", "--out", str(out), "--task", TASK, "--episodes", str(episodes),
+def _sim_job(out: Path, episodes: int, seed: int, image_size: int) -> Job:
+    return Job(f"data seed {seed}", vla_argv("data", "sim", "--out", str(out), "--task", TASK, "--episodes", str(episodes),
                                          "--seed", str(seed), "--views", ",".join(VIEWS), "--image-size",
-                                         str(IMAGE_SIZE), "--no-progress"))
+                                         str(image_size), "--no-progress"))
 
 
 def make_datasets(root: Path, budget: dict, log_dir: Path) -> tuple[Path, Path]:
     """data/vision/train (every training seed's demos, merged) and data/vision/heldout; reused when a
     previous run made them with the same parameters."""
     want = {"task": TASK, "seeds": budget["seeds"], "demos_per_seed": budget["demos_per_seed"],
-            "heldout_demos": budget["heldout_demos"], "views": list(VIEWS), "image_size": IMAGE_SIZE}
+            "heldout_demos": budget["heldout_demos"], "views": list(VIEWS), "image_size": budget["image_size"]}
     stamp, train, heldout = root / "dataset.json", root / "train", root / "heldout"
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         print(f"reusing {root}")
@@ -78,8 +78,8 @@ def make_datasets(root: Path, budget: dict, log_dir: Path) -> tuple[Path, Path]:
     if root.exists():
         shutil.rmtree(root)
     parts = {seed: root / f"seed_{seed}" for seed in budget["seeds"]}
-    jobs = [_sim_job(path, budget["demos_per_seed"], seed) for seed, path in parts.items()]
-    jobs.append(_sim_job(heldout, budget["heldout_demos"], HELDOUT_SEED))
+    jobs = [_sim_job(path, budget["demos_per_seed"], seed, budget["image_size"]) for seed, path in parts.items()]
+    jobs.append(_sim_job(heldout, budget["heldout_demos"], HELDOUT_SEED, budget["image_size"]))
     lanes = [jobs[0::2], jobs[1::2]]
     run_lanes([lane for lane in lanes if lane], log_dir, threads=1)
     train.mkdir(parents=True)
@@ -94,26 +94,32 @@ def make_datasets(root: Path, budget: dict, log_dir: Path) -> tuple[Path, Path]:
 
 
 def _train_argv(variant: str, dataset: Path, run: Path, steps: int, budget: dict, snapshots: list[int]) -> list[str]:
-    return _vla("train", "--config", str(VARIANTS[variant]), "--dataset", str(dataset), "--out", str(run),
+    """`vla train` of one variant: its config, then the experiment's overrides (both variants), and for
+    B the backbone's resolution = the rendered size (one image, no resampling)."""
+    pixels = budget["image_size"] ** 2
+    sets = [*budget["overrides"], *([f"backbone.min_pixels={pixels}", f"backbone.max_pixels={pixels}"]
+                                    if variant == "sees" else [])]
+    return vla_argv("train", "--config", str(VARIANTS[variant]), "--dataset", str(dataset), "--out", str(run),
                 "--expert", EXPERT, "--max-steps", str(steps), "--batch-size", str(budget["batch_size"]),
                 "--checkpoint-every", str(max(steps // 4, 1)), "--seed", "0", "--no-progress",
-                "-o", f"train.snapshots={snapshots}")
+                "-o", f"train.snapshots={snapshots}", *[a for item in sets for a in ("-o", item)])
 
 
 def calibrate(dataset: Path, out: Path, budget: dict) -> float:
-    """B's optimiser steps per second, measured in two lanes at once (as A and B will share the CPU)."""
-    steps = budget["calibration_steps"]
-    runs = [out / f"calibrate_{i}" for i in range(2)]
-    for run in runs:
+    """B's optimiser steps per second, measured while A trains in the other lane (as in the real runs),
+    from the metrics' clock after the first steps (which carry the start-up)."""
+    steps, skip = budget["calibration_steps"], budget["calibration_steps"] // 5
+    runs = {v: out / f"calibrate_{v}" for v in VARIANTS}
+    for run in runs.values():
         shutil.rmtree(run, ignore_errors=True)
-    run_lanes([[Job(f"calibrate {i}", _train_argv("sees", dataset, run, steps, budget, []))]
-               for i, run in enumerate(runs)], out / "logs", threads=1, progress=False)
-    rates = []
-    for run in runs:
-        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        rates.append([m["train/samples_per_s"] for m in lines if "train/samples_per_s" in m][-1] / budget["batch_size"])
+    run_lanes([[Job("calibrate sees", _train_argv("sees", dataset, runs["sees"], steps, budget, []))],
+               [Job("calibrate blind", _train_argv("blind", dataset, runs["blind"], 4 * steps, budget, []))]],
+              out / "logs", threads=1, progress=False)
+    lines = [json.loads(line) for line in (runs["sees"] / "metrics.jsonl").read_text().splitlines()]
+    timed = [(m["step"], m["time"]) for m in lines if "train/loss" in m and m["step"] > skip]
+    for run in runs.values():
         shutil.rmtree(run)
-    return float(np.mean(rates))
+    return (timed[-1][0] - timed[0][0]) / max(timed[-1][1] - timed[0][1], 1e-9)
 
 
 def _eval_job(run: Path, step: int, sample_seed: int, out: Path, budget: dict, rollouts: int = 0,
@@ -122,19 +128,19 @@ def _eval_job(run: Path, step: int, sample_seed: int, out: Path, budget: dict, r
     result = out / "report" / f"eval_{run.name}_step{step}_seed{sample_seed}.json"
     log = out / "report" / f"episodes_{run.name}_step{step}_seed{sample_seed}.jsonl"
     log.unlink(missing_ok=True)
-    argv = _vla("eval", "--checkpoint", str(checkpoint), "--sim", TASK, "--episodes", str(budget["eval_episodes"]),
+    argv = vla_argv("eval", "--checkpoint", str(checkpoint), "--sim", TASK, "--episodes", str(budget["eval_episodes"]),
                 "--seed", str(HELDOUT_SEED), "--max-steps", str(budget["max_steps"]), "--sample-seed",
-                str(sample_seed), "--image-size", str(IMAGE_SIZE), "--episode-log", str(log), "--json", str(result),
+                str(sample_seed), "--image-size", str(budget["image_size"]), "--episode-log", str(log), "--json", str(result),
                 "--save-rollouts", str(rollouts), "--no-progress")
     job = Job(f"eval {run.name} step {step} seed {sample_seed}", argv, total=budget["eval_episodes"],
               progress_file=log, after=checkpoint / "snapshot.json" if wait else None)
     return job, result
 
 
-def placement_probe(policy, probe: RidgeProbe, placements: int) -> list[dict]:
+def placement_probe(policy, probe: RidgeProbe, placements: int, image_size: int) -> list[dict]:
     """The probe on the first frame of each closed-loop placement: predicted and true peg/hole (m)."""
     columns = TARGET_STATE.column_indices(STATE_NAMES)
-    env = SimEnv(TASK, seed=HELDOUT_SEED, views=VIEWS, image_size=IMAGE_SIZE)
+    env = SimEnv(TASK, seed=HELDOUT_SEED, views=VIEWS, image_size=image_size)
     try:
         records = [env.reset(p) for p in range(placements)]
         images = {v: np.stack([r.images[v] for r in records]) for v in VIEWS}
@@ -156,15 +162,25 @@ def run_probe(policy, initial, train: Path, heldout: Path, budget: dict, placeme
         probe = RidgeProbe().fit(image_features(model, x_images, instruction), y)
         out[name] = {"alpha": probe.alpha, **score(probe.predict(image_features(model, t_images, instruction)), t)}
         if name == "trained":
-            out["placements"] = placement_probe(model, probe, placements)
+            out["placements"] = placement_probe(model, probe, placements, budget["image_size"])
     return out
 
 
 def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = "data/vision", minutes: float = 60.0,
-                    quick: bool = False) -> Path:
+                    quick: bool = False, placement_seeds: int | None = None, image_size: int = IMAGE_SIZE,
+                    overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """The levers: placement_seeds (x 48 demonstrations), image_size (px, rendered and seen), overrides
+    (`KEY=VALUE` for both variants' `vla train -o`: backbone.size, fusion.mode, hidden_dim, ...)."""
     from .vision_report import write_vision_report
 
-    budget = BUDGETS["quick" if quick else "full"]
+    if image_size % PATCH or image_size < PATCH:
+        raise ConfigError(f"--image-size: expected a multiple of {PATCH} px (the backbone's merged patch), "
+                          f"got {image_size}")
+    if placement_seeds is not None and placement_seeds < 1:
+        raise ConfigError(f"--placement-seeds: expected at least 1, got {placement_seeds}")
+    budget = {**BUDGETS["quick" if quick else "full"], "image_size": image_size, "overrides": list(overrides)}
+    if placement_seeds is not None:
+        budget["seeds"] = training_seeds(placement_seeds)
     out, data = Path(out_dir), Path(data_dir)
     (out / "report").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -220,10 +236,14 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     rollouts = next(iter(closed_b.values()))["rollouts"]
     total = time.perf_counter() - t0
     result = {
-        "command": f"vla demo --vision --minutes {minutes:g}" + (" --quick" if quick else ""),
+        "command": f"vla demo --vision --minutes {minutes:g}" + (" --quick" if quick else "")
+                   + (f" --placement-seeds {placement_seeds}" if placement_seeds is not None else "")
+                   + (f" --image-size {image_size}" if image_size != IMAGE_SIZE else "")
+                   + "".join(f" -o {item}" for item in overrides),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
                    f"A and B in two parallel lanes of processes with {threads} thread(s) each",
-        "task": TASK, "views": list(VIEWS), "image_size": IMAGE_SIZE, "expert": EXPERT,
+        "task": TASK, "views": list(VIEWS), "image_size": image_size, "expert": EXPERT,
+        "overrides": list(overrides),
         "configs": {v: str(p.relative_to(CONFIG_DIR.parent)) for v, p in VARIANTS.items()},
         "data": {"placement_seeds": budget["seeds"], "demos": len(list_episodes(train)),
                  "heldout_demos": len(list_episodes(heldout))},

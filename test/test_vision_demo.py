@@ -1,0 +1,138 @@
+"""`vla demo --vision`: the observation variants are config (state.columns + views), the closed loop
+reads the simulator's state by name, training keeps snapshots, the probe measures what it should, and
+the quick variant of the whole experiment writes a complete report."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vla_models import ConfigError, PolicyConfig, load_policy
+from vla_models.constants import OBS_STATE
+from vla_training.cli import main as vla
+from vla_training.evaluate import _sim_observation, sim_state_columns
+from vla_training.probe import RidgeProbe, score
+from vla_training.sim import STATE_NAMES, SimEnv
+from vla_training.vision_demo import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_blind_and_seeing_differ_only_in_views_and_backbone():
+    blind, sees = (PolicyConfig.from_file(VARIANTS[v]) for v in ("blind", "sees"))
+    a, b = _flat(blind.to_dict()), _flat(sees.to_dict())
+    assert {k for k in a if a[k] != b[k]} == {"views", "backbone.type", "backbone.freeze", "backbone.min_pixels",
+                                              "backbone.max_pixels"}
+    assert set(blind.state.columns) <= set(STATE_NAMES)
+    assert not any(c.startswith(("obj_", "goal_", "prev_")) for c in blind.state.columns)  # no object, no hole
+    assert sees.backbone.type == "qwen_vl" and not sees.backbone.freeze and sees.views
+    trains = {v: yaml.safe_load(VARIANTS[v].read_text())["train"] for v in VARIANTS}
+    assert {k for k in trains["sees"] if trains["sees"][k] != trains["blind"].get(k)} == {"backbone_lr_scale"}
+
+
+def test_state_columns_pick_by_name_and_name_what_is_missing():
+    config = PolicyConfig.from_file(VARIANTS["blind"])
+    assert config.state.column_indices(STATE_NAMES) == [0, 1, 2, 3]
+    assert config.state.column_indices(["gripper", "hand_z", "hand_y", "hand_x"]) == [3, 2, 1, 0]
+    with pytest.raises(KeyError) as err:
+        config.state.column_indices(["hand_x", "hand_y"])
+    assert err.value.args[0] == ["hand_z", "gripper"]
+    with pytest.raises(ConfigError, match="state.columns: expected unique names"):
+        config.replace(**{"state.columns": ["hand_x", "hand_x", "hand_y", "gripper"]})
+
+
+def test_the_closed_loop_reads_the_named_state_columns():
+    config = PolicyConfig.from_file(VARIANTS["blind"]).replace(**{"state.columns": ["goal_y", "hand_x", "gripper",
+                                                                                    "obj_0"]})
+    env = SimEnv(seed=1, render=False)
+    try:
+        record = env.reset(0)
+    finally:
+        env.close()
+    obs = _sim_observation(config, record, [record.sensor], 64, "", sim_state_columns(config))
+    want = [record.state[STATE_NAMES.index(c)] for c in config.state.columns]
+    np.testing.assert_array_equal(obs[OBS_STATE][0], want)
+    with pytest.raises(ConfigError, match=r"\['elbow'\] are not in the simulator's state"):
+        sim_state_columns(config.replace(**{"state.columns": ["hand_x", "elbow", "gripper", "obj_0"]}))
+    with pytest.raises(ConfigError, match="state.dim: the simulator's state has 39 entries"):
+        sim_state_columns(config.replace(**{"state.columns": []}))
+
+
+def test_training_keeps_snapshots_with_their_wall_time(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert vla(["data", "sim", "--out", str(data), "--episodes", "2", "--views", "", "--no-progress"]) == 0
+    assert vla(["train", "--config", str(VARIANTS["blind"]), "--dataset", str(data), "--out", str(run), "--expert",
+                "diffusion", "--max-steps", "4", "--batch-size", "8", "--no-progress", "-o", "train.snapshots=[2,4]",
+                "-o", "train.val_fraction=0"]) == 0
+    times = []
+    for step in (2, 4):
+        meta = json.loads((run / f"step_{step}" / "snapshot.json").read_text())
+        assert meta["step"] == step and meta["samples"] == 8 * step
+        times.append(meta["train_seconds"])
+        assert load_policy(run / f"step_{step}").config.state.columns == ["hand_x", "hand_y", "hand_z", "gripper"]
+    assert 0 < times[0] < times[1]
+    assert not (run / "step_1").exists() and not (run / "step_3").exists()
+
+
+def test_ridge_probe_finds_a_linear_map_and_not_noise():
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(300, 40)), rng.normal(size=(40, 6)) * 0.01
+    y = x @ w + rng.normal(size=6) * 0.1
+    probe = RidgeProbe().fit(x[:200], y[:200])
+    found = score(probe.predict(x[200:]), y[200:])
+    assert all(r > 0.95 for t in ("peg", "hole") for r in found[t]["r2"])
+    noise = score(RidgeProbe().fit(x[:200], rng.normal(size=(200, 6))).predict(x[200:]), rng.normal(size=(100, 6)))
+    assert all(r < 0.1 for t in ("peg", "hole") for r in noise[t]["r2"])
+    exact = score(y, y)
+    assert exact["hole"]["mae_mm"] == [0.0, 0.0, 0.0] and exact["peg"]["r2"] == [1.0, 1.0, 1.0]
+
+
+def test_quick_vision_demo_writes_the_whole_report(tmp_path):
+    assert vla(["demo", "--vision", "--quick", "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+                "--image-size", "56", "-o", "fusion.mode=gated"]) == 0
+    text = (tmp_path / "runs" / "report.md").read_text()
+    result = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())
+    assert [row["step"] for row in result["curve"]] == result["budget"]["snapshots"] and len(result["curve"]) == 3
+    for row in result["curve"]:
+        for variant in ("blind", "sees"):
+            cl = row[variant]
+            assert 0 <= cl["success_rate"] <= 1 and cl["episodes"] == 2 * len(cl["seeds"])
+            assert math.isfinite(cl["train_minutes"]) and cl["train_minutes"] > 0
+    assert result["curve"][-1]["sees"]["seeds"] == [0, 1]  # the last snapshot: both sampling seeds
+    assert "--image-size 56 -o fusion.mode=gated" in result["command"]
+    seen = load_policy(tmp_path / "runs" / "sees" / f"step_{result['budget']['steps']}").config
+    assert seen.fusion.mode == "gated" and seen.backbone.max_pixels == 56 * 56
+    stages = result["latency"]["sees"]["ddim-10"]
+    assert stages["backbone_ms"]["median"] > 0 and "backbone_ms" not in result["latency"]["blind"]["ddim-10"]
+    for name in ("trained", "initial"):
+        values = [v for t in ("peg", "hole") for v in result["probe"][name][t]["mae_mm"]]
+        assert all(math.isfinite(v) for v in values)
+    assert len(result["probe"]["placements"]) == 2
+    assert all(isinstance(row["success"], bool) for row in result["probe"]["placements"])
+    for line in ("| A blind | ddim-10 |", "| B sees | ddim-10 |", "## Targets", "B >= 60 %", "| trained |", "| initial |"):
+        assert line in text
+    for image in ("vision_success.png", "vision_probe.png", "rollout_0_sheet.png"):
+        assert (tmp_path / "runs" / "report" / image).stat().st_size > 0 and f"report/{image}" in text
+
+
+def test_vision_demo_cli_refuses_another_task_or_no_minutes(capsys):
+    assert vla(["demo", "--vision", "--task", "pick-place-v3"]) == 2
+    assert "--vision: the experiment is defined for peg-insert-side-v3" in capsys.readouterr().err
+    assert vla(["demo", "--vision", "--minutes", "0"]) == 2
+    assert "--minutes: expected a training budget > 0" in capsys.readouterr().err
+    assert vla(["demo", "--vision", "--image-size", "100"]) == 2
+    assert "--image-size: expected a multiple of 28 px" in capsys.readouterr().err
+    assert vla(["demo", "--vision", "--placement-seeds", "0"]) == 2
+    assert "--placement-seeds: expected at least 1" in capsys.readouterr().err
+    assert vla(["demo", "-o", "fusion.mode=gated"]) == 2
+    assert "apply to --vision only" in capsys.readouterr().err
