@@ -93,27 +93,30 @@ def make_datasets(root: Path, budget: dict, log_dir: Path) -> tuple[Path, Path]:
     return train, heldout
 
 
-def _train_argv(variant: str, dataset: Path, run: Path, steps: int, budget: dict, snapshots: list[int]) -> list[str]:
+def _train_argv(variant: str, dataset: Path, run: Path, steps: int, budget: dict, snapshots: list[int],
+                checkpoints: int = 4) -> list[str]:
     """`vla train` of one variant: its config, then the experiment's overrides (both variants), and for
-    B the backbone's resolution = the rendered size (one image, no resampling)."""
+    B the backbone's resolution = the rendered size (one image, no resampling); `checkpoints` validated
+    checkpoints along the way."""
     pixels = budget["image_size"] ** 2
     sets = [*budget["overrides"], *([f"backbone.min_pixels={pixels}", f"backbone.max_pixels={pixels}"]
                                     if variant == "sees" else [])]
     return vla_argv("train", "--config", str(VARIANTS[variant]), "--dataset", str(dataset), "--out", str(run),
                 "--expert", EXPERT, "--max-steps", str(steps), "--batch-size", str(budget["batch_size"]),
-                "--checkpoint-every", str(max(steps // 4, 1)), "--seed", "0", "--no-progress",
+                "--checkpoint-every", str(max(steps // checkpoints, 1)), "--seed", "0", "--no-progress",
                 "-o", f"train.snapshots={snapshots}", *[a for item in sets for a in ("-o", item)])
 
 
 def calibrate(dataset: Path, out: Path, budget: dict) -> float:
     """B's optimiser steps per second, measured while A trains in the other lane (as in the real runs),
-    from the metrics' clock after the first steps (which carry the start-up)."""
+    from the metrics' clock after the first steps (which carry the start-up), with no checkpoint between."""
     steps, skip = budget["calibration_steps"], budget["calibration_steps"] // 5
     runs = {v: out / f"calibrate_{v}" for v in VARIANTS}
     for run in runs.values():
         shutil.rmtree(run, ignore_errors=True)
-    run_lanes([[Job("calibrate sees", _train_argv("sees", dataset, runs["sees"], steps, budget, []))],
-               [Job("calibrate blind", _train_argv("blind", dataset, runs["blind"], 4 * steps, budget, []))]],
+    run_lanes([[Job("calibrate sees", _train_argv("sees", dataset, runs["sees"], steps, budget, [], checkpoints=1))],
+               [Job("calibrate blind", _train_argv("blind", dataset, runs["blind"], 4 * steps, budget, [],
+                                                   checkpoints=1))]],
               out / "logs", threads=1, progress=False)
     lines = [json.loads(line) for line in (runs["sees"] / "metrics.jsonl").read_text().splitlines()]
     timed = [(m["step"], m["time"]) for m in lines if "train/loss" in m and m["step"] > skip]
