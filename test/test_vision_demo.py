@@ -84,6 +84,15 @@ def test_training_keeps_snapshots_with_their_wall_time(tmp_path):
     assert not (run / "step_1").exists() and not (run / "step_3").exists()
 
 
+@pytest.mark.parametrize("item, message", [("train.snapshots=5", "snapshots: expected a list of step numbers"),
+                                           ("train.snapshots=[0,10]", "snapshots: expected a list of step numbers"),
+                                           ("train.backbone_lr_scale=-1", "backbone_lr_scale: expected a number >= 0")])
+def test_bad_snapshot_steps_or_backbone_lr_are_named(tmp_path, item, message, capsys):
+    assert vla(["train", "--config", str(VARIANTS["blind"]), "--dataset", str(tmp_path), "--out", str(tmp_path / "run"),
+                "--no-progress", "-o", item]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_ridge_probe_finds_a_linear_map_and_not_noise():
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(300, 40)), rng.normal(size=(40, 6)) * 0.01

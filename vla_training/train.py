@@ -110,6 +110,12 @@ def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
         raise ConfigError(f"stage: expected 1 or 2, got {train.stage}")
     if train.sensor_window:
         changes["sensor.window"] = train.sensor_window
+    if not isinstance(train.snapshots, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                        for s in train.snapshots):
+        raise ConfigError(f"snapshots: expected a list of step numbers > 0 such as [1000, 2000], got {train.snapshots!r}")
+    if isinstance(train.backbone_lr_scale, bool) or not isinstance(train.backbone_lr_scale, (int, float)) \
+            or train.backbone_lr_scale < 0:
+        raise ConfigError(f"backbone_lr_scale: expected a number >= 0, got {train.backbone_lr_scale!r}")
     if train.pixels not in ("processor", "device"):
         raise ConfigError(f"pixels: expected 'processor' or 'device', got {train.pixels!r}")
     return train, policy_cfg.replace(**changes) if changes else policy_cfg
