@@ -93,6 +93,22 @@ def test_bad_snapshot_steps_or_backbone_lr_are_named(tmp_path, item, message, ca
     assert message in capsys.readouterr().err
 
 
+def test_the_probe_baseline_is_the_backbone_training_started_from(tmp_path):
+    import torch
+
+    from vla_training.train import Trainer, load_train_config
+    from vla_training.vision_demo import initial_policy
+
+    data = tmp_path / "data"
+    assert vla(["data", "sim", "--out", str(data), "--episodes", "1", "--image-size", "56", "--no-progress"]) == 0
+    train, config = load_train_config({"config": str(VARIANTS["sees"]), "dataset": str(data), "out": str(tmp_path / "r"),
+                                       "expert": "diffusion", "progress": False,
+                                       "set": ["backbone.min_pixels=3136", "backbone.max_pixels=3136"]})
+    started = dict(Trainer(train, config).policy.backbone.named_parameters())
+    initial = dict(initial_policy(config).backbone.named_parameters())
+    assert started.keys() == initial.keys() and all(torch.equal(started[k], initial[k]) for k in started)
+
+
 def test_ridge_probe_finds_a_linear_map_and_not_noise():
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(300, 40)), rng.normal(size=(40, 6)) * 0.01

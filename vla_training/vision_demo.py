@@ -154,6 +154,12 @@ def placement_probe(policy, probe: RidgeProbe, placements: int, image_size: int)
     return [{"placement": p, "true": true[p].tolist(), "predicted": predicted[p].tolist()} for p in range(placements)]
 
 
+def initial_policy(config, seed: int = 0):
+    """The policy as `vla train --seed SEED` builds it before the first step: B's starting weights."""
+    torch.manual_seed(seed)  # as the Trainer seeds before it builds the policy
+    return build_policy(config).eval()
+
+
 def run_probe(policy, initial, train: Path, heldout: Path, budget: dict, placements: int) -> dict:
     """Ridge probes of the trained and of the initial backbone's features: held-out scores, and the
     trained probe on each closed-loop placement's first frame."""
@@ -229,8 +235,7 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
         curve.append(row)
     final = {v: load_for_eval(runs[v] / f"step_{last}") for v in VARIANTS}
     latency = {v: stage_latency({v: p}, heldout, repeats=budget["latency_repeats"]) for v, p in final.items()}
-    torch.manual_seed(0)  # the trainer's seed: the backbone B started from
-    initial = build_policy(final["sees"].config).eval()
+    initial = initial_policy(final["sees"].config)
     probe = run_probe(final["sees"], initial, train, heldout, budget, budget["eval_episodes"])
     closed_b = json.loads(evals["sees", last, seeds[0]].read_text())["closed_loop"]
     outcome = {r["placement"]: r["success"] for r in next(iter(closed_b.values()))["per_episode"]}
