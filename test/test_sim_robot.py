@@ -67,13 +67,14 @@ def test_the_armed_node_drives_the_sim_as_a_cartesian_controller(tmp_path, inter
 
 
 def test_real_time_mode_holds_until_a_chunk_covers_the_step(tmp_path):
-    """Without lockstep the robot steps at the control rate on its own; the first steps come before
-    any chunk (inference takes time), so it holds there, then executes the chunks it receives."""
+    """Without lockstep the robot steps at the control rate on its own; steps that come before any
+    chunk covers them hold, then it executes the chunks it receives. (Whether the very first step
+    holds depends on the machine: the first chunk may arrive within the first control period.)"""
     checkpoint = make_policy("cpu", "regression").save(tmp_path / "ckpt")
     summary = run_ros_demo(checkpoint, episodes=1, max_steps=60, execute_steps=8, lockstep=False, timeout_s=240,
                            log_dir=tmp_path / "logs")
     (episode,) = summary["per_episode"]
-    assert episode["length"] == 60 and 1 <= episode["holds"] < 60
+    assert episode["length"] == 60 and 0 <= episode["holds"] < 60  # not all holds: chunks were executed
 
 
 def test_recorded_scripted_session_imports_as_an_episode(tmp_path):
