@@ -136,16 +136,21 @@ class StateConfig:
             raise ConfigError(f"{path}.columns: expected unique names, got {self.columns!r}")
 
     def column_indices(self, names: list[str] | tuple[str, ...]) -> list[int] | None:
-        """Where `columns` are in a state vector whose entries are called `names` (None: all, in order).
-        A recording, the simulator and the robot's JointState are all read through this; a name that is
-        not there raises KeyError listing the missing ones."""
-        if not self.columns:
-            return None
-        names = list(names)
-        missing = [c for c in self.columns if c not in names]
-        if missing:
-            raise KeyError(missing)
-        return [names.index(c) for c in self.columns]
+        """`column_indices(self.columns, names)`."""
+        return column_indices(self.columns, names)
+
+
+def column_indices(columns: list[str] | tuple[str, ...], names: list[str] | tuple[str, ...]) -> list[int] | None:
+    """Where `columns` are in a state vector whose entries are called `names` (None: no columns named,
+    all entries in order). A recording, the simulator and the robot's JointState are all read through
+    this; a name that is not there raises KeyError listing the missing ones."""
+    if not columns:
+        return None
+    names = list(names)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise KeyError(missing)
+    return [names.index(c) for c in columns]
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vla_models.config import column_indices
 from vla_models.runtime import STATE_KEY, ApproximateSynchronizer, SensorRingBuffer, StateHistory
 from vla_training.messages import ImageConversionError, InputError, decode_sensor, image_to_rgb, stamp_seconds
 
@@ -126,13 +127,13 @@ class Inputs:
         self.joints.add(stamp, position)
         self.watchdog.feed(JOINTS_KEY, self.now())
         if is_policy_state:
-            columns = self.spec.state_columns
-            if columns:
-                missing = [c for c in columns if c not in msg.name]
-                if missing:
-                    return self.drop("state", f"joints {missing} (the checkpoint's state.columns) are not in the "
-                                              f"JointState {list(msg.name)}")
-                position = position[[list(msg.name).index(c) for c in columns]]
+            try:
+                indices = column_indices(self.spec.state_columns, msg.name)
+            except KeyError as exc:
+                return self.drop("state", f"joints {exc.args[0]} (the checkpoint's state.columns) are not in the "
+                                          f"JointState {list(msg.name)}")
+            if indices is not None:
+                position = position[indices]
             self._policy_state(stamp, position)
 
     def on_pose(self, msg, is_policy_state: bool) -> None:

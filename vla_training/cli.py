@@ -36,7 +36,7 @@ def cmd_smoke_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if not args.vision and (args.set or args.placement_seeds is not None or args.image_size != 112):
+    if not args.vision and (args.set or args.placement_seeds is not None or args.image_size is not None):
         raise ConfigError("--placement-seeds, --image-size and -o apply to --vision only")
     if args.vision:
         from .vision_demo import TASK, run_vision_demo
@@ -47,7 +47,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.minutes <= 0:
             raise ConfigError(f"--minutes: expected a training budget > 0, got {args.minutes}")
         run_vision_demo(args.out or "runs/vision", args.data or "data/vision", minutes=args.minutes, quick=args.quick,
-                        placement_seeds=args.placement_seeds, image_size=args.image_size, overrides=args.set)
+                        placement_seeds=args.placement_seeds, overrides=args.set,
+                        **({} if args.image_size is None else {"image_size": args.image_size}))
         return 0
     from .demo import run_demo
 
@@ -302,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "minutes of this machine (default: %(default)s)")
     p.add_argument("--placement-seeds", type=int, help="--vision: MT1 placement seeds of training demos, 48 demos "
                                                        "each (default 6)")
-    p.add_argument("--image-size", type=int, default=112, help="--vision: camera resolution, rendered and seen, a "
-                                                                "multiple of 28 (default: %(default)s)")
+    p.add_argument("--image-size", type=int, help="--vision: camera resolution, rendered and seen, a multiple of "
+                                                  "28 (default 112)")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="--vision: config overrides for both policies' training, e.g. backbone.size=3b (a GPU)")
     p.set_defaults(func=cmd_demo)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_models.config import StateConfig
+from vla_models.config import column_indices
 from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION
 
 from .episodes import DatasetError
 
 # sim.STATE_NAMES: the manipulated object's position and the goal (the hole), metres
 TARGETS = {"peg": ["obj_0", "obj_1", "obj_2"], "hole": ["goal_x", "goal_y", "goal_z"]}
-TARGET_STATE = StateConfig(dim=6, columns=[c for cols in TARGETS.values() for c in cols])
+TARGET_COLUMNS = [c for cols in TARGETS.values() for c in cols]
 
 
 def image_features(policy, images: dict[str, np.ndarray], instruction: str, batch: int = 64) -> np.ndarray:
@@ -50,7 +50,7 @@ def episode_frames(episodes, views: list[str], every: int = 1, limit: int | None
 def _target_rows(ep) -> np.ndarray:
     names = ep.meta.get("state_names") or []
     try:
-        return np.asarray(ep.array("state"))[:, TARGET_STATE.column_indices(names)]
+        return np.asarray(ep.array("state"))[:, column_indices(TARGET_COLUMNS, names)]
     except KeyError as exc:
         raise DatasetError(f"{ep.path}: field 'state': columns {exc.args[0]} (the probe's targets) are not in the "
                            f"episode's state_names {names}") from None

@@ -30,19 +30,19 @@ import numpy as np
 import torch
 
 from vla_models import ConfigError, build_policy
+from vla_models.config import column_indices
 
 from .demo import pooled_closed_loop, vla_argv
 from .episodes import list_episodes
 from .evaluate import load_for_eval, stage_latency
 from .files import write_json_atomic
 from .lanes import Job, run_lanes, threads_per_lane
-from .probe import TARGET_STATE, RidgeProbe, episode_frames, image_features, score
+from .probe import TARGET_COLUMNS, RidgeProbe, episode_frames, image_features, score
 from .sim import STATE_NAMES, SimEnv, task_instruction
 
 TASK = "peg-insert-side-v3"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 VARIANTS = {"blind": CONFIG_DIR / "vision_blind.yaml", "sees": CONFIG_DIR / "vision_sees.yaml"}
-LABELS = {"blind": "A blind (state + wrench)", "sees": "B sees (+ 2 views, tiny Qwen-VL)"}
 VIEWS, IMAGE_SIZE, EXPERT, HELDOUT_SEED = ("corner", "gripperPOV"), 112, "diffusion", 1
 PATCH = 28  # the tiny Qwen2.5-VL's 14-px patches merged 2 x 2: the rendered size is a multiple of this
 def training_seeds(count: int) -> list[int]:
@@ -142,7 +142,7 @@ def _eval_job(run: Path, step: int, sample_seed: int, out: Path, budget: dict, r
 
 def placement_probe(policy, probe: RidgeProbe, placements: int, image_size: int) -> list[dict]:
     """The probe on the first frame of each closed-loop placement: predicted and true peg/hole (m)."""
-    columns = TARGET_STATE.column_indices(STATE_NAMES)
+    columns = column_indices(TARGET_COLUMNS, STATE_NAMES)
     env = SimEnv(TASK, seed=HELDOUT_SEED, views=VIEWS, image_size=image_size)
     try:
         records = [env.reset(p) for p in range(placements)]
