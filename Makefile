@@ -34,9 +34,15 @@ $(MSG_STAMP): $(STAMP) CMakeLists.txt package.xml $(wildcard msg/*.msg) vla_poli
 	$(PY) -c "from vla_policy_ros.msg import ActionChunk; print('messages ok:', ActionChunk.__name__)"
 	@touch $@
 
+# Test files run in PYTEST_WORKERS processes (pytest-xdist, a file's tests in one process, so module fixtures are
+# built once); each process has its own ROS domain ids (test/ros_helpers.py). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?= $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) --durations=25
+
 test: setup
 	source $(VENV)/bin/activate && AMENT_PREFIX_PATH=$$VIRTUAL_ENV CMAKE_PREFIX_PATH=$$VIRTUAL_ENV \
-	  python -m pytest -q test
+	  python -m pytest -q $(PYTEST_ARGS) test
+
 
 demo: setup
 	source $(VENV)/bin/activate && vla demo

@@ -142,7 +142,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = checkpoints(Path(tmp))
         results = []
-        domain = 120 + os.getpid() % 50
+        domain = int(os.environ.get("ROS_DOMAIN_ID", str(120 + os.getpid() % 50)))
         for policy_type in ("regression", "diffusion"):
             for async_mode in (False, True):
                 r = run_config(ckpts, policy_type, async_mode, args.seconds, domain, args.state_hz)

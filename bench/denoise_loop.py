@@ -31,7 +31,7 @@ from vla_models.config import ExpertConfig
 from vla_models.experts.diffusion import ChunkPlan, DiffusionExpert
 from vla_models.fusion import Condition
 from vla_models.static_runner import CudaGraph
-from vla_training.bench import wall_times_ms
+from vla_training.evaluation.bench import wall_times_ms
 
 from profile_backbone import kernel_profile  # bench/, beside this script
 

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from vla_training.import_bag import typestore
+from vla_training.data.import_bag import typestore
 
 VIEWS, CAMERA_HZ, SENSOR_HZ, PACKET, CHANNELS, STATE_HZ = 5, 5.0, 650.0, 13, 1026, 100.0
 HEIGHT, WIDTH = 360, 640

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -154,7 +155,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp))
         ctx = rclpy.Context()
-        rclpy.init(context=ctx, domain_id=77)
+        rclpy.init(context=ctx, domain_id=int(os.environ.get("ROS_DOMAIN_ID", "77")))
         params = [Parameter("regression_checkpoint", value=ckpt), Parameter("rate_hz", value=0.0),
                   Parameter("min_interval_s", value=0.02), Parameter("slop_s", value=0.01),
                   Parameter("command_interface", value="none"), Parameter("input_timeout_s", value=0.0),

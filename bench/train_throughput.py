@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vla_training.episodes import EpisodeWriter
+from vla_training.data.episodes import EpisodeWriter
 
 SEED_HEADS = ["-o", "hidden_dim=1024", "-o", "expert.layers=4", "-o", "expert.heads=8", "-o", "expert.feedforward=4096",
               "-o", "sensor.window=650", "-o", "sensor.conv_channels=[512,1024,1024,1024]",

@@ -2,7 +2,7 @@
 
     ros2 launch vla_policy_ros sim_demo.launch.py checkpoint:=/path/run/best episodes:=20 placement_seed:=1
 
-Both nodes get their parameters from vla_training.ros_demo.demo_parameters (the same as
+Both nodes get their parameters from vla_training.demos.ros_demo.demo_parameters (the same as
 `vla ros-demo`): one simulated clock on /clock, the policy node with use_sim_time, lockstep stepping.
 The launch ends when the simulated robot has run its episodes (its summary is printed).
 """
@@ -23,7 +23,7 @@ ARGS = {"checkpoint": ("", "checkpoint directory (a run's best/)"), "episodes": 
 
 
 def _nodes(context):
-    from vla_training.ros_demo import demo_parameters
+    from vla_training.demos.ros_demo import demo_parameters
 
     def arg(name):
         return LaunchConfiguration(name).perform(context)

@@ -12,14 +12,22 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.time import Time
 
-_domains = itertools.count(100 + os.getpid() % 50)
+_domains = itertools.count()
+
+
+def next_domain_id() -> int:
+    """A ROS domain id no other test of this run uses at the same time: each pytest-xdist worker draws from a
+    range of its own (gw0: 20-59, gw1: 60-99, ...; one process without xdist: 20-59), so parallel tests never
+    discover each other's nodes."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return 20 + 40 * (worker % 5) + next(_domains) % 40
 
 
 class RosHarness:
     """A private context (own domain id) with a background executor; add nodes, wait for conditions."""
 
     def __init__(self) -> None:
-        self.domain_id = next(_domains) % 200 + 20
+        self.domain_id = next_domain_id()
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
         self.executor = MultiThreadedExecutor(context=self.context)

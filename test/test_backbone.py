@@ -8,7 +8,7 @@ from vla_models.constants import BACKBONE_INPUTS
 
 from vla_models.backbones import offline_qwen2_tokenizer
 from vla_models.testing import fake_batch, fake_observation
-from vla_training.samples import BackboneCollate
+from vla_training.data.samples import BackboneCollate
 
 
 def test_offline_tokenizer_matches_qwen_ids():

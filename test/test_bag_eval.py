@@ -15,9 +15,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from vla_policy_ros.bag_recorder import BagRecorder  # noqa: E402
 from vla_policy_ros.bag_replay import BagReplay  # noqa: E402
-from vla_training.bag_eval import bag_eval  # noqa: E402
-from vla_training.episodes import DatasetError  # noqa: E402
-from vla_training.import_bag import typestore  # noqa: E402
+from vla_training.evaluation.bag_eval import bag_eval  # noqa: E402
+from vla_training.data.episodes import DatasetError  # noqa: E402
+from vla_training.data.import_bag import typestore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ROOT / "config" / "bag_topics.yaml"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vla_training.bench import format_table, run_bench
+from vla_training.evaluation.bench import format_table, run_bench
 
 
 def test_bench_gives_every_figure_on_cpu():

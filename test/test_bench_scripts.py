@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from ros_helpers import next_domain_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, args: list[str], tmp_path: Path) -> dict:
     out = tmp_path / f"{Path(script).stem}.json"
-    env = dict(os.environ, ROS_DOMAIN_ID=str(60 + os.getpid() % 40), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(next_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--json", str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -60,10 +61,11 @@ def test_train_throughput_gpu_runs_are_valid_configs_for_their_data(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     from train_throughput import runs, write_dataset
 
-    from vla_training.cli import build_parser, train_overrides
-    from vla_training.episodes import list_episodes
-    from vla_training.samples import check_episode
-    from vla_training.train import load_train_config
+    from vla_training.cli import build_parser
+    from vla_training.training.commands import train_overrides
+    from vla_training.data.episodes import list_episodes
+    from vla_training.data.samples import check_episode
+    from vla_training.training.config import load_train_config
 
     gpu_runs = runs("3b")
     assert len(gpu_runs) == 4

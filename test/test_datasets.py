@@ -11,9 +11,9 @@ import pytest
 from vla_models import preset
 from vla_models.constants import ACTION, ACTION_IS_PAD, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE
 from vla_training.cli import main as vla
-from vla_training.episodes import DatasetError, EpisodeData, list_episodes, write_episode
-from vla_training.import_seed import import_seed
-from vla_training.samples import ChunkDataset, collate, split_episodes
+from vla_training.data.episodes import DatasetError, EpisodeData, list_episodes, write_episode
+from vla_training.data.import_seed import import_seed
+from vla_training.data.samples import ChunkDataset, collate, split_episodes
 from seed_recordings import episode_session, legacy_session
 
 
@@ -39,7 +39,7 @@ def test_write_and_read_round_trip(tmp_path):
 
 
 def test_interrupted_write_leaves_nothing_that_loads(tmp_path, monkeypatch):
-    import vla_training.episodes as episodes
+    import vla_training.data.episodes as episodes
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt

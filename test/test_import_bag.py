@@ -7,8 +7,8 @@ import pytest
 import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from vla_training.episodes import DatasetError, list_episodes
-from vla_training.import_bag import import_bags, typestore
+from vla_training.data.episodes import DatasetError, list_episodes
+from vla_training.data.import_bag import import_bags, typestore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def _camera_topics(path: Path, **extra) -> Path:
 def test_every_camera_encoding_imports_as_the_node_converts_it(tmp_path):
     from rosbags.highlevel import AnyReader
 
-    from vla_training.messages import image_to_rgb
+    from vla_training.data.messages import image_to_rgb
 
     expected = _camera_bag(tmp_path / "bag")
     (path,) = import_bags([str(tmp_path / "bag")], _camera_topics(tmp_path / "topics.yaml"), tmp_path / "out",

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from vla_training.lanes import Job, LaneError, _Progress, run_lanes
+from vla_training.demos.lanes import Job, LaneError, _Progress, run_lanes
 
 
 def _job(name, code, **kwargs):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rclpy.parameter import Parameter
-from ros_helpers import publish_inputs, start_policy_node
+from ros_helpers import next_domain_id, publish_inputs, start_policy_node
 
 from geometry_msgs.msg import WrenchStamped  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
@@ -131,7 +131,7 @@ def test_dry_run_publishes_no_command(ros, checkpoints):
 
 
 def test_node_as_a_process_with_the_shipped_params_file(tmp_path, checkpoints):
-    env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 50), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+    env = dict(os.environ, ROS_DOMAIN_ID=str(next_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                PYTHONUNBUFFERED="1")
     exe = Path(sys.executable).parent / "policy_node"
     cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config" / "policy.yaml"), "-p", "policy_type:=diffusion",

@@ -14,7 +14,7 @@ from ros_helpers import start_policy_node, stamp
 from seed_recordings import episode_session, legacy_session
 
 from vla_models import load_policy
-from vla_training.episodes import list_episodes
+from vla_training.data.episodes import list_episodes
 
 VIEWS = ["View1", "View2", "View5"]
 SEED_SHAPED = ["-o", f"views=[{','.join(VIEWS)}]", "-o", "sensor.channels=1026", "-o", "state.dim=12",

@@ -12,11 +12,11 @@ from ros_helpers import RosHarness
 
 from vla_policy_ros.bag_recorder import BagRecorder  # noqa: E402
 from vla_policy_ros.msg import ActionChunk  # noqa: E402
-from vla_training.ros_demo import run_ros_demo  # noqa: E402
+from vla_training.demos.ros_demo import run_ros_demo  # noqa: E402
 from vla_policy_ros.sim_robot_node import PAD_SAMPLES, SimRobotNode  # noqa: E402
-from vla_training.episodes import list_episodes  # noqa: E402
-from vla_training.evaluate import closed_loop  # noqa: E402
-from vla_training.import_bag import import_bags  # noqa: E402
+from vla_training.data.episodes import list_episodes  # noqa: E402
+from vla_training.evaluation.evaluate import closed_loop  # noqa: E402
+from vla_training.data.import_bag import import_bags  # noqa: E402
 
 
 @pytest.mark.parametrize("expert", ["regression", "diffusion", "flow"])

@@ -15,8 +15,8 @@ import torch
 
 from vla_models import load_policy
 from vla_training.cli import main as vla
-from vla_training.episodes import list_episodes
-from vla_training.samples import ChunkDataset
+from vla_training.data.episodes import list_episodes
+from vla_training.data.samples import ChunkDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU, TINY = str(ROOT / "config" / "train_cpu.yaml"), str(ROOT / "config" / "train_tiny.yaml")
@@ -129,7 +129,7 @@ def test_ema_holds_exactly_the_trainable_parameters_and_averages_like_averaged_m
     from conftest import make_policy
     from torch.optim.swa_utils import AveragedModel
 
-    from vla_training.ema import TrainableEMA
+    from vla_training.training.ema import TrainableEMA
 
     policy = make_policy("tiny", "diffusion")
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
@@ -166,7 +166,7 @@ def test_epoch_order_gives_every_rank_whole_steps_of_equal_size(world, samples, 
     together covering the epoch's permutation (padded by wrapping); no rank waits in an all-reduce."""
     from types import SimpleNamespace
 
-    from vla_training.train import Trainer
+    from vla_training.training.train import Trainer
 
     per_rank = []
     for rank in range(world):
@@ -182,7 +182,7 @@ def test_epoch_order_gives_every_rank_whole_steps_of_equal_size(world, samples, 
 def test_weight_decay_skips_norms_biases_and_embeddings():
     from conftest import make_policy
 
-    from vla_training.train import param_groups
+    from vla_training.training.train import param_groups
 
     policy = make_policy("tiny", "diffusion")
     groups = param_groups(policy, 1e-3, 0.01)
@@ -202,7 +202,7 @@ def test_feature_cache_keeps_what_the_fusion_needs_and_a_second_epoch_hits(tmp_p
 
     from vla_models.constants import OBS_IMAGES
     from vla_models.testing import fake_batch
-    from vla_training.feature_cache import FeatureCache
+    from vla_training.training.feature_cache import FeatureCache
 
     policy = make_policy("tiny", "regression", fusion=fusion)
     cache = FeatureCache(tmp_path / "cache", policy)
@@ -241,7 +241,7 @@ def test_cache_build_in_shards_then_training_only_hits(tmp_path, sim_data):
 
 def _state_only_dataset(root: Path, steps: int) -> str:
     """One episode of `steps` samples of a 3-d state and 2-d actions (no sensor: no BatchNorm between ranks)."""
-    from vla_training.episodes import EpisodeData, write_episode
+    from vla_training.data.episodes import EpisodeData, write_episode
 
     rng = np.random.default_rng(0)
     t = np.arange(steps) * 0.1

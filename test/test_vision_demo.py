@@ -13,10 +13,10 @@ import yaml
 from vla_models import ConfigError, PolicyConfig, load_policy
 from vla_models.constants import OBS_STATE
 from vla_training.cli import main as vla
-from vla_training.evaluate import _sim_observation, sim_state_columns
-from vla_training.probe import RidgeProbe, score
-from vla_training.sim import STATE_NAMES, SimEnv
-from vla_training.vision_demo import VARIANTS
+from vla_training.evaluation.evaluate import _sim_observation, sim_state_columns
+from vla_training.demos.probe import RidgeProbe, score
+from vla_training.data.sim import STATE_NAMES, SimEnv
+from vla_training.demos.vision_demo import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,8 +96,9 @@ def test_bad_snapshot_steps_or_backbone_lr_are_named(tmp_path, item, message, ca
 def test_the_probe_baseline_is_the_backbone_training_started_from(tmp_path):
     import torch
 
-    from vla_training.train import Trainer, load_train_config
-    from vla_training.vision_demo import initial_policy
+    from vla_training.training.config import load_train_config
+    from vla_training.training.train import Trainer
+    from vla_training.demos.vision_demo import initial_policy
 
     data = tmp_path / "data"
     assert vla(["data", "sim", "--out", str(data), "--episodes", "1", "--image-size", "56", "--no-progress"]) == 0

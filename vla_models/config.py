@@ -19,6 +19,8 @@ import yaml
 from .errors import ConfigError
 
 BACKBONE_TYPES = ("qwen_vl", "none")
+# the action experts by name; vla_models.experts.EXPERTS maps each to its class (and checks it has them all)
+EXPERT_TYPES = ("regression", "diffusion", "flow")
 QWEN_VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 BACKBONE_SIZES = ("tiny", "3b")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -188,9 +190,7 @@ class ExpertConfig:
     flow_steps: int = 10
 
     def validate(self, path: str) -> None:
-        from .experts import EXPERTS  # the registry (its modules import this one)
-
-        _choice(f"{path}.type", self.type, tuple(EXPERTS))
+        _choice(f"{path}.type", self.type, EXPERT_TYPES)
         _positive(f"{path}.layers", self.layers)
         _positive(f"{path}.heads", self.heads)
         _positive(f"{path}.feedforward", self.feedforward)

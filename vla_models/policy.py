@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .backbones import build_backbone
+from .checkpoint_files import save_policy
 from .config import PolicyConfig
 from .constants import (ACTION, ACTION_IS_PAD, BACKBONE_INPUTS, OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR,
                         OBS_SENSOR_MASK, OBS_STATE, SAMPLE_WEIGHT, VL_FEATURES)
@@ -231,8 +232,6 @@ class VLAPolicy(nn.Module):
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path, extra=None) -> Path:
         """Write a checkpoint directory (config.json + model.safetensors [+ backbone files]) atomically."""
-        from .checkpoint import save_policy
-
         return save_policy(self, path, extra)
 
 

@@ -23,7 +23,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from vla_training.import_bag import typestore
+from vla_training.data.import_bag import typestore
 
 
 def message_class(msgtype: str):

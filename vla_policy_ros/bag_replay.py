@@ -25,7 +25,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 
-from vla_training.import_bag import typestore
+from vla_training.data.import_bag import typestore
 
 from .bag_recorder import BagRecorder, message_class
 

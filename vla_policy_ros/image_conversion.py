@@ -1,12 +1,12 @@
 """Images for ROS messages: `rgb_to_image_msg` builds a sensor_msgs/Image; decoding lives in
-vla_training.messages (`image_to_rgb`), shared with the importers."""
+vla_training.data.messages (`image_to_rgb`), shared with the importers."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from vla_training.messages import ENCODINGS, ImageConversionError, image_to_rgb  # noqa: F401 - re-exported
+from vla_training.data.messages import ENCODINGS, ImageConversionError, image_to_rgb  # noqa: F401 - re-exported
 
 
 def rgb_to_image_msg(rgb: np.ndarray, stamp, frame_id: str = "", encoding: str = "rgb8"):

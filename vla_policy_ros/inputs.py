@@ -16,7 +16,7 @@ import numpy as np
 
 from vla_models.config import column_indices
 from vla_models.runtime import STATE_KEY, ApproximateSynchronizer, SensorRingBuffer, StateHistory
-from vla_training.messages import ImageConversionError, InputError, decode_sensor, image_to_rgb, stamp_seconds
+from vla_training.data.messages import ImageConversionError, InputError, decode_sensor, image_to_rgb, stamp_seconds
 
 from .command_interfaces import RobotState
 from .safety import StampGuard, Watchdog

@@ -45,7 +45,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from vla_models.runtime import ChunkExecutor
-from vla_training.sim import STATE_NAMES, SimEnv, ViaPointExpert
+from vla_training.data.sim import STATE_NAMES, SimEnv, ViaPointExpert
 
 from .image_conversion import rgb_to_image_msg
 from .msg import ActionChunk, SensorPacket

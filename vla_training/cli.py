@@ -1,12 +1,13 @@
-"""The `vla` command line. Each subcommand has --help; errors are printed as one clear line (exit 2)."""
+"""The `vla` command line: the parser, and one function per subcommand in the layer that does the work.
+
+Each subcommand has --help; errors are printed as one clear line (exit 2). The functions live in
+data/commands.py, training/commands.py, evaluation/commands.py and demos/commands.py.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
 import yaml
 
@@ -14,8 +15,11 @@ from vla_models import CheckpointError, ConfigError, ObservationError, PolicyCon
 from vla_models.experts import EXPERTS
 from vla_models.presets import PRESETS
 
-from .episodes import DatasetError
-from .files import write_json_atomic
+from .data import commands as data_commands
+from .data.episodes import DatasetError
+from .demos import commands as demos
+from .evaluation import commands as evaluation
+from .training import commands as training
 
 
 def _resolve_config(spec: str) -> PolicyConfig:
@@ -26,253 +30,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     """Print a preset or config file, validated and with every default filled in, as YAML."""
     config = _resolve_config(args.config)
     print(yaml.safe_dump({"policy": config.to_dict()}, sort_keys=False), end="")
-    return 0
-
-
-def cmd_smoke_demo(args: argparse.Namespace) -> int:
-    from .smoke_demo import run_smoke_demo
-
-    return run_smoke_demo(Path(args.out), quick=args.quick)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    if not args.vision and (args.set or args.placement_seeds is not None or args.image_size is not None):
-        raise ConfigError("--placement-seeds, --image-size and -o apply to --vision only")
-    if args.vision:
-        from .vision_demo import TASK, run_vision_demo
-
-        if args.task != TASK:
-            raise ConfigError(f"--vision: the experiment is defined for {TASK} (its probe reads the peg and the hole); "
-                              f"got --task {args.task}")
-        if args.minutes <= 0:
-            raise ConfigError(f"--minutes: expected a training budget > 0, got {args.minutes}")
-        run_vision_demo(args.out or "runs/vision", args.data or "data/vision", minutes=args.minutes, quick=args.quick,
-                        placement_seeds=args.placement_seeds, overrides=args.set,
-                        **({} if args.image_size is None else {"image_size": args.image_size}))
-        return 0
-    from .demo import run_demo
-
-    run_demo(args.out or "runs/demo", args.data or "data/demo", quick=args.quick, task=args.task)
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import closed_loop, diversity, load_for_eval, offline_path_error, sampling_options, stage_latency
-
-    if args.expert_dtype != "float32" and not args.sim:
-        raise ConfigError(f"--expert-dtype {args.expert_dtype}: applies to the closed loop only; expected --sim TASK")
-    policy = load_for_eval(args.checkpoint, args.device, args.backbone)
-    result: dict = {"checkpoint": str(args.checkpoint), "expert": policy.config.expert.type}
-    if args.sim:
-        engine = policy
-        if args.expert_dtype != "float32":  # the expert's weights in bfloat16 (as the GPU runner can run it)
-            import torch
-
-            from vla_models.static_runner import StaticRunner
-
-            engine = StaticRunner(policy, expert_dtype=getattr(torch, args.expert_dtype))
-            result["expert_dtype"] = args.expert_dtype
-        label = policy.expert.sampling(**sampling_options(policy, args.sampler, args.steps)).label
-        result["closed_loop"] = {label: closed_loop(
-            engine, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
-            sampler=args.sampler, steps=args.steps, sample_seed=args.sample_seed,
-            save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
-            progress=not args.no_progress, episode_log=args.episode_log, image_size=args.image_size)}
-        cl = result["closed_loop"][label]
-        print(f"closed loop {label}: {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
-              f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
-              f"mean length {cl['length']['mean']:.0f}")
-    if args.dataset:
-        result["offline"] = offline_path_error(policy, args.dataset, sampler=args.sampler, steps=args.steps)
-        o = result["offline"]["overall_mm"]
-        print(f"offline path error: mean {o['mean']:.2f} mm, median {o['median']:.2f}, p95 {o['p95']:.2f} "
-              f"({result['offline']['samples']} samples)")
-        if args.latency:
-            result["latency"] = stage_latency({policy.config.expert.type: policy}, args.dataset)
-            for label, stages in result["latency"].items():
-                print(f"latency {label}: " + ", ".join(f"{k} {v['median']:.2f}" for k, v in stages.items()))
-    if args.diversity:
-        result["diversity"] = diversity(policy, args.diversity, k=args.samples)
-        print("diversity: " + json.dumps({k: v for k, v in result["diversity"].items() if k != "dataset"}))
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import write_report
-
-    evals = []
-    for run in args.runs:
-        path = Path(run) / "eval.json" if Path(run).is_dir() else Path(run)
-        if not path.exists():
-            raise ConfigError(f"{path}: no evaluation; run `vla eval --checkpoint {run} ... --json {path}` first")
-        data = json.loads(path.read_text())
-        data.setdefault("name", Path(run).name if Path(run).is_dir() else path.stem)
-        evals.append(data)
-    report = write_report(evals, args.out, {"runs": ", ".join(args.runs)})
-    print(f"report: {report}")
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench
-
-    size = _parse_size(args.image_size)
-    result = run_bench(args.spec, device=args.device, runners=args.runners.split(",") if args.runners else None,
-                       image_size=size, repeats=args.repeats, warmup=args.warmup,
-                       variants=args.variants.split(",") if args.variants else None,
-                       on_update=(lambda partial: write_json_atomic(args.json, partial)) if args.json else None,
-                       overrides=_parse_overrides(args.override))
-    print(format_table(result))
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _parse_overrides(items: list[str] | None) -> dict:
-    """['expert.layers=4', 'hidden_dim=1024'] -> {'expert.layers': 4, 'hidden_dim': 1024} (values parsed as YAML)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--override: expected KEY=VALUE such as expert.layers=4, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    """'640x360' (W x H) -> (H, W)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--image-size: expected WIDTHxHEIGHT such as 640x360, got {text!r}") from None
-    if w < 28 or h < 28:
-        raise ConfigError(f"--image-size: expected at least 28x28, got {text!r}")
-    return h, w
-
-
-def cmd_ros_demo(args: argparse.Namespace) -> int:
-    from .ros_demo import run_ros_demo
-
-    from .evaluate import resolve_checkpoint, wilson_interval
-
-    summary = run_ros_demo(resolve_checkpoint(args.checkpoint), episodes=args.episodes, placement_seed=args.seed,
-                           execute_steps=args.execute, task=args.task, max_steps=args.max_steps, sampler=args.sampler,
-                           steps=args.steps, log_dir=args.logs, command_interface=args.command_interface)
-    lo, hi = wilson_interval(summary["successes"], summary["episodes"])
-    summary["success_ci95"] = [lo, hi]
-    print(f"through ROS 2: {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "
-          f"(95 % CI {100 * lo:.0f}-{100 * hi:.0f} %) on {summary['task']} placements of seed {summary['placement_seed']}")
-    if args.json:
-        write_json_atomic(args.json, summary)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def cmd_bag_eval(args: argparse.Namespace) -> int:
-    from .bag_eval import bag_eval
-
-    if not args.checkpoint and not args.chunks_topic:
-        raise ConfigError("bag-eval: expected --checkpoint RUN (offline) or --chunks-topic TOPIC (a replay's outputs)")
-    result = bag_eval(args.bag, args.checkpoint, args.topics, chunks_topic=args.chunks_topic,
-                      mm_per_unit=args.mm_per_unit, max_frames=args.max_frames, sampler=args.sampler,
-                      steps=args.steps, plot=args.plot, progress=not args.no_progress, device=args.device,
-                      backbone=args.backbone)
-    err, total = result["path_error_mm"], result["latency_ms"].get("total_ms", {})
-    print(f"{result['source']}: {result['evaluated']}/{result['anchors']} anchors; path error mean "
-          f"{err['mean']:.2f} mm, median {err['median']:.2f}, p95 {err['p95']:.2f}; latency median "
-          f"{total.get('median') or 0:.1f} ms" + (f"; plot {result['plot']}" if "plot" in result else ""))
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def cmd_data_sim(args: argparse.Namespace) -> int:
-    from .sim import generate_demos
-
-    views = tuple(v for v in args.views.split(",") if v)
-    summary = generate_demos(args.out, args.task, args.episodes, args.seed, views, args.image_size, args.modes,
-                             progress=not args.no_progress)
-    print(f"wrote {summary['kept']} successful episodes of {summary['attempted']} attempts to {args.out} "
-          f"(modes: {summary['modes']})")
-    return 0 if summary["kept"] == args.episodes else 1
-
-
-def cmd_data_info(args: argparse.Namespace) -> int:
-    from .dataset_info import dataset_info, format_info
-
-    config = None
-    if args.config or args.set:
-        from .train import load_train_config
-
-        _, config = load_train_config({"config": args.config or "cpu", "set": list(args.set)})
-    info = dataset_info(args.dataset, check=args.check, config=config)
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
-
-
-def cmd_data_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_paths
-
-    print(f"wrote {plot_paths(args.dataset, args.out)}")
-    return 0
-
-
-def cmd_data_import_seed(args: argparse.Namespace) -> int:
-    from .import_seed import import_seed
-
-    written = import_seed(args.src, args.out, progress=not args.no_progress)
-    print(f"wrote {len(written)} episode(s) to {args.out}")
-    return 0
-
-
-def cmd_data_import_bag(args: argparse.Namespace) -> int:
-    from .import_bag import import_bags
-
-    written = import_bags(args.bags, args.topics, args.out, progress=not args.no_progress)
-    print(f"wrote {len(written)} episode(s) to {args.out}")
-    return 0
-
-
-def cmd_cache_build(args: argparse.Namespace) -> int:
-    from .feature_cache import build_cache
-
-    index, _, count = args.shard.partition("/")
-    try:
-        shard = (int(index), int(count or 1))
-    except ValueError:
-        raise ConfigError(f"--shard: expected I/N such as 0/4, got {args.shard!r}") from None
-    result = build_cache({"config": args.config, "dataset": args.dataset, "feature_cache": args.cache,
-                          "feature_cache_gb": args.cache_gb, "set": args.set, "device": args.device}, shard,
-                         args.batch_size, progress=not args.no_progress)
-    print(f"cache {args.cache}: {result['samples']} samples of shard {args.shard}: {result['hits']} already cached, "
-          f"{result['misses']} computed; {result['entries']} entries, {result['bytes'] / 2**20:.1f} MB")
-    return 0
-
-
-def train_overrides(args: argparse.Namespace) -> dict:
-    """`vla train`'s arguments -> the overrides `load_train_config` reads."""
-    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "data_command", "no_progress")}
-    overrides["progress"] = not args.no_progress
-    overrides["resume"] = args.resume or None
-    overrides["wandb"] = args.wandb or None
-    overrides["tensorboard"] = args.tensorboard or None
-    pretrained = overrides.pop("pretrained", None)
-    if pretrained:
-        overrides["set"] = [*overrides.get("set", []), f"backbone.pretrained={pretrained}"]
-    return overrides
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
-
-    progress = train(train_overrides(args))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {progress['step']} steps; checkpoints in {args.out}/last and {args.out}/best")
     return 0
 
 
@@ -307,12 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "28 (default 112)")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="--vision: config overrides for both policies' training, e.g. backbone.size=3b (a GPU)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=demos.cmd_demo)
 
     p = sub.add_parser("smoke-demo", help="model smoke test: every expert on the tiny Qwen-VL backbone")
     p.add_argument("--out", default="runs/smoke_demo", help="where the checkpoints go (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
-    p.set_defaults(func=cmd_smoke_demo)
+    p.set_defaults(func=demos.cmd_smoke_demo)
 
     p = sub.add_parser("eval", help="closed-loop success, offline path error, latency, diversity")
     p.add_argument("--checkpoint", required=True, help="a run directory (uses best/) or a checkpoint")
@@ -337,12 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="the backbone weights' directory on this machine (if not the trained-with path)")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=evaluation.cmd_eval)
 
     p = sub.add_parser("compare", help="gather eval.json of several runs into DIR/report.md with plots")
     p.add_argument("runs", nargs="+", help="run directories holding eval.json (or eval JSON files)")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=evaluation.cmd_compare)
 
     p = sub.add_parser("bench", help="per-stage inference latency of every expert on one backbone (docs/performance.md)")
     p.add_argument("spec", nargs="?", default="tiny",
@@ -358,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", help="write every figure to this JSON file")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=evaluation.cmd_bench)
 
     p = sub.add_parser("cache", help="stage-1 feature cache: `vla cache build` fills it before training")
     csub = p.add_subparsers(dest="cache_command", required=True)
@@ -372,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_cache_build)
+    p.set_defaults(func=training.cmd_cache_build)
 
     p = sub.add_parser("ros-demo", help="closed loop through ROS 2: sim_robot_node + policy_node as processes")
     p.add_argument("--checkpoint", required=True, help="run directory (uses best/) or checkpoint directory")
@@ -387,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "armed node commands the sim as MoveIt Servo / a cartesian controller")
     p.add_argument("--logs", help="directory for the two nodes' logs")
     p.add_argument("--json", help="write the summary to this file")
-    p.set_defaults(func=cmd_ros_demo)
+    p.set_defaults(func=demos.cmd_ros_demo)
 
     p = sub.add_parser("bag-eval", help="path error and latency of a policy on a rosbag2 (offline or a replay's outputs)")
     p.add_argument("bag", help="rosbag2 directory (sqlite3 or mcap)")
@@ -404,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="the backbone weights' directory on this machine (if not the trained-with path)")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_bag_eval)
+    p.set_defaults(func=evaluation.cmd_bag_eval)
 
     data = sub.add_parser("data", help="create, import and inspect datasets (docs/dataset.md)")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -417,29 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--modes", type=int, default=1, help="2 = bimodal: a via-point left or right per episode")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_data_sim)
+    p.set_defaults(func=data_commands.cmd_data_sim)
     p = dsub.add_parser("info", help="episodes, lengths, rates, views, channels and action statistics")
     p.add_argument("dataset")
     p.add_argument("--check", action="store_true", help="read every array and validate it (slower); per-episode streams")
     p.add_argument("--config", help="a policy config (preset or YAML): say per episode what training would do with it")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as vla train")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_data_info)
+    p.set_defaults(func=training.cmd_data_info)
     p = dsub.add_parser("plot", help="top view of the episodes' end-effector paths, coloured by mode")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="PNG file")
-    p.set_defaults(func=cmd_data_plot)
+    p.set_defaults(func=data_commands.cmd_data_plot)
     p = dsub.add_parser("import-seed", help="the seed's recordings (legacy recv_all_* or episode_* dirs)")
     p.add_argument("src", help="a session/episode directory or a folder of them")
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_data_import_seed)
+    p.set_defaults(func=data_commands.cmd_data_import_seed)
     p = dsub.add_parser("import-bag", help="rosbag2 (sqlite3 or mcap) through rosbags; one episode per bag")
     p.add_argument("bags", nargs="+")
     p.add_argument("--topics", default="config/bag_topics.yaml", help="topic -> stream mapping (default: %(default)s)")
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_data_import_bag)
+    p.set_defaults(func=data_commands.cmd_data_import_bag)
 
     p = sub.add_parser("train", help="train an action expert (torchrun for several processes)")
     p.add_argument("--expert", choices=list(EXPERTS))
@@ -477,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true")
     p.add_argument("--tensorboard", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=training.cmd_train)
     return parser
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from vla_models.config import column_indices
 from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION
 
-from .episodes import DatasetError
+from ..data.episodes import DatasetError
 
 # sim.STATE_NAMES: the manipulated object's position and the goal (the hole), metres
 TARGETS = {"peg": ["obj_0", "obj_1", "obj_2"], "hole": ["goal_x", "goal_y", "goal_z"]}

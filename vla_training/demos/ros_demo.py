@@ -29,7 +29,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
     command_interface: `chunk` (the sim executes the ActionChunks; the node stays in dry run), or
     `servo_twist` / `pose_target`: the node is armed and commands the sim as it would a Cartesian
     controller (MoveIt Servo / a cartesian controller), one command per simulated control period."""
-    from .sim import task_instruction
+    from ..data.sim import task_instruction
 
     checkpoint = Path(checkpoint)
     config = PolicyConfig.from_file(checkpoint / "config.json")
@@ -41,7 +41,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
               "sensor_topic": "sensor", "sensor_type": "packet", "max_sensor_lag_s": 0.0, "slop_s": 0.001,
               "instruction": task_instruction(task), "seed": seed}
     if command_interface != "chunk":
-        from .sim import SimEnv
+        from ..data.sim import SimEnv
 
         env = SimEnv(task, seed=placement_seed, views=(), render=False)
         dt, scale = env.control_dt, float(env.env.action_scale)

@@ -23,9 +23,9 @@ from tqdm import tqdm
 from vla_models.runtime import (STATE_KEY, WAITING_FOR_SENSOR, ApproximateSynchronizer, SensorRingBuffer, StateHistory,
                                 assemble)
 
-from .episodes import DatasetError
+from ..data.episodes import DatasetError
 from .evaluate import summarise
-from .import_bag import load_recording, load_topic_map
+from ..data.import_bag import load_recording, load_topic_map
 
 
 class _Frames:
@@ -96,7 +96,7 @@ def _live_chunks(bag: str | Path, topic: str) -> list[tuple[float, np.ndarray, d
     """(stamp, chunk (H, A), stage latencies) of the ActionChunk messages recorded on `topic`."""
     from rosbags.highlevel import AnyReader
 
-    from .import_bag import typestore
+    from ..data.import_bag import typestore
 
     out = []
     with AnyReader([Path(bag)], default_typestore=typestore()) as reader:

@@ -19,7 +19,7 @@ Times are header stamps, never receive times (a Float32MultiArray, which has non
 receive time). Samples are anchored on the frames of the first view; `ee_pose_delta` actions are the
 pose differences between consecutive anchors (translation, and roll/pitch/yaw in degrees, wrapped);
 `command` actions are the latest command at each anchor. Messages are decoded by the same functions
-as the live node (`vla_training.messages`). The bag is streamed: each frame and sensor packet goes to
+as the live node (`vla_training.data.messages`). The bag is streamed: each frame and sensor packet goes to
 disk as it is read (compressed frames as recorded, decoded when a sample needs them), so memory
 stays bounded whatever the bag's size.
 """
@@ -39,7 +39,7 @@ from .messages import ImageConversionError, InputError, decode_sensor, image_to_
 
 def _msg_dir() -> Path | None:
     """msg/ of the source tree, or of the installed ROS package share directory."""
-    source = Path(__file__).resolve().parents[1] / "msg"
+    source = Path(__file__).resolve().parents[2] / "msg"
     if source.is_dir():
         return source
     try:

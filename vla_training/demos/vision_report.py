@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import STAGES, _fmt, _pct, _save, plt
+from ..evaluation.report import STAGES, _fmt, _pct, _save, plt
 
 LABELS = {"blind": "A blind", "sees": "B sees"}
 

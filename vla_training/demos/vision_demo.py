@@ -33,15 +33,15 @@ from vla_models import ConfigError, build_policy
 from vla_models.config import column_indices
 
 from .demo import pooled_closed_loop, vla_argv
-from .episodes import list_episodes
-from .evaluate import load_for_eval, stage_latency
-from .files import write_json_atomic
+from ..data.episodes import list_episodes
+from ..evaluation.evaluate import load_for_eval, stage_latency
+from ..files import write_json_atomic
 from .lanes import Job, run_lanes, threads_per_lane
 from .probe import TARGET_COLUMNS, RidgeProbe, episode_frames, image_features, score
-from .sim import STATE_NAMES, SimEnv, task_instruction
+from ..data.sim import STATE_NAMES, SimEnv, task_instruction
 
 TASK = "peg-insert-side-v3"
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 VARIANTS = {"blind": CONFIG_DIR / "vision_blind.yaml", "sees": CONFIG_DIR / "vision_sees.yaml"}
 VIEWS, IMAGE_SIZE, EXPERT, HELDOUT_SEED = ("corner", "gripperPOV"), 112, "diffusion", 1
 PATCH = 28  # the tiny Qwen2.5-VL's 14-px patches merged 2 x 2: the rendered size is a multiple of this

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .episodes import list_episodes
-from .evaluate import SIM_MM_PER_UNIT, load_for_eval, stage_latency, wilson_interval
+from ..data.episodes import list_episodes
+from ..evaluation.evaluate import SIM_MM_PER_UNIT, load_for_eval, stage_latency, wilson_interval
 from .lanes import Job, run_lanes, threads_per_lane
-from .report import targets, write_report
-from .samples import ChunkDataset, collate
+from ..evaluation.report import targets, write_report
+from ..data.samples import ChunkDataset, collate
 
 TASK = "peg-insert-side-v3"  # the default; the bimodal set (two detours) is defined for this task only
-CONFIG = str(Path(__file__).resolve().parents[1] / "config" / "train_cpu.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "config" / "train_cpu.yaml")
 BUDGETS = {
     "full": {"demos": 40, "bimodal_demos": 20, "heldout_demos": 10, "diffusion_steps": 6000, "flow_steps": 6000,
              "regression_steps": 2000, "bimodal_steps": 600, "bimodal_diffusion_steps": 2000, "bimodal_flow_steps": 2000,

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from vla_models import ConfigError, load_policy
 from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SENSOR_MASK, OBS_STATE
 
-from .episodes import list_episodes
-from .samples import ChunkDataset, collate
-from .sim import task_instruction
+from ..data.episodes import list_episodes
+from ..data.samples import ChunkDataset, collate
+from ..data.sim import task_instruction
 
 # Meta-World moves the mocap by action x 1/100 m per step: 1 action unit = 10 mm of hand motion.
 SIM_MM_PER_UNIT = 10.0
@@ -70,7 +70,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
     episode_log: a file that gets one JSON line per finished episode (progress of a separate process).
     image_size: the cameras' resolution (square), as the training demonstrations were rendered.
     """
-    from .sim import SimEnv
+    from ..data.sim import SimEnv
 
     cfg = policy.config
     columns = sim_state_columns(cfg)
@@ -127,7 +127,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
 def sim_state_columns(cfg) -> list[int] | slice:
     """The simulator's state entries the policy reads: `state.columns` by name (sim.STATE_NAMES), as
     from a recording; a name the simulator does not have is a ConfigError before any episode."""
-    from .sim import STATE_NAMES
+    from ..data.sim import STATE_NAMES
 
     try:
         indices = cfg.state.column_indices(STATE_NAMES)

@@ -145,9 +145,9 @@ def build_cache(train_overrides: dict, shard: tuple[int, int] = (0, 1), batch_si
 
     from vla_models import build_policy
 
-    from .episodes import list_episodes
-    from .samples import ChunkDataset, check_episode, collate
-    from .train import load_train_config
+    from ..data.episodes import list_episodes
+    from ..data.samples import ChunkDataset, check_episode, collate
+    from .config import load_train_config
 
     train, config = load_train_config(train_overrides)
     if not train.feature_cache:

@@ -1,0 +1,116 @@
+"""Arming, faults and holds of the policy node: when commands may reach the controller, and the explicit hold.
+
+Arming goes through `~/enable` (std_srvs/SetBool) only: it refuses while the node is not active, while
+limits are missing or the operator's heartbeat is absent; the node's own `dry_run` switch is the only
+one that may turn it off (a parameter request from another process is refused in params validation).
+A fault (stale or invalid input, lost heartbeat) forbids commanding; `_hold` publishes the command
+interface's explicit hold (or cancels the FollowJointTrajectory goal) once per reason and says why.
+
+A mixin of PolicyNode: it uses the node's params, _lock, active, holding, inputs, command,
+command_executor, setpoints, trajectory_action, command_pub, command_frame and joint_bounds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rclpy.parameter import Parameter
+from std_msgs.msg import Bool
+
+from .command_interfaces import CommandError
+
+
+class ArmingMixin:
+    def armed(self) -> bool:
+        return self.active and not self.params.dry_run
+
+    def limits_missing(self) -> str:
+        """Why the node may not arm ('' = it may)."""
+        p = self.params
+        if p.command_interface == "none":
+            return ""  # chunks (and ~/action) only: nothing reaches a controller
+        if p.command_interface == "joint_trajectory":
+            return "" if self.joint_bounds is not None else \
+                "no joint limits: set robot_description (or publish /robot_description) with the commanded joints"
+        unset = [n for n in ("workspace_min", "workspace_max") if not getattr(p, n)] + \
+            (["max_speed"] if p.max_speed <= 0 else [])
+        return f"cartesian limits not set: {unset}" if unset else ""
+
+    def fault(self) -> str:
+        """The input fault that forbids commanding now ('' = none): stale inputs or a lost heartbeat."""
+        if self.inputs is None:
+            return ""
+        stale = self.inputs.watchdog.stale(self._now())
+        if stale:
+            return f"stale inputs: {', '.join(stale)}"
+        watched = [name for name in self.inputs.invalid if name in self.inputs.watchdog.inputs]
+        return self.inputs.invalid[watched[0]] if watched else self._heartbeat_fault()
+
+    def _set_dry_run(self, value: bool) -> None:
+        """The node's own change of dry_run (arming, disarming): allowed for this thread's call only, so a
+        parameter service request arriving meanwhile from another process is still refused."""
+        self._arming = threading.get_ident()
+        try:
+            self.set_parameters([Parameter("dry_run", value=value)])
+        finally:
+            self._arming = None
+
+    def _on_enable(self, request, response):
+        if not request.data:
+            self._hold("disarmed through ~/enable")
+            self._disarm()
+            response.success, response.message = True, "disarmed"
+            return response
+        refusal = ("not active (lifecycle state); activate first" if not self.active else self.limits_missing()
+                   or self._heartbeat_fault())
+        if refusal:
+            response.success, response.message = False, f"not armed: {refusal}"
+            return response
+        self._set_dry_run(False)
+        with self._lock:
+            self.holding = ""
+        response.success, response.message = True, f"armed: {self.params.command_interface}"
+        self.get_logger().warning(f"armed: commands go to {self.command_pub.topic_name}")
+        return response
+
+    def _disarm(self) -> None:
+        if not self.params.dry_run:
+            self._set_dry_run(True)
+
+    def _on_heartbeat(self, msg: Bool) -> None:
+        if msg.data:
+            self.last_heartbeat = time.monotonic()
+
+    def _heartbeat_fault(self) -> str:
+        if not self.params.heartbeat_topic:
+            return ""
+        if self.last_heartbeat is None:
+            return f"no heartbeat on {self.params.heartbeat_topic}"
+        age = time.monotonic() - self.last_heartbeat
+        return f"heartbeat lost (none for more than heartbeat_timeout_s {self.params.heartbeat_timeout_s} s)" \
+            if age > self.params.heartbeat_timeout_s else ""
+
+    def _hold(self, reason: str) -> None:
+        """The explicit hold of the command interface (once per reason), the reason in diagnostics."""
+        with self._lock:
+            if self.command_executor is not None:
+                self.command_executor.reset()
+                self.setpoints.clear()  # after a hold, targets start from the measured pose again
+            if self.holding == reason or self.command is None or self.inputs is None:
+                self.holding = reason
+                return
+            self.holding = reason
+            self.inputs.stats["holds"] += 1
+        self.get_logger().warning(f"hold: {reason}", throttle_duration_sec=2.0)
+        if self.params.dry_run and not reason.startswith("disarmed"):
+            return  # disarmed: nothing of ours is moving the arm
+        if self.trajectory_action is not None and self.trajectory_action.cancel():
+            return  # the controller holds where it is when its goal is cancelled
+        try:
+            msg = self.command.hold(self.inputs.robot_state(), self._now(), self.command_frame)
+        except CommandError as exc:
+            self.inputs.stats["holds_unsent"] += 1
+            self.get_logger().error(f"hold could not be built ({exc}); the controller keeps its last command")
+            return
+        self.command_pub.publish(msg)

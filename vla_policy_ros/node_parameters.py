@@ -1,0 +1,62 @@
+"""Live parameters of the policy node: validation before a change is accepted, and what a change does.
+
+Checked before acceptance (params.validate): types and ranges, a policy type with a loaded checkpoint,
+the sampler / steps the serving expert takes, and `dry_run` switched off only by the node's own
+arming. After a change: the typed params view is re-read; a policy switch resets inference and holds;
+`dry_run: true` holds (disarms).
+
+A mixin of PolicyNode: it uses the node's params, _lock, _arming, policies, worker, instruction and
+the executors, and the arming mixin's _hold.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rcl_interfaces.msg import SetParametersResult
+
+from . import params as P
+
+
+class ParametersMixin:
+    def snapshot(self):
+        with self._lock:
+            return self.params, self.instruction
+
+    def _validate_parameters(self, changes) -> SetParametersResult:
+        loaded = set(self.policies) or {k for k in P.EXPERT_TYPES if getattr(self.params, f"{k}_checkpoint")}
+        for change in changes:
+            if change.name == "dry_run" and self._arming == threading.get_ident():
+                continue
+            reason = P.validate(change.name, change.value, loaded, set())
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        after = {c.name: c.value for c in changes}
+        if self.policies and {"policy_type", "sampler", "ddim_steps"} & set(after):  # the expert that will serve
+            kind = after.get("policy_type", self.params.policy_type)  # says whether it takes these options
+            try:
+                self.sampling_options(kind, after.get("sampler", self.params.sampler),
+                                      after.get("ddim_steps", self.params.ddim_steps))
+            except (TypeError, ValueError) as exc:
+                return SetParametersResult(successful=False, reason=f"{kind}: {exc}")
+        return SetParametersResult(successful=True)
+
+    def sampling_options(self, kind: str, sampler: str, steps: int) -> dict:
+        """The node's sampler/steps parameters as the options the `kind` expert takes (checked by it)."""
+        return self.policies[kind].expert.options_for(sampler=sampler, steps=steps)  # raises, naming what it expected
+
+    def _apply_parameters(self, changes) -> None:
+        names = {c.name for c in changes}
+        with self._lock:
+            before, self.params = self.params, P.read(self)
+            if "instruction" in names:
+                self.instruction = self.params.instruction
+            for executor in (self.command_executor, self.action_executor):
+                if executor is not None:
+                    executor.execute_steps = self.params.execute_steps
+        if "policy_type" in names and self.params.policy_type != before.policy_type and self.worker is not None:
+            self.worker.reset()
+            self._hold(f"policy switched to {self.params.policy_type}")
+        if "dry_run" in names and self.params.dry_run and not before.dry_run:
+            self._hold("disarmed: dry_run set")
+        self.get_logger().info("parameters: " + ", ".join(f"{c.name}={c.value}" for c in changes))
