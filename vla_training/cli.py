@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--stage", type=int, choices=[1, 2])
     p.add_argument("--init", help="checkpoint to start from (e.g. stage 1's best/)")
+    p.add_argument("--init-partial", dest="init_partial", action="store_const", const=True,
+                   help="--init: skip (with a warning) the checkpoint's tensors that do not fit, instead of an error")
     p.add_argument("--feature-cache", "--feature_cache", dest="feature_cache", help="stage-1 feature cache directory")
     p.add_argument("--feature-cache-gb", dest="feature_cache_gb", type=float, help="its size cap in GB (default 20)")
     p.add_argument("--checkpoint-every", "--checkpoint_every", dest="checkpoint_every", type=int)

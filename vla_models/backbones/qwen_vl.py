@@ -33,6 +33,8 @@ VISION_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
                   "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]  # ids 151644..151656, after <|endoftext|>
+# backbone.dtype -> the weights' dtype (random or pretrained); `auto` keeps them as built or saved
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
 
 
@@ -197,13 +199,13 @@ class QwenVLBackbone(nn.Module):
         image_processor.size = {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}
         self.processor = _processor_class(config.variant)(image_processor=image_processor, tokenizer=tokenizer,
                                                           video_processor=None)
+        dtype = TORCH_DTYPES.get(config.dtype)  # None for auto: as the weights were saved
         if config.pretrained:
-            dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
             self.model = model_cls.from_pretrained(config.pretrained, dtype=dtype)
         else:
             self.model = model_cls(config_cls(**_random_architecture(config.variant, config.size)))
-            if config.dtype == "bfloat16":  # as a pretrained model loads with dtype bfloat16 (memory figures)
-                self.model.to(torch.bfloat16)
+            if dtype is not None:  # as a pretrained model loads with that dtype (memory figures)
+                self.model.to(dtype)
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.hidden_size = text_config.hidden_size
         if config.freeze:

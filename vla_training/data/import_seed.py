@@ -9,9 +9,13 @@ Two layouts, detected per directory:
   sample) and `data (N, W, 1026)`, the latest W samples every ~200 ms; `actions.npz` is usually
   absent (its collector never wrote it): actions come from the poses in both layouts.
 
-Samples are anchored on the frames of the first view, each matched to the nearest robot state
-within 10 ms (frames without a match are dropped and counted). Actions are end-effector pose
-deltas between consecutive anchors, 7-D `[dx, dy, dz, da, db, dr, gripper]` in mm and degrees
+Samples are anchored on the frames of the first view, each matched to the latest robot state
+stamped at or before it, at most 10 ms old (frames without a match are dropped and counted; no
+sample looks at a state or frame stamped after it: at the episode start an anchor frame moves to the
+first stamp of a stream that began up to 10 ms after it, an older one is dropped). Actions are
+end-effector pose deltas between consecutive anchors one frame period apart: across a gap (frames
+without a state, dropped frames) the sample before the gap is dropped and counted (`dropped_at_gaps`),
+never labelled with a delta of several periods. 7-D `[dx, dy, dz, da, db, dr, gripper]` in mm and degrees
 (angle differences wrapped into (-180, 180]: a crossing of +-180 is a small turn, not 360) with
 the seed's constant gripper = 1 kept and flagged constant (the normaliser masks it). The robot
 state (joints + pose, 100 Hz) and the sensor stream (force + A-scan, 1026 channels, 650 Hz; the
@@ -175,6 +179,29 @@ def _wrap_degrees(delta: np.ndarray) -> np.ndarray:
     return 180.0 - np.mod(180.0 - delta, 360.0)
 
 
+def _sample_times(anchor_t: np.ndarray, first_stamps: list[float], state_t: np.ndarray):
+    """The anchor frames -> (sample times, the robot-state row of each, which anchor frames are kept).
+
+    A sample at t observes every stream's latest sample stamped <= t (as training reads it), so no
+    stream may begin after t: an anchor frame before the last stream's first stamp is moved to it when
+    that is within MATCH_TOLERANCE_S (a view started a few ms late), else dropped. The pose is the robot
+    state the sample observes, the latest one <= t, and it must be at most MATCH_TOLERANCE_S old."""
+    start = max([*first_stamps, float(state_t[0])])
+    t = np.maximum(anchor_t, start)
+    rows = np.searchsorted(state_t, t + 1e-9, side="right") - 1  # the latest state <= t (samples.py's rule)
+    matched = (t - anchor_t <= MATCH_TOLERANCE_S) & (rows >= 0) & \
+        (t - state_t[np.maximum(rows, 0)] <= MATCH_TOLERANCE_S)
+    return t[matched], rows[matched], matched
+
+
+def _one_period(anchor_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For each pair of consecutive kept samples: are they one anchor-frame period apart? Across a gap
+    (frames without a robot state, or frames the camera dropped) the pose changed over several periods:
+    the sample before the gap is dropped rather than labelled with a multi-period delta."""
+    period = float(np.median(np.diff(anchor_t)))
+    return np.rint(np.diff(t) / period) == 1
+
+
 def _session_files(session: Path):
     where, layout = str(session), _layout(session)
     if layout == "legacy":
@@ -204,23 +231,24 @@ def write_session(session: Path, out: str | Path, progress: bool = True) -> Path
     state_t, state = _read_states(state_file, where)
     frames = {v: _frames(d, where) for v, d in view_dirs.items()}
     anchor_view = sorted(frames)[0]
-    anchor_t = frames[anchor_view][0]
-    nearest = np.clip(np.searchsorted(state_t, anchor_t), 1, len(state_t) - 1)
-    nearest = np.where(np.abs(state_t[nearest - 1] - anchor_t) < np.abs(state_t[nearest] - anchor_t), nearest - 1,
-                       nearest)
-    matched = np.abs(state_t[nearest] - anchor_t) <= MATCH_TOLERANCE_S
+    t, rows, matched = _sample_times(frames[anchor_view][0], [ts[0] for ts, _ in frames.values()], state_t)
     if matched.sum() < 2:
         raise DatasetError(f"{where}: field 'robot_state': only {int(matched.sum())} {anchor_view} frame(s) have a "
-                           f"robot state within {MATCH_TOLERANCE_S * 1e3:.0f} ms; need at least 2")
-    t, poses = anchor_t[matched], state[nearest[matched], 6:12]
-    deltas = np.diff(poses, axis=0)  # (N-1, 6) mm and degrees
+                           f"robot state stamped at most {MATCH_TOLERANCE_S * 1e3:.0f} ms before them; need at least 2")
+    one_period = _one_period(frames[anchor_view][0], t)
+    if not one_period.any():
+        raise DatasetError(f"{where}: field 'robot_state': no two consecutive {anchor_view} frames (one period "
+                           "apart) both have a robot state; no action can be labelled")
+    deltas = state[rows[1:], 6:12] - state[rows[:-1], 6:12]  # (N-1, 6) mm and degrees
     deltas[:, 3:] = _wrap_degrees(deltas[:, 3:])
+    deltas = deltas[one_period]  # a pose change across a gap is not one action
     actions = np.concatenate([deltas, np.ones((len(deltas), 1))], axis=1)
+    t = t[:-1][one_period]
     writer = EpisodeWriter(out, _episode_name(session))
     try:
-        validate_arrays({"actions": actions, "actions_t": t[:-1], "state": state, "state_t": state_t}, where)
+        validate_arrays({"actions": actions, "actions_t": t, "state": state, "state_t": state_t}, where)
         writer.array("actions", actions, np.float32)
-        writer.array("actions_t", t[:-1], np.float64)
+        writer.array("actions_t", t, np.float64)
         writer.array("state", state, np.float32)
         writer.array("state_t", state_t, np.float64)
         total = sum(len(files) for _, files in frames.values())
@@ -237,14 +265,15 @@ def write_session(session: Path, out: str | Path, progress: bool = True) -> Path
             channels = rows.shape[1]
         if sensor_file and not writer.count("sensor"):
             raise DatasetError(f"{where}: field 'sensor': {sensor_file.name} holds no samples")
-        rates = {"control": stream_rate(t[:-1]), "state": stream_rate(state_t),
+        rates = {"control": stream_rate(t), "state": stream_rate(state_t),
                  "sensor": stream_rate(writer.stamps("sensor")) if channels else None,
                  **{f"image/{v}": stream_rate(ts) for v, (ts, _) in frames.items()}}
         meta = {"instruction": _instruction(session), "length": len(actions), "action_names": ACTION_NAMES,
                 "state_names": STATE_COLUMNS, "rates_hz": rates,
                 "sensor_names": (["force"] + [f"aline_{i}" for i in range(channels - 1)]) if channels else [],
                 "source": f"seed/{layout}", "source_path": str(session), "anchor_view": anchor_view,
-                "unmatched_frames": int((~matched).sum()), "action_units": ACTION_UNITS, "mm_per_action_unit": 1.0,
+                "unmatched_frames": int((~matched).sum()), "dropped_at_gaps": int((~one_period).sum()),
+                "action_units": ACTION_UNITS, "mm_per_action_unit": 1.0,
                 "has_sensor": bool(channels),
                 "constant_action_dims": [n for n, c in zip(ACTION_NAMES, np.ptp(actions, axis=0) < 1e-9) if c]}
     except BaseException:

@@ -44,6 +44,9 @@ class TrainConfig:
     snapshots: list[int] = field(default_factory=list)
     stage: int = 1
     init: str | None = None  # checkpoint to start from (e.g. stage 1's best/ for stage 2)
+    # --init with tensors that do not fit (another horizon, action width...): skip them with a warning
+    # (they start from random weights) instead of stopping with an error that names them
+    init_partial: bool = False
     feature_cache: str | None = None  # directory; stage 1 with a frozen backbone only
     feature_cache_gb: float = 20.0  # the cache's size cap (least recently used entries are deleted)
     sensor_window: int | None = None  # sensor samples per window; goes into the checkpoint (sensor.window)
@@ -92,6 +95,8 @@ def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
     if isinstance(train.backbone_lr_scale, bool) or not isinstance(train.backbone_lr_scale, (int, float)) \
             or train.backbone_lr_scale < 0:
         raise ConfigError(f"backbone_lr_scale: expected a number >= 0, got {train.backbone_lr_scale!r}")
+    if not isinstance(train.init_partial, bool):
+        raise ConfigError(f"init_partial: expected true or false, got {train.init_partial!r}")
     if train.pixels not in ("processor", "device"):
         raise ConfigError(f"pixels: expected 'processor' or 'device', got {train.pixels!r}")
     return train, policy_cfg.replace(**changes) if changes else policy_cfg

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vla_models import ConfigError, PolicyConfig, build_policy, load_policy
+from vla_models.checkpoint_files import read_manifest, read_weights
 from vla_models.constants import OBS_SENSOR_MASK, SAMPLE_WEIGHT, VL_FEATURES
 
 from ..data.episodes import list_episodes
@@ -51,6 +52,36 @@ def lr_lambda(total: int, warmup_frac: float, hold_frac: float, min_ratio: float
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's training noise: distinct for every (seed, rank) pair."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def load_init_weights(policy, path: str | Path) -> list[str]:
+    """A checkpoint's weights (model.safetensors, hash-checked) into `policy` in place; returns the tensors
+    it skipped, each as "key: checkpoint (shape) vs model (shape)" or "key: not in this model". The
+    normaliser's statistics are not taken: training fits them to its own data. A layer that LoRA wraps in
+    this model (stage 2 from stage 1) takes the checkpoint's weights as its base layer's."""
+    path = Path(path)
+    _, tensors = read_weights(path, read_manifest(path))
+    own = policy.state_dict()
+    fits, skipped = {}, []
+    for key, value in tensors.items():
+        if key.startswith("normalizer."):
+            continue
+        module, _, name = key.rpartition(".")
+        if key not in own and f"{module}.base_layer.{name}" in own:
+            key = f"{module}.base_layer.{name}"
+        if key not in own:
+            skipped.append(f"{key}: not in this model")
+        elif own[key].shape != value.shape:
+            skipped.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            fits[key] = value
+    policy.load_state_dict(fits, strict=False)
+    return skipped
 
 
 def param_groups(policy, lr: float, weight_decay: float, backbone_scale: float = 0.1) -> list[dict]:
@@ -80,7 +111,7 @@ class Trainer:
         self.world = dist.get_world_size() if self.distributed else 1
         self.device = self._device()
         self.out = Path(train.out)
-        torch.manual_seed(train.seed)
+        torch.manual_seed(train.seed)  # the model's initial weights: the same on every rank (DDP broadcasts rank 0's)
         episodes = list_episodes(train.dataset)
         for ep in episodes:  # every episode against the config before any model loads (a 3B backbone takes minutes)
             check_episode(ep, policy_config)
@@ -96,9 +127,15 @@ class Trainer:
             self._init_from(train.init)
         fit_statistics(self.policy, self.train_eps)
         self.policy.to(self.device)
+        # from here on every rank draws its own random numbers (diffusion/flow noise and times, dropout):
+        # with one seed, N ranks would train on N copies of the same noise
+        torch.manual_seed(rank_seed(train.seed, self.rank))
         self.train_ds = ChunkDataset(self.train_eps, policy_config, train.sensor_window)
         self.val_ds = ChunkDataset(self.val_eps, policy_config, train.sensor_window) if self.val_eps else None
-        self.total_steps = train.max_steps or max(1, train.epochs * self.steps_per_epoch())
+        self.total_steps = train.max_steps or self.planned_steps(train.epochs)
+        if self.micro_batches_per_epoch() < train.grad_accum and self.rank == 0:
+            print(f"grad_accum {train.grad_accum}: each rank has {self.micro_batches_per_epoch()} micro-batch(es) of "
+                  f"{train.batch_size} per epoch; an optimiser step accumulates across epoch ends", flush=True)
         self.optimizer = torch.optim.AdamW(param_groups(self.policy, train.lr, train.weight_decay, train.backbone_lr_scale))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
@@ -125,17 +162,25 @@ class Trainer:
         return torch.device(name)
 
     def _init_from(self, path: str) -> None:
-        source = load_policy(path).state_dict()
-        own = self.policy.state_dict()
-        own.update({k: v for k, v in source.items() if k in own and own[k].shape == v.shape})
-        self.policy.load_state_dict(own)
+        """--init: the checkpoint's model.safetensors into this model (no second policy is built). Tensors
+        that do not fit (another horizon or action width, a module this model lacks) are an error naming
+        them, unless init_partial (--init-partial) lets them be skipped with a warning."""
+        skipped = load_init_weights(self.policy, path)
+        if skipped and not self.train_cfg.init_partial:
+            raise ConfigError(f"--init {path}: {len(skipped)} tensor(s) of the checkpoint do not fit this model: "
+                              f"{'; '.join(skipped)}; expected the same shapes (same horizon, action_dim, state.dim, "
+                              "sizes); pass --init-partial (train field init_partial: true) to start those from "
+                              "random weights")
+        if skipped and self.rank == 0:
+            print(f"warning: --init {path} --init-partial: {len(skipped)} tensor(s) skipped (random weights "
+                  f"instead): {'; '.join(skipped)}", flush=True)
 
     def _resume(self) -> None:
         last = self.out / "last"
         if not last.is_dir():
             raise ConfigError(f"--resume: {last} does not exist; start without --resume or point --out at the run")
         self.policy.load_state_dict(load_policy(last).state_dict())
-        self.progress = load_train_state(last, self.optimizer, self.scheduler, self.ema)
+        self.progress = load_train_state(last, self.optimizer, self.scheduler, self.ema, self.rank)
 
     # -- logging ------------------------------------------------------------------------------------
     def _loggers(self) -> list:
@@ -182,8 +227,9 @@ class Trainer:
         """This rank's micro-batches of an epoch, DistributedSampler-style: one seeded permutation per epoch,
         padded by wrapping to a multiple of the world size so every rank gets the same number of samples
         (ranks that disagree on it fall out of step in their all-reduces and hang), then cut into whole
-        optimiser steps of grad_accum micro-batches (left-over micro-batches would carry their gradients
-        into the next epoch)."""
+        optimiser steps of grad_accum micro-batches (the left-over ones are not trained this epoch). An
+        epoch with fewer micro-batches than grad_accum keeps them all: the step they start is completed
+        by the next epoch's (the accumulation is carried across the epoch end)."""
         generator = torch.Generator().manual_seed(self.train_cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train_ds), generator=generator).numpy()
         if len(order) % self.world:
@@ -191,12 +237,23 @@ class Trainer:
         order = order[self.rank::self.world]
         bs = self.train_cfg.batch_size
         batches = [order[i:i + bs] for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs)]
-        return batches[:max(1, len(batches) // self.train_cfg.grad_accum) * self.train_cfg.grad_accum]
+        return batches[:len(batches) // self.train_cfg.grad_accum * self.train_cfg.grad_accum] or batches
+
+    def micro_batches_per_epoch(self) -> int:
+        """The length of every rank's `_epoch_order`."""
+        cfg = self.train_cfg
+        micro = max(1, math.ceil(len(self.train_ds) / self.world) // cfg.batch_size)
+        return micro // cfg.grad_accum * cfg.grad_accum or micro
 
     def steps_per_epoch(self) -> int:
-        per_rank = math.ceil(len(self.train_ds) / self.world)
-        micro = max(1, per_rank // self.train_cfg.batch_size) if per_rank >= self.train_cfg.batch_size else 1
-        return max(1, micro // self.train_cfg.grad_accum)
+        """Whole optimiser steps per epoch (at least 1). These methods call each other through the class so
+        that a stand-in holding train_cfg, train_ds, world and rank can use them (the tests do)."""
+        return max(1, Trainer.micro_batches_per_epoch(self) // self.train_cfg.grad_accum)
+
+    def planned_steps(self, epochs: int) -> int:
+        """Optimiser steps in `epochs` epochs: with fewer micro-batches per epoch than grad_accum, a step takes
+        more than one epoch (rounded up: every epoch's micro-batches are trained)."""
+        return max(1, math.ceil(epochs * Trainer.micro_batches_per_epoch(self) / self.train_cfg.grad_accum))
 
     def run(self) -> dict:
         cfg, p = self.train_cfg, self.progress
@@ -213,6 +270,7 @@ class Trainer:
         self.model.train()
         start, start_samples = time.perf_counter(), p["samples"]
         micro_losses: list[float] = []
+        pending = 0  # micro-batches accumulated since the last optimiser step (0 at every checkpoint)
         data_s = 0.0
         while p["step"] < self.total_steps:
             batches = self._epoch_order(p["epoch"])
@@ -226,7 +284,8 @@ class Trainer:
                 fetch = time.perf_counter()
                 batch = self._complete(next(loader))  # + sample weights, cached features (this process)
                 data_s += time.perf_counter() - fetch
-                final = (b + 1) % cfg.grad_accum == 0  # the micro-batch that completes an optimiser step
+                pending += 1
+                final = pending == cfg.grad_accum  # the micro-batch that completes an optimiser step
                 # DDP all-reduces the gradients once per optimiser step, in its final micro-batch's backward
                 with contextlib.nullcontext() if final or not self.distributed else self.model.no_sync():
                     with autocast:
@@ -234,9 +293,10 @@ class Trainer:
                     (loss / cfg.grad_accum).backward()
                 p["batch_in_epoch"] = b + 1
                 p["samples"] += len(batches[b]) * self.world
-                micro_losses = (micro_losses if b % cfg.grad_accum else []) + [logs["loss"]]
+                micro_losses = (micro_losses if pending > 1 else []) + [logs["loss"]]
                 if not final:
                     continue
+                pending = 0
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.clip_grad)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -287,6 +347,15 @@ class Trainer:
         if len(set(digests)) != 1:
             raise RuntimeError(f"the {self.world} ranks ended with different weights: {digests}")
 
+    def _rng_states(self) -> list[torch.Tensor]:
+        """Every rank's torch RNG state (each rank draws its own noise; --resume gives each its own back)."""
+        if not self.distributed:
+            return [torch.get_rng_state()]
+        state = torch.get_rng_state().to(self.device)  # a tensor collective (NCCL takes device tensors; no pickle)
+        states = [torch.empty_like(state) for _ in range(self.world)]
+        dist.all_gather(states, state)
+        return [s.cpu() for s in states]
+
     @torch.no_grad()
     def validate(self) -> float | None:
         if self.val_ds is None or len(self.val_ds) == 0:
@@ -318,6 +387,7 @@ class Trainer:
     def checkpoint(self) -> None:
         """last/ = raw weights + trainer state (EMA included); best/ = the weights validated (EMA for diffusion)."""
         val = self.validate()
+        rng_states = self._rng_states()  # a collective: every rank, before rank 0 writes
         if self.rank == 0:
             p = self.progress
             if val is not None:
@@ -327,7 +397,7 @@ class Trainer:
                 with self._evaluated() as evaluated:
                     evaluated.save(self.out / "best")
             self.policy.save(self.out / "last", extra=lambda d: save_train_state(
-                d, self.optimizer, self.scheduler, dict(p), self.ema))
+                d, self.optimizer, self.scheduler, dict(p), self.ema, rng_states))
             if self.ema is not None:
                 with self.ema.applied(self.policy) as averaged:
                     averaged.save(self.out / "last_ema")

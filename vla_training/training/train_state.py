@@ -1,7 +1,8 @@
 """The trainer's resumable state without pickle: tensors in safetensors, the rest in JSON.
 
 Optimizer and scheduler state_dicts are split into their tensors (`optimizer.<param>.<name>`) and
-JSON-able values; torch's RNG state is a uint8 tensor. `load_train_state` reverses it.
+JSON-able values; torch's RNG state is a uint8 tensor, one per rank (`rng.torch` = rank 0's,
+`rng.torch.rank<N>` = rank N's: every rank draws its own noise). `load_train_state` reverses it.
 """
 
 from __future__ import annotations
@@ -42,9 +43,15 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def _rng_key(rank: int) -> str:
+    return "rng.torch" if rank == 0 else f"rng.torch.rank{rank}"
+
+
 def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler, progress: dict,
-                     ema=None) -> None:
-    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+                     ema=None, rng_states: list[torch.Tensor] | None = None) -> None:
+    """rng_states: every rank's torch RNG state (default: this process's, as rank 0's)."""
+    tensors: dict[str, torch.Tensor] = {_rng_key(rank): state.contiguous() for rank, state in
+                                        enumerate(rng_states or [torch.get_rng_state()])}
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
     for pid, state in opt["state"].items():
@@ -63,8 +70,9 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, schedule
 
 
 def load_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler,
-                     ema=None) -> dict:
-    """Restore optimizer, scheduler, EMA and RNG; returns the saved progress dict."""
+                     ema=None, rank: int = 0) -> dict:
+    """Restore optimizer, scheduler, EMA and this rank's RNG; returns the saved progress dict. A rank the
+    checkpoint has no RNG state for (it was written by fewer ranks) keeps the RNG it has (seeded per rank)."""
     try:
         tensors = load_file(directory / STATE_TENSORS)
         meta = json.loads((directory / STATE_JSON).read_text())
@@ -84,5 +92,9 @@ def load_train_state(directory: Path, optimizer: torch.optim.Optimizer, schedule
     scheduler.load_state_dict(_from_json(meta["scheduler"]))
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    torch.set_rng_state(tensors["rng.torch"])
+    if _rng_key(rank) in tensors:
+        torch.set_rng_state(tensors[_rng_key(rank)])
+    else:
+        print(f"resume: {directory} holds no RNG state for rank {rank} (written by fewer ranks); this rank's "
+              "noise continues from its own seed", flush=True)
     return meta["progress"]
