@@ -25,7 +25,7 @@ OVERRIDES = {
     "diffusion_checkpoint": ("", "checkpoint directory of the diffusion expert"),
     "flow_checkpoint": ("", "checkpoint directory of the flow-matching expert"),
     "device": ("", "cpu | cuda | cuda:N"),
-    "dry_run": ("", "true: publish chunks only, no commands (false only with limits in the params file)"),
+    "dry_run": ("", "true: chunks only, no commands (false does not arm: the node starts disarmed; ~/enable arms)"),
     "autostart": ("", "true: configure + activate at start; false: wait for a lifecycle manager"),
     "command_interface": ("", "joint_trajectory | servo_twist | pose_target | none"),
     "command_topic": ("", "the controller's command topic ('' = the interface's usual one)"),

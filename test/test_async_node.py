@@ -66,6 +66,17 @@ def _start(ros, checkpoints, topic: str = "action_chunk", **overrides):
     return node, received
 
 
+def _arm(ros) -> None:
+    """~/enable, the one way to arm (the node starts disarmed whatever its parameters say)."""
+    from std_srvs.srv import SetBool
+
+    client = ros.nodes[-1].create_client(SetBool, "/vla_policy/enable")
+    assert client.wait_for_service(timeout_sec=10.0)
+    future = client.call_async(SetBool.Request(data=True))
+    ros.wait_for(future.done, what="~/enable")
+    assert future.result().success, future.result().message
+
+
 def _stamp_s(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
@@ -105,8 +116,9 @@ def test_async_stops_on_stale_features(ros, checkpoints):
 
 @pytest.mark.parametrize("mode", ["receding", "temporal"])
 def test_action_stream_at_the_control_period(ros, checkpoints, mode):
-    node, actions = _start(ros, checkpoints, topic="action", rate_hz=5.0, stream_actions=True, dry_run=False,
+    node, actions = _start(ros, checkpoints, topic="action", rate_hz=5.0, stream_actions=True,
                            execution_mode=mode, execute_steps=0 if mode == "temporal" else 4)
+    _arm(ros)
     Robot(ros, camera_hz=10.0, sensor_hz=50.0)
     ros.wait_for(lambda: len(actions) >= 15, timeout=30, what="15 streamed actions")
     stamps = np.array([_stamp_s(a) for a in actions])

@@ -35,6 +35,12 @@ def test_async_node_smoke(tmp_path, seconds):
     assert figures
 
 
+def test_jtc_timing_smoke(tmp_path):
+    figures = _run("bench/jtc_timing.py", ["--latency", "0.1", "--seconds", "1"], tmp_path)
+    (result,) = figures["results"]
+    assert result["latency_s"] == 0.1 and result["commands"] >= 1 and 0 < result["max_speed_ratio"] <= 1.05
+
+
 def test_import_memory_smoke(tmp_path):
     figures = _run("bench/import_memory.py", ["--gb", "0.01", "--workdir", str(tmp_path / "work")], tmp_path)
     assert figures["bag_bytes"] > 5e6 and figures["import_peak_rss_mb"] > 0

@@ -95,6 +95,13 @@ def test_fuzz_node_survives_and_respects_limits(ros, tmp_path):
     client.create_subscription(ActionChunk, "/vla_policy/action_chunk", chunks.append, 100)
     client.create_subscription(PoseStamped, "/target_frame", commands.append, 1000)
     ros.wait_for(lambda: all(p.get_subscription_count() for p in [*pubs.values(), pose_pub, text_pub]), what="discovery")
+    from std_srvs.srv import SetBool
+
+    enable = client.create_client(SetBool, "/vla_policy/enable")  # dry_run false does not arm: ~/enable does
+    assert enable.wait_for_service(timeout_sec=10.0)
+    answer = enable.call_async(SetBool.Request(data=True))
+    ros.wait_for(answer.done, what="~/enable")
+    assert answer.result().success, answer.result().message
     pose = PoseStamped()
     pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
     rng = np.random.default_rng(0)

@@ -37,6 +37,11 @@ class ArmingMixin:
             (["max_speed"] if p.max_speed <= 0 else [])
         return f"cartesian limits not set: {unset}" if unset else ""
 
+    def _controller_missing(self) -> str:
+        if self.trajectory_action is not None and not self.trajectory_action.ready():
+            return f"no FollowJointTrajectory server at {self.params.joint_trajectory_action}"
+        return ""
+
     def fault(self) -> str:
         """The input fault that forbids commanding now ('' = none): stale inputs or a lost heartbeat."""
         if self.inputs is None:
@@ -57,13 +62,13 @@ class ArmingMixin:
             self._arming = None
 
     def _on_enable(self, request, response):
-        if not request.data:
-            self._hold("disarmed through ~/enable")
+        if not request.data:  # disarm first: a chunk in flight then cannot command after the hold
             self._disarm()
+            self._hold("disarmed through ~/enable")
             response.success, response.message = True, "disarmed"
             return response
         refusal = ("not active (lifecycle state); activate first" if not self.active else self.limits_missing()
-                   or self._heartbeat_fault())
+                   or self._heartbeat_fault() or self._controller_missing())
         if refusal:
             response.success, response.message = False, f"not armed: {refusal}"
             return response
@@ -71,7 +76,8 @@ class ArmingMixin:
         with self._lock:
             self.holding = ""
         response.success, response.message = True, f"armed: {self.params.command_interface}"
-        self.get_logger().warning(f"armed: commands go to {self.command_pub.topic_name}")
+        self.get_logger().warning("armed: commands go to " + (self.command_pub.topic_name if self.command_pub else
+                                                              "~/action (stream_actions; no command interface)"))
         return response
 
     def _disarm(self) -> None:
@@ -91,8 +97,22 @@ class ArmingMixin:
         return f"heartbeat lost (none for more than heartbeat_timeout_s {self.params.heartbeat_timeout_s} s)" \
             if age > self.params.heartbeat_timeout_s else ""
 
-    def _hold(self, reason: str) -> None:
-        """The explicit hold of the command interface (once per reason), the reason in diagnostics."""
+    def _on_worker_fault(self, reason: str) -> None:
+        """The inference worker failed (model exception, non-finite output): no chunk this time, so the last
+        command must not play out open loop."""
+        if self.active:
+            self._hold(reason)
+
+    def _on_controller_failure(self, reason: str) -> None:
+        """The controller rejected or aborted a goal: disarm first (no command of a chunk in flight follows),
+        then hold; arming again is the operator's (~/enable)."""
+        was_armed = self.armed()
+        self._disarm()
+        self._hold(reason, force=was_armed)
+
+    def _hold(self, reason: str, force: bool = False) -> None:
+        """The explicit hold of the command interface (once per reason), the reason in diagnostics. Sent while
+        armed, on a disarm, or with `force` (the node was armed until a moment ago)."""
         with self._lock:
             if self.command_executor is not None:
                 self.command_executor.reset()
@@ -100,10 +120,10 @@ class ArmingMixin:
             if self.holding == reason or self.command is None or self.inputs is None:
                 self.holding = reason
                 return
-            self.holding = reason
+            self.holding, self.stream_end = reason, None
             self.inputs.stats["holds"] += 1
         self.get_logger().warning(f"hold: {reason}", throttle_duration_sec=2.0)
-        if self.params.dry_run and not reason.startswith("disarmed"):
+        if self.params.dry_run and not (force or reason.startswith("disarmed")):
             return  # disarmed: nothing of ours is moving the arm
         if self.trajectory_action is not None and self.trajectory_action.cancel():
             return  # the controller holds where it is when its goal is cancelled

@@ -3,8 +3,12 @@
 One class per `command_interface` parameter value:
 - `joint_trajectory`: trajectory_msgs/JointTrajectory for ros2_control's JointTrajectoryController
   (its `~/joint_trajectory` topic): joint deltas accumulated from the joint positions at the
-  observation's stamp, by joint name; header stamp = the observation stamp, so the time spent in
-  inference is not counted twice. Hold: one point at the current positions.
+  observation's stamp, by joint name (the motion during inference is not counted twice). Timed for
+  the controller as it executes (`Trajectory::sample`): it starts from its *current* state when the
+  message arrives (header stamp 0), so at publication the points whose time has passed are dropped,
+  times are relative to now, and the first segment - from the joints now to the first point kept -
+  is given at least the time the velocity limits need (later points shift with it). Hold: one point
+  at the current positions.
 - `servo_twist`: geometry_msgs/TwistStamped for MoveIt Servo: velocity = delta / dt, streamed one
   per control period. Hold: a zero twist.
 - `pose_target`: geometry_msgs/PoseStamped targets for cartesian controllers, accumulated from the
@@ -120,6 +124,14 @@ def duration(seconds: float) -> Duration:
     return Duration(sec=sec, nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
 
 
+# time a trajectory message may take from publication to the controller's update (loopback or a LAN)
+TRANSPORT_S = 0.005
+
+
+def _seconds(t) -> float:
+    return t.sec + t.nanosec * 1e-9
+
+
 def to_time(seconds: float) -> Time:
     ns = int(round(seconds * 1e9))
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
@@ -172,6 +184,30 @@ class JointTrajectoryCommand:
         for i, row in enumerate(finite(targets, "joint target")):
             msg.points.append(JointTrajectoryPoint(positions=row.tolist(), time_from_start=duration((i + 1) * self.dt)))
         return Planned(outcome.outcome, outcome.reason, message=msg, gripper=_gripper(self.layout, limited.chunk))
+
+    def timed(self, planned: Planned, robot: RobotState, now: float) -> tuple[JointTrajectory | None, int]:
+        """The planned trajectory (points due at stamp + (i+1) dt) as the controller will execute it when it
+        arrives now: header stamp 0 (start on receipt), the points already due dropped, times from now, and
+        the first segment from the joints now slowed to the velocity limits (plus TRANSPORT_S for the
+        message's way to the controller); the points after it keep their spacing (each within the limits
+        already) and shift by the same delay. Returns (message or None when every point is due, points dropped)."""
+        msg: JointTrajectory = planned.message
+        start = _seconds(msg.header.stamp)
+        due = [start + _seconds(p.time_from_start) for p in msg.points]
+        keep = [i for i, t in enumerate(due) if t > now + TRANSPORT_S]
+        if not keep:
+            return None, len(due)
+        current = self.current(robot)
+        first = np.asarray(msg.points[keep[0]].positions, float)
+        velocity = self.bounds.velocity if self.bounds is not None else np.full(len(first), np.inf)
+        needed = float(np.max(np.abs(first - current) / velocity)) + TRANSPORT_S  # 0 where velocity is inf
+        delay = max(0.0, needed - (due[keep[0]] - now))
+        out = JointTrajectory(joint_names=list(msg.joint_names))  # stamp 0: the controller starts on receipt
+        for i in keep:
+            point = msg.points[i]
+            out.points.append(JointTrajectoryPoint(positions=list(point.positions),
+                                                   time_from_start=duration(due[i] - now + delay)))
+        return out, keep[0]
 
     def hold(self, robot: RobotState, now: float, frame: str) -> JointTrajectory:
         """One point at the current positions; stamp zero = start now (JTC semantics)."""

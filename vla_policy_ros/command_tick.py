@@ -67,16 +67,26 @@ class CommandMixin:
             late = self.fault()
             if late:
                 return self._hold(late)
-            self.holding = ""
+            if not self.armed():  # disarmed while this chunk was planned: its command must not follow the hold
+                return
             if not self.command.streaming:
+                try:  # timed as the controller will execute it: from its state now, the points already due dropped
+                    message, due = self.command.timed(planned, self.inputs.robot_state(), self._now())
+                except CommandError as exc:
+                    return self._hold(str(exc))
+                self.inputs.stats["points_due_before_publication"] += due
+                if message is None:
+                    return self._hold("every point of the chunk was due before publication (latency > horizon x dt)")
+                self.holding = ""
                 if planned.gripper is not None:
-                    self._publish_gripper(planned.gripper[0])
+                    self._publish_gripper(planned.gripper[min(due, len(planned.gripper) - 1)])
                 if self.trajectory_action is not None:
-                    self.trajectory_action.send(planned.message)
+                    self.trajectory_action.send(message)
                 else:
-                    self.command_pub.publish(planned.message)
+                    self.command_pub.publish(message)
                 self.inputs.stats["commands"] += 1
                 return
+            self.holding = ""
             rows = planned.rows if planned.gripper is None else np.hstack([planned.rows, planned.gripper[:, None]])
             self.command_frame = planned.frame
             self.command_executor.add_chunk(result.stamp, rows)
@@ -110,10 +120,14 @@ class CommandMixin:
             return
         now = self._now() if now is None else now
         with self._lock:
-            if self.holding:
+            if self.holding or not self.armed():
                 return
             due = self.command_executor.action_at(now)
-            if due is None:  # no chunk covers now: nothing new (the controller keeps its last target)
+            if due is None and self.command.name == "servo_twist" and self.stream_end is not None \
+                    and now > self.stream_end + 1e-9:  # the last row's period is over and no chunk covers now:
+                self.stream_end = None  # MoveIt Servo would integrate that twist until its own timeout; stop it
+                return self._hold("servo stream starved: no chunk covers now (zero twist)")
+            if due is None:  # no chunk covers now: nothing new (a pose controller keeps its last target)
                 return
             width = 6 if self.command.name == "servo_twist" else 7
             message = self.command.message(due.action[:width], now, self.command_frame)
@@ -122,6 +136,7 @@ class CommandMixin:
             if len(due.action) > width:  # the gripper first: a controller stepping on the arm command has it
                 self._publish_gripper(due.action[width])
             self.command_pub.publish(message)
+            self.stream_end = due.chunk_stamp + (due.index + 1) * self.dt  # when this row's period ends
             self.inputs.stats["commands"] += 1
             self.tick_times = (self.tick_times + [time.monotonic()])[-50:]
 

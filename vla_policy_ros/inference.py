@@ -43,9 +43,11 @@ class ChunkResult:
 
 
 class InferenceWorker:
-    def __init__(self, policies: dict, inputs: Inputs, snapshot, on_chunk, logger) -> None:
-        """snapshot() -> (NodeParams, instruction); on_chunk(ChunkResult) publishes."""
+    def __init__(self, policies: dict, inputs: Inputs, snapshot, on_chunk, logger, on_fault=None) -> None:
+        """snapshot() -> (NodeParams, instruction); on_chunk(ChunkResult) publishes; on_fault(reason) is told when
+        an inference gives no chunk because the model failed (an exception, non-finite actions)."""
         self.policies, self.inputs, self.snapshot, self.on_chunk, self.logger = policies, inputs, snapshot, on_chunk, logger
+        self.on_fault = on_fault or (lambda reason: None)
         self.stats = inputs.stats
         self.latencies: collections.deque[float] = collections.deque(maxlen=10)
         self.event_times = {k: collections.deque(maxlen=50) for k in ("backbone", "chunk")}
@@ -156,6 +158,7 @@ class InferenceWorker:
             except Exception as exc:  # noqa: BLE001 - reported in status; the node keeps serving
                 self.stats["backbone_errors"] += 1
                 self.last_error = f"backbone: {type(exc).__name__}: {exc}"
+                self.on_fault(f"model failed: {self.last_error}")
                 self._stop.wait(0.1)
                 continue
             with self._lock:
@@ -183,6 +186,7 @@ class InferenceWorker:
                 self.stats["inference_errors"] += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.logger.error(f"inference failed: {self.last_error}", throttle_duration_sec=5.0)
+                self.on_fault(f"model failed: {self.last_error}")
 
     def infer_once(self) -> bool:
         """One inference on the latest observation if it is new; True when a chunk was handed on."""
@@ -222,6 +226,7 @@ class InferenceWorker:
         if not np.isfinite(chunk).all():
             self.stats["non_finite_chunks"] += 1
             self.last_error = "the model produced non-finite actions; nothing was published"
+            self.on_fault(self.last_error)
             return False
         if self.snapshot()[0].policy_type != params.policy_type:  # switched during inference: discard
             self.stats["discarded_after_switch"] += 1

@@ -104,7 +104,7 @@ class WiringMixin:
             self.command_pub = self.create_publisher(self.command.message_type, topic, 10)
         self.trajectory_action = None
         if p.joint_trajectory_action and p.command_interface == "joint_trajectory":
-            self.trajectory_action = TrajectoryAction(self, p.joint_trajectory_action)
+            self.trajectory_action = TrajectoryAction(self, p.joint_trajectory_action, self._on_controller_failure)
             add(self.trajectory_action)
         self.gripper_pub = self.create_publisher(Float64MultiArray, p.gripper_topic, 10) \
             if p.gripper_topic and self.layout.gripper is not None else None

@@ -7,7 +7,8 @@ Lifecycle (rclpy managed node; `autostart: true` walks configure -> activate by 
 - deactivate: explicit hold, disarm, stop inference; cleanup: release the models and topics.
 
 Arming goes through `~/enable` (std_srvs/SetBool) only: it refuses with no limits configured; the
-`dry_run` parameter can be switched on live (disarm), never off. On any fault (stale input, lost
+`dry_run` parameter can be switched on live (disarm), never off, and the node starts disarmed
+whatever the params file says. On any fault (stale input, lost
 heartbeat, rejected command, disarm, policy switch, deactivation) the node publishes the command
 interface's explicit hold and says why in /diagnostics.
 
@@ -22,13 +23,16 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, TransitionCallbackReturn
+from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
@@ -50,7 +54,11 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
     """The lifecycle transitions; arming, commands, wiring and parameters come from the mixins."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__("vla_policy", **kwargs)
+        # LifecycleNode's own __init__, with a reentrant callback group for the lifecycle services: get_state
+        # answers while a transition (configure loading the checkpoints) is still running
+        Node.__init__(self, "vla_policy", **kwargs)
+        LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
+        self.configuring_since: float | None = None  # monotonic time configure started, while it runs
         self.params = P.declare(self)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -63,6 +71,7 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self.layout: ActionLayout | None = None
         self.joint_bounds: JointBounds | None = None
         self.command_executor: ChunkExecutor | None = None  # streamed interfaces: command rows per period
+        self.stream_end: float | None = None  # when the last streamed row's period ends (None: none since a hold)
         self.setpoints: StateHistory | None = None
         self.action_executor: ChunkExecutor | None = None  # stream_actions: ~/action
         self.command_frame = ""
@@ -89,7 +98,8 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             JumpThreshold(min_forward=Duration(nanoseconds=1), min_backward=Duration(nanoseconds=-1),
                           on_clock_change=False), post_callback=self._on_clock_jump)
         if self.params.autostart:  # once the executor spins, so that services answer while models load
-            self._autostart_timer = self.create_timer(0.01, self._autostart, clock=steady)
+            self._autostart_timer = self.create_timer(0.01, self._autostart, clock=steady,
+                                                      callback_group=MutuallyExclusiveCallbackGroup())
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _autostart(self) -> None:
@@ -100,6 +110,7 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             self.failed = f"activate failed: {self.configure_error}"
 
     def on_configure(self, state) -> TransitionCallbackReturn:
+        self.configuring_since = time.monotonic()
         try:
             self._configure()
         except (ValueError, OSError, CheckpointError) as exc:
@@ -107,11 +118,18 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             self.get_logger().error(f"configure: {exc}")
             self._release()
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self.configuring_since = None
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
         p = self.params = P.read(self)
         P.validate_static(p)
+        if not p.dry_run:  # the params file (or launch argument) cannot arm: ~/enable is the only way
+            self.get_logger().warning("dry_run: false at start: the node starts disarmed all the same; arm it "
+                                      "through ~/enable")
+            self._set_dry_run(True)
+            p = self.params
         for kind in P.EXPERT_TYPES:
             path = getattr(p, f"{kind}_checkpoint")
             if path:
@@ -130,9 +148,6 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             self._set_robot_description(p.robot_description)
         self.command = build_command(p.command_interface, self.layout, self.limits, self.dt, self.joint_bounds,
                                      p.translation_scale, p.rotation_scale, p.command_frame)
-        if not p.dry_run and self.limits_missing():
-            raise ValueError(f"parameter dry_run: false needs limits ({self.limits_missing()}); start with dry_run: "
-                             "true and arm through ~/enable once they are configured")
         joints = p.command_interface == "joint_trajectory" or (spec.state_dim and p.state_type == "joint_state")
         pose = p.command_interface in ("servo_twist", "pose_target") and bool(p.pose_topic or p.state_type == "pose")
         self.inputs = Inputs(spec, p, self._now, self.get_logger(), watch_joints=bool(joints), watch_pose=pose)
@@ -141,7 +156,8 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self.action_executor = ChunkExecutor(self.dt, p.execution_mode, p.execute_steps, p.ensemble_decay) \
             if p.stream_actions else None
         self.setpoints = StateHistory(horizon_s=max(2.0, 4 * self.dt), tolerance_s=self.dt)  # pose_target: sent targets
-        self.worker = InferenceWorker(self.policies, self.inputs, self.snapshot, self._on_chunk, self.get_logger())
+        self.worker = InferenceWorker(self.policies, self.inputs, self.snapshot, self._on_chunk, self.get_logger(),
+                                     self._on_worker_fault)
         self._create_entities(spec)
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -156,10 +172,10 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self._hold("deactivated")
+        with self._lock:  # first: no command of a chunk in flight goes out after the hold
+            was_armed, self.active = self.armed(), False
+        self._hold("deactivated", force=was_armed)
         self._disarm()
-        with self._lock:
-            self.active = False
         self.worker.stop()
         self.inputs.clear()
         return super().on_deactivate(state)

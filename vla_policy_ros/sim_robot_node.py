@@ -43,6 +43,7 @@ from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool
 
 from vla_models.runtime import ChunkExecutor
 from vla_training.data.sim import STATE_NAMES, SimEnv, ViaPointExpert
@@ -66,7 +67,8 @@ class SimRobotNode(Node):
             ("views", [""]), ("image_size", 96), ("execute_steps", 8), ("max_steps", 300), ("lockstep", True),
             ("chunk_topic", "/vla_policy/action_chunk"), ("chunk_timeout_s", 30.0), ("expert", False),
             ("start_time", 1000.0), ("command_interface", "chunk"), ("twist_topic", "/servo_node/delta_twist_cmds"),
-            ("pose_target_topic", "/target_frame"), ("gripper_topic", "gripper_command"), ("frame", "world"))}
+            ("pose_target_topic", "/target_frame"), ("gripper_topic", "gripper_command"), ("frame", "world"),
+            ("enable_service", "/vla_policy/enable"))}
         if p["command_interface"] not in COMMAND_INTERFACES:
             raise ValueError(f"parameter command_interface: expected one of {list(COMMAND_INTERFACES)}, "
                              f"got {p['command_interface']!r}")
@@ -235,9 +237,27 @@ class SimRobotNode(Node):
         raise RuntimeError("no peers within 120 s: nothing subscribes the robot's topics"
                            + ("" if self.p["expert"] else f" or publishes {self.p['chunk_topic']}"))
 
+    def _arm_policy(self) -> None:
+        """Commanded by the policy node (servo_twist / pose_target): arm it through its ~/enable, as the operator
+        does on a robot (the node always starts disarmed)."""
+        client = self.create_client(SetBool, self.p["enable_service"])
+        deadline, answer = time.monotonic() + 120.0, "no answer"
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if client.wait_for_service(timeout_sec=1.0):
+                future = client.call_async(SetBool.Request(data=True))
+                while not future.done() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                answer = future.result().message if future.done() else answer
+                if future.done() and future.result().success:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the policy node did not arm through {self.p['enable_service']} within 120 s: {answer}")
+
     def _run(self) -> None:
         try:
             self._wait_for_peers()
+            if self.p["command_interface"] != "chunk":
+                self._arm_policy()
             for k in range(self.p["episodes"]):
                 if self._stop.is_set():
                     return

@@ -47,7 +47,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
         dt, scale = env.control_dt, float(env.env.action_scale)
         low, high = (np.asarray(b, float) for b in (env.env.mocap_low, env.env.mocap_high))
         env.close()
-        policy.update({"command_interface": command_interface, "dry_run": False, "pose_topic": "ee_pose",
+        policy.update({"command_interface": command_interface, "pose_topic": "ee_pose",  # armed by the sim (~/enable)
                        "command_frame": "world", "control_period_s": dt, "translation_scale": scale,
                        "execute_steps": execute_steps, "action_roles": ["dx", "dy", "dz", "gripper"],
                        "gripper_topic": "gripper_command",

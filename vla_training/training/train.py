@@ -11,6 +11,7 @@ Stage 1 trains with a frozen backbone from the feature cache; stage 2 adds LoRA 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -412,4 +413,11 @@ def train(overrides: dict) -> dict:
         return trainer.run()
     finally:
         if trainer.distributed and dist.is_initialized():
+            # gloo's worker thread frees each finished collective's tensors (it takes the GIL for that) after the
+            # collective has returned here; tearing the group down meanwhile, GIL held, deadlocks (seen: the DDP
+            # reducer's destructor waiting on the group while the worker waits for the GIL). So: let the worker
+            # finish with the GIL free, drop DDP while the group lives, then destroy the group.
+            time.sleep(0.5)
+            trainer.model = None
+            gc.collect()
             dist.destroy_process_group()

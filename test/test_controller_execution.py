@@ -1,0 +1,132 @@
+"""The node against controllers that *execute* what it sends: a JointTrajectoryController sampling its
+trajectory in time from its current state (test/jtc_execution.py) on a kinematic arm with URDF limits of
+1 rad/s, camera-to-command latency injected; holds on model faults; Servo starvation; lifecycle
+services that answer while configure runs."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_policy
+from fake_controllers import FakeJointTrajectoryController, FakeServo
+from jtc_execution import TrajectoryExecution, arm_policy_checkpoint, drive_arm
+from rclpy.node import Node
+from ros_helpers import start_policy_node
+from test_robot_deployment import JOINTS as DEPLOY_JOINTS
+from test_robot_deployment import URDF as DEPLOY_URDF
+from test_robot_deployment import Robot, _enable, _params
+
+from lifecycle_msgs.srv import GetState  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+
+def _trajectory(points, stamp_s=0.0, velocities=None):
+    msg = JointTrajectory(joint_names=["a", "b"])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp_s), int(round((stamp_s % 1) * 1e9))
+    for k, (t, q) in enumerate(points):
+        p = JointTrajectoryPoint(positions=list(q))
+        p.time_from_start.sec, p.time_from_start.nanosec = int(t), int(round((t % 1) * 1e9))
+        if velocities is not None:
+            p.velocities = list(velocities[k])
+        msg.points.append(p)
+    return msg
+
+
+def test_the_stand_in_samples_like_the_controller():
+    """From the state on receipt to the first point; past points skipped (a jump); the last point held."""
+    jtc = TrajectoryExecution(["a", "b"], np.zeros(2))
+    jtc.receive(_trajectory([(0.1, [1.0, 0.0]), (0.2, [2.0, 0.0])]), now=10.0)  # stamp 0: starts on receipt
+    assert np.allclose(jtc.sample(10.05), [0.5, 0.0]) and np.allclose(jtc.sample(10.15), [1.5, 0.0])
+    assert np.allclose(jtc.sample(11.0), [2.0, 0.0])
+    jtc.receive(_trajectory([(0.1, [1.0, 0.0]), (0.2, [2.0, 0.0])], stamp_s=9.95), now=10.1)  # first point past
+    assert np.allclose(jtc.sample(10.1), [1.5, 0.0])  # the arm at 0 is asked to be at 1.5 at once
+    jtc.position = np.array([0.3, 0.0])
+    jtc.receive(_trajectory([(0.1, [1.0, 1.0])], velocities=[[0.0, 0.0]]), now=20.0)  # cubic with velocities
+    assert np.allclose(jtc.sample(20.0), [0.3, 0.0]) and np.allclose(jtc.sample(20.1), [1.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def arm_checkpoint(tmp_path_factory):
+    return arm_policy_checkpoint(tmp_path_factory.mktemp("arm"))
+
+
+@pytest.mark.parametrize("latency_s", [0.05, 0.15])
+def test_executed_joint_speed_stays_within_the_urdf_limit(ros, arm_checkpoint, latency_s):
+    ratio, travelled, node = drive_arm(ros, arm_checkpoint, latency_s)
+    assert travelled > 0.3, "the arm did not move: the test would prove nothing"
+    assert ratio <= 1.05, f"executed joint speed {ratio:.2f} x the URDF limit (latency {latency_s} s)"
+    assert node.stats["commands"] >= 10
+
+
+def _hold_count(jtc):
+    return sum(len(m.points) == 1 for m in jtc.accepted)
+
+
+@pytest.mark.parametrize("fault", ["exception", "non_finite"])
+def test_a_model_fault_while_armed_ends_in_a_hold(ros, checkpoint, fault):
+    node = start_policy_node(ros, _params(checkpoint, command_interface="joint_trajectory", action_roles=DEPLOY_JOINTS,
+                                          robot_description=DEPLOY_URDF))
+    jtc = ros.add(FakeJointTrajectoryController(ros.context, DEPLOY_JOINTS))
+    robot = Robot(ros)
+    robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks")
+    assert _enable(ros, robot).success
+    robot.run_until(ros, lambda: len(jtc.accepted) >= 2, "trajectories")
+    policy = node.policies["regression"]
+    horizon, dim = policy.config.horizon, policy.config.action_dim
+
+    def broken(*args, **kwargs):
+        if fault == "exception":
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return torch.full((1, horizon, dim), float("nan"))
+
+    policy.predict_action_chunk = broken
+    robot.run_until(ros, lambda: node.holding.startswith("model failed") or "non-finite" in node.holding,
+                    f"a hold on the model's {fault}")
+    robot.run_until(ros, lambda: _hold_count(jtc) >= 1, "the hold at the controller")
+    assert len(jtc.accepted[-1].points) == 1 and jtc.rejected == []
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return str(make_policy("tiny", "regression").save(tmp_path_factory.mktemp("deploy") / "regression"))
+
+
+def test_servo_starvation_sends_a_zero_twist(ros, checkpoint):
+    """Chunks every 2 s covering 0.8 s: between them Servo would integrate the last twist until its own timeout."""
+    limits = {"workspace_min": [0.0, -1.0, -1.0], "workspace_max": [1.0, 1.0, 1.0], "max_speed": 5.0}
+    node = start_policy_node(ros, _params(checkpoint, command_interface="servo_twist", pose_topic="ee_pose",
+                                          translation_scale=0.01, rate_hz=0.5, **limits))
+    servo = ros.add(FakeServo(ros.context))
+    robot = Robot(ros)
+    robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks")
+    assert _enable(ros, robot).success
+    robot.run_until(ros, lambda: any(not FakeServo.is_zero(m) for m in servo.accepted), "a twist", timeout=30)
+    robot.run_until(ros, lambda: node.holding.startswith("servo stream starved"), "a hold when the rows run out",
+                    timeout=30)
+    ros.wait_for(lambda: FakeServo.is_zero(servo.accepted[-1]), what="a zero twist after the last row")
+
+
+def test_get_state_answers_while_configure_runs(ros, checkpoint, monkeypatch):
+    import vla_policy_ros.policy_node as policy_node
+
+    def slow_load(*args, **kwargs):
+        time.sleep(3.0)  # a 3B backbone loading
+        return load(*args, **kwargs)
+
+    load = policy_node.load_policy
+    monkeypatch.setattr(policy_node, "load_policy", slow_load)
+    from rclpy.parameter import Parameter
+
+    node = ros.add(policy_node.PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in _params(checkpoint).items()]))
+    probe = ros.add(Node("probe", context=ros.context))
+    client = probe.create_client(GetState, "/vla_policy/get_state")
+    assert client.wait_for_service(timeout_sec=10.0)
+    ros.wait_for(lambda: node.configuring_since is not None, timeout=10, what="configure to start")
+    start = time.monotonic()
+    future = client.call_async(GetState.Request())
+    ros.wait_for(future.done, timeout=10, what="get_state")
+    answered = time.monotonic() - start
+    assert answered < 0.5 and not node.active, f"get_state took {answered:.2f} s while configure ran"
+    ros.wait_for(lambda: node.active, timeout=30, what="activation after the slow configure")
