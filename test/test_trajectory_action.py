@@ -20,7 +20,9 @@ def _build_standin(tmp: Path) -> Path:
     return prefix
 
 
-def test_follow_joint_trajectory_goals_and_cancel_on_hold(tmp_path):
+def test_follow_joint_trajectory_goals_cancel_abort_and_reject(tmp_path):
+    """trajectory_action_interop.py: goals and cancel on a hold; an aborted goal (path tolerance) disarms and
+    holds while preempted ones do not; a rejected goal disarms and holds."""
     prefix = _build_standin(tmp_path)
     site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT / "test"), os.environ.get("PYTHONPATH", "")]),
@@ -29,4 +31,4 @@ def test_follow_joint_trajectory_goals_and_cancel_on_hold(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(ROOT / "test" / "trajectory_action_interop.py")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0 and "3 passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]

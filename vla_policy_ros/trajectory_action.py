@@ -18,7 +18,8 @@ class TrajectoryAction:
 
     A rejected goal, or one the controller aborts (e.g. a path tolerance violated: the needle meets
     tissue), is told to `on_failure(reason)` (the node holds and disarms). A goal replaced by the next
-    one is cancelled by the controller itself (preemption: status CANCELED), which is no fault. `cancel`
+    one is ended by the controller itself (preemption: "Current goal cancelled due to new incoming
+    action.", whatever status it reports), which is no fault. `cancel`
     cancels every goal still running *and* every goal sent but not yet answered, so none survives a hold.
     """
 
@@ -76,7 +77,8 @@ class TrajectoryAction:
             if handle in self._handles:
                 self._handles.remove(handle)
         response = future.result()
-        if response is not None and response.status == GoalStatus.STATUS_ABORTED:
+        preempted = response is not None and response.result.error_string.startswith("Current goal cancelled")
+        if response is not None and response.status == GoalStatus.STATUS_ABORTED and not preempted:
             with self._lock:
                 self.counts["aborted"] += 1
             result = response.result
