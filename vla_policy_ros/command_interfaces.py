@@ -124,8 +124,9 @@ def duration(seconds: float) -> Duration:
     return Duration(sec=sec, nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
 
 
-# time a trajectory message may take from publication to the controller's update (loopback or a LAN)
-TRANSPORT_S = 0.005
+# time from the joint state sample the node saw to the controller's update with the new trajectory (the
+# sample's age + the message's way, loopback or a LAN)
+TRANSPORT_S = 0.01
 
 
 def _seconds(t) -> float:
@@ -188,8 +189,8 @@ class JointTrajectoryCommand:
     def timed(self, planned: Planned, robot: RobotState, now: float) -> tuple[JointTrajectory | None, int]:
         """The planned trajectory (points due at stamp + (i+1) dt) as the controller will execute it when it
         arrives now: header stamp 0 (start on receipt), the points already due dropped, times from now, and
-        the first segment from the joints now slowed to the velocity limits (plus TRANSPORT_S for the
-        message's way to the controller); the points after it keep their spacing (each within the limits
+        the first segment from the joints now slowed to the velocity limits (with TRANSPORT_S for the
+        joint sample's age and the message's way to the controller); the points after it keep their spacing (each within the limits
         already) and shift by the same delay. Returns (message or None when every point is due, points dropped)."""
         msg: JointTrajectory = planned.message
         start = _seconds(msg.header.stamp)
@@ -200,7 +201,9 @@ class JointTrajectoryCommand:
         current = self.current(robot)
         first = np.asarray(msg.points[keep[0]].positions, float)
         velocity = self.bounds.velocity if self.bounds is not None else np.full(len(first), np.inf)
-        needed = float(np.max(np.abs(first - current) / velocity)) + TRANSPORT_S  # 0 where velocity is inf
+        # the controller starts from where the arm is on receipt, up to TRANSPORT_S after `current` was sampled
+        # and possibly further away by velocity x TRANSPORT_S: time for that distance, then the transport itself
+        needed = float(np.max(np.abs(first - current) / velocity)) + 2 * TRANSPORT_S  # 0 where velocity is inf
         delay = max(0.0, needed - (due[keep[0]] - now))
         out = JointTrajectory(joint_names=list(msg.joint_names))  # stamp 0: the controller starts on receipt
         for i in keep:
