@@ -126,3 +126,28 @@ def test_pose_targets_saturate_on_the_workspace_and_can_continue_the_setpoint():
     assert planned.outcome == "clipped" and np.allclose(planned.rows[:, 2], [0.0, 0.01, 0.02])
     robot.setpoint = (np.array([0.0, 0.0, 0.5]), np.array([0, 0, 0, 1.0]))  # pose_reference: setpoint
     assert np.allclose(command.plan(np.zeros((3, 4)), robot, 1.0).rows[:, 2], 0.5)
+
+
+def test_a_joint_without_a_velocity_limit_is_a_named_error():
+    urdf = URDF.replace('<limit velocity="1" effort="1"/>', '<limit effort="1"/>')
+    limits = joint_limits_from_urdf(urdf)
+    with pytest.raises(RobotDescriptionError, match=r"\['elbow'\] have no velocity limit"):
+        JointBounds.for_joints(["shoulder", "elbow"], limits)
+    assert JointBounds.for_joints(["shoulder"], limits).velocity.tolist() == [2.0]  # only commanded joints count
+
+
+def test_timed_trajectory_starts_on_receipt_drops_due_points_and_slows_the_first_segment():
+    layout = ActionLayout.from_names(["a0", "a1"], ["shoulder", "elbow"])
+    bounds = JointBounds.for_joints(["shoulder", "elbow"], joint_limits_from_urdf(URDF))  # 2 and 1 rad/s
+    command = build_command("joint_trajectory", layout, UNLIMITED, 0.1, bounds, 1e-3, 1e-3, "")
+    robot = RobotState(joints={"shoulder": 0.0, "elbow": 0.0})
+    planned = command.plan(np.full((4, 2), 0.05), robot, stamp=100.0)  # targets 0.05 .. 0.2, due 100.1 .. 100.4
+    msg, dropped = command.timed(planned, RobotState(joints={"shoulder": 0.0, "elbow": 0.0}), now=100.25)
+    assert dropped == 2 and (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)  # 100.1 and 100.2 were due
+    times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+    # the first kept point (0.15 rad away for elbow at 1 rad/s) needs 0.15 s + 2 x 10 ms, not the 0.05 s left
+    assert times[0] == pytest.approx(0.17) and times[1] - times[0] == pytest.approx(0.1)
+    assert command.timed(planned, robot, now=100.5)[0] is None  # every point due: nothing to send
+    # a stale joint state: the hold goes where the last trajectory has the joints now, not to the old sample
+    hold = command.hold(RobotState(joints=None), now=100.25 + 0.085, frame="")
+    assert np.allclose(hold.points[0].positions, [0.075, 0.075])  # halfway to the first point (0.15)

@@ -12,12 +12,13 @@ from conftest import make_policy
 from fake_controllers import FakeJointTrajectoryController, FakeServo
 from jtc_execution import TrajectoryExecution, arm_policy_checkpoint, drive_arm
 from rclpy.node import Node
-from ros_helpers import start_policy_node
+from ros_helpers import stamp, start_policy_node
 from test_robot_deployment import JOINTS as DEPLOY_JOINTS
 from test_robot_deployment import URDF as DEPLOY_URDF
-from test_robot_deployment import Robot, _enable, _params
+from test_robot_deployment import STATE_VALUES, Robot, _enable, _params
 
 from lifecycle_msgs.srv import GetState  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 
@@ -130,3 +131,26 @@ def test_get_state_answers_while_configure_runs(ros, checkpoint, monkeypatch):
     answered = time.monotonic() - start
     assert answered < 0.5 and not node.active, f"get_state took {answered:.2f} s while configure ran"
     ros.wait_for(lambda: node.active, timeout=30, what="activation after the slow configure")
+
+
+def test_joint_states_of_several_publishers_merge_by_name(ros, checkpoint):
+    """An arm and a gripper publishing their own JointState (own stamps, own names): merged by joint name,
+    none dropped for going backwards in the other's stamps, none interpolated across joint sets."""
+    node = start_policy_node(ros, _params(checkpoint, command_interface="joint_trajectory", action_roles=DEPLOY_JOINTS,
+                                          robot_description=DEPLOY_URDF))
+    robot = Robot(ros)
+    gripper = robot.node.create_publisher(JointState, "joint_states", 10)
+
+    def both():
+        robot.step()
+        js = JointState(name=["gripper_finger"], position=[0.7])
+        js.header.stamp = stamp(robot.t - 0.01)  # its own clock, a little behind the arm's
+        gripper.publish(js)
+        time.sleep(0.02)
+        joints = node.inputs.robot_state().joints if node.inputs is not None else None
+        return joints is not None and "gripper_finger" in joints and "j0" in joints
+
+    ros.wait_for(both, what="both publishers' joints")
+    joints = node.inputs.robot_state().joints
+    assert joints["gripper_finger"] == pytest.approx(0.7) and joints["j2"] == pytest.approx(STATE_VALUES["j2"])
+    assert node.stats.get("dropped_joints", 0) == 0

@@ -141,6 +141,10 @@ def test_joint_trajectory_by_name_nan_and_stale_joints_hold(ros, checkpoint):
     robot.run_until(ros, lambda: "stale inputs" in node.holding and "joints" in node.holding
                     and len(jtc.accepted[-1].points) == 1, "a hold on stale joints, received by the JTC")
     assert time.monotonic() - stopped < 0.5 + 0.5  # input_timeout_s + a few command ticks and the feed loop
+    # the stale sample is not a hold target (it would pull the arm back to it within dt): the hold is where the
+    # last trajectory had the joints, within the joint bounds
+    held = jtc.positions(jtc.accepted[-1])[0]
+    assert not np.allclose(held, [STATE_VALUES[j] for j in JOINTS], atol=1e-6) and np.all(np.abs(held) <= 50)
     assert jtc.rejected == []
 
 

@@ -128,7 +128,10 @@ class ArmingMixin:
         if self.trajectory_action is not None and self.trajectory_action.cancel():
             return  # the controller holds where it is when its goal is cancelled
         try:
-            msg = self.command.hold(self.inputs.robot_state(), self._now(), self.command_frame)
+            robot = self.inputs.robot_state()
+            if "joints" in self.inputs.watchdog.stale(self._now()):  # not where the arm is now: not a hold target
+                robot.joints = None
+            msg = self.command.hold(robot, self._now(), self.command_frame)
         except CommandError as exc:
             self.inputs.stats["holds_unsent"] += 1
             self.get_logger().error(f"hold could not be built ({exc}); the controller keeps its last command")

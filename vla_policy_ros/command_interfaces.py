@@ -160,6 +160,9 @@ class JointTrajectoryCommand:
                              "action_roles must be the controller's joint names)")
         self.layout, self.limits, self.bounds, self.dt = layout, limits, bounds, dt
         self.names = [name for _, name in layout.joints]
+        # the last trajectory sent, as the controller runs it: (absolute times (P+1,), positions (P+1, J)) from
+        # the joints at publication through its points (the hold's target when the joint state is stale)
+        self.sent: tuple[np.ndarray, np.ndarray] | None = None
 
     def current(self, robot: RobotState) -> np.ndarray:
         if robot.joints is None:
@@ -210,11 +213,26 @@ class JointTrajectoryCommand:
             point = msg.points[i]
             out.points.append(JointTrajectoryPoint(positions=list(point.positions),
                                                    time_from_start=duration(due[i] - now + delay)))
+        self.sent = (np.array([now] + [due[i] + delay for i in keep]),
+                     np.vstack([current] + [np.asarray(msg.points[i].positions, float) for i in keep]))
         return out, keep[0]
 
+    def commanded_at(self, t: float) -> np.ndarray | None:
+        """Where the last trajectory sent puts the joints at `t` (linear between its points, as the controller
+        samples positions-only trajectories); None before any was sent."""
+        if self.sent is None:
+            return None
+        times, positions = self.sent
+        return np.array([np.interp(t, times, positions[:, j]) for j in range(positions.shape[1])])
+
     def hold(self, robot: RobotState, now: float, frame: str) -> JointTrajectory:
-        """One point at the current positions; stamp zero = start now (JTC semantics)."""
-        positions = self.current(robot)
+        """One point at the current positions; stamp zero = start now (JTC semantics). Without a joint state
+        (stale: the node passes none), where the last trajectory has the joints now, within the joint bounds:
+        a stale sample would pull the arm back to an old position within dt."""
+        commanded = self.commanded_at(now) if robot.joints is None else None
+        positions = self.current(robot) if commanded is None else finite(commanded, "commanded position")
+        if commanded is not None and self.bounds is not None:
+            positions = np.clip(positions, self.bounds.lower, self.bounds.upper)
         point = JointTrajectoryPoint(positions=positions.tolist(), velocities=[0.0] * len(positions),
                                      time_from_start=duration(self.dt))
         return JointTrajectory(joint_names=list(self.names), points=[point])

@@ -43,7 +43,9 @@ class Inputs:
         self.sensor = SensorRingBuffer(max(4 * spec.sensor_window, 1), spec.sensor_channels) \
             if spec.sensor_channels else None
         self.state = StateHistory(params.state_history_s, tolerance_s=params.slop_s) if spec.state_dim else None
-        self.joints = StateHistory(params.state_history_s, tolerance_s=params.slop_s)
+        # one history per JointState publisher (by its tuple of joint names): an arm and a gripper, or passive
+        # joints, publish their own messages; robot_state merges them by name
+        self.joint_histories: dict[tuple[str, ...], StateHistory] = {}
         self.joint_names: list[str] = []
         self.pose = StateHistory(params.state_history_s, tolerance_s=params.slop_s)  # x y z qx qy qz qw
         self.pose_frame = ""
@@ -59,7 +61,7 @@ class Inputs:
     def clear(self) -> None:
         """Forget every buffered value (deactivate): nothing from before is acted on after."""
         self.sync = ApproximateSynchronizer(list(self.spec.views), self.params.slop_s)
-        for history in (self.state, self.joints, self.pose):
+        for history in (self.state, self.pose, *self.joint_histories.values()):
             if history is not None:
                 history.clear()
         if self.sensor is not None:
@@ -72,13 +74,14 @@ class Inputs:
         self.stats[f"dropped_{what}"] += 1
         self.logger.warning(f"dropped a {what} message: {reason}", throttle_duration_sec=5.0)
 
-    def accept(self, what: str, msg, size: int) -> bool:
-        """Size and header-stamp checks shared by every input; counts and warns on a drop."""
+    def accept(self, what: str, msg, size: int, stream: str = "") -> bool:
+        """Size and header-stamp checks shared by every input; counts and warns on a drop. `stream`: the stamps'
+        own sequence when one input has several publishers (default: `what`)."""
         if size > self.params.max_message_bytes:
             self.drop(what, f"{size} bytes is over max_message_bytes {self.params.max_message_bytes}")
             return False
         if hasattr(msg, "header"):
-            reason = self.stamp_guard.check(what, stamp_seconds(msg.header.stamp), self.now())
+            reason = self.stamp_guard.check(stream or what, stamp_seconds(msg.header.stamp), self.now())
             if reason:
                 self.drop(what, reason)
                 return False
@@ -115,7 +118,8 @@ class Inputs:
     def on_joint_state(self, msg, is_policy_state: bool) -> None:
         """JointState: the robot's joints by name (for commands) and, if configured, the policy's state."""
         position = np.asarray(msg.position, float)
-        if not self.accept(JOINTS_KEY, msg, 8 * len(position)):
+        names = tuple(msg.name)
+        if not self.accept(JOINTS_KEY, msg, 8 * len(position), stream=f"{JOINTS_KEY} {list(names)}"):
             return
         if len(msg.name) != len(position) or not np.isfinite(position).all():
             self.invalid[JOINTS_KEY] = "the latest joint state has a non-finite or unnamed position"
@@ -123,8 +127,12 @@ class Inputs:
                                             "position: every value must be finite and named")
         self.invalid.pop(JOINTS_KEY, None)
         stamp = stamp_seconds(msg.header.stamp)
-        self.joint_names = list(msg.name)
-        self.joints.add(stamp, position)
+        history = self.joint_histories.get(names)
+        if history is None:
+            history = self.joint_histories[names] = StateHistory(self.params.state_history_s,
+                                                                 tolerance_s=self.params.slop_s)
+            self.joint_names = sorted(set(self.joint_names) | set(names))
+        history.add(stamp, position)
         self.watchdog.feed(JOINTS_KEY, self.now())
         if is_policy_state:
             try:
@@ -166,6 +174,10 @@ class Inputs:
                 return None if newest is None else newest[1]
             return history.at(stamp)
 
-        joints, pose = look(self.joints), look(self.pose)
-        return RobotState(joints=None if joints is None else dict(zip(self.joint_names, joints.tolist())),
-                          pose=None if pose is None else (pose[:3], pose[3:], self.pose_frame))
+        joints: dict[str, float] = {}
+        for names, history in self.joint_histories.items():
+            values = look(history)
+            if values is not None:
+                joints.update(zip(names, values.tolist()))
+        pose = look(self.pose)
+        return RobotState(joints=joints or None, pose=None if pose is None else (pose[:3], pose[3:], self.pose_frame))

@@ -199,8 +199,11 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         if self.inputs is None:
             return
         if jump.delta.nanoseconds < 0:
-            self.get_logger().warning(f"the clock jumped back {-jump.delta.nanoseconds * 1e-9:.3f} s: inputs reset")
+            back = -jump.delta.nanoseconds * 1e-9
+            self.get_logger().warning(f"the clock jumped back {back:.3f} s: inputs reset")
             self.worker.reset()  # first: a chunk computed from before the jump is dropped, not published
+            if self.armed():  # what was commanded belongs to the time before the jump
+                self._hold(f"the clock jumped back {back:.3f} s")
             self.inputs.clear()
             self.inputs.stamp_guard.reset()
             with self._lock:

@@ -64,6 +64,10 @@ class JointBounds:
         if missing:
             raise RobotDescriptionError(f"robot_description has no limits for joints {missing}; it lists "
                                         f"{sorted(limits)}")
+        unbounded = [n for n in names if not 0 < limits[n].velocity < np.inf]
+        if unbounded:
+            raise RobotDescriptionError(f"robot_description: joints {unbounded} have no velocity limit (<limit "
+                                        "velocity=...> missing or 0); commands to them cannot be bounded: add it")
         pick = lambda attr: np.array([getattr(limits[n], attr) for n in names], float)  # noqa: E731
         return cls(pick("lower"), pick("upper"), pick("velocity"), max_chunk_motion, mode)
 
