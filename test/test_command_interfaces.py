@@ -151,3 +151,34 @@ def test_timed_trajectory_starts_on_receipt_drops_due_points_and_slows_the_first
     # a stale joint state: the hold goes where the last trajectory has the joints now, not to the old sample
     hold = command.hold(RobotState(joints=None), now=100.25 + 0.085, frame="")
     assert np.allclose(hold.points[0].positions, [0.075, 0.075])  # halfway to the first point (0.15)
+
+
+def test_rotation_is_bounded_per_step_and_per_chunk_and_required_to_arm():
+    from types import SimpleNamespace
+
+    from vla_policy_ros import params as P
+    from vla_policy_ros.arming import ArmingMixin
+    from vla_policy_ros.quaternions import quat_from_euler
+
+    layout = ActionLayout.from_names(["dx", "dy", "dz", "da", "db", "dr", "gripper"])
+    limits = OutputLimits(max_delta=np.full(7, np.inf), max_angular_speed=0.5, max_chunk_rotation=0.2)
+    servo = build_command("servo_twist", layout, limits, 0.1, None, 1e-3, 1.0, "base_link")
+    robot = RobotState(pose=(np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]), "base_link"))
+    chunk = np.zeros((8, 7))
+    chunk[:, 5] = 0.3  # yaw 0.3 rad per 0.1 s step: 3 rad/s asked
+    planned = servo.plan(chunk, robot, 0.0)
+    rates = np.linalg.norm(planned.rows[:, 3:6], axis=1)
+    assert planned.outcome == "clipped" and rates.max() == pytest.approx(0.5)  # 0.05 rad per step
+    assert rates.sum() * 0.1 <= 0.2 + 1e-9 and rates[-1] == 0.0  # 4 steps reach 0.2 rad, then no more turning
+    pose = build_command("pose_target", layout, limits, 0.1, None, 1e-3, 1.0, "base_link")
+    targets = pose.plan(chunk, robot, 0.0).rows[:, 3:7]
+    angle = 2 * np.arccos(np.clip(np.abs(targets @ np.array([0.0, 0.0, 0.0, 1.0])), 0, 1))
+    assert angle.max() <= 0.2 + 1e-9 and np.allclose(targets[-1], quat_from_euler(0, 0, 0.2), atol=1e-9)
+    # arming a cartesian interface whose actions rotate needs both bounds; one that does not rotate does not
+    params = P.NodeParams(command_interface="servo_twist", workspace_min=(0, 0, 0), workspace_max=(1, 1, 1),
+                          max_speed=0.5)
+    node = SimpleNamespace(params=params, layout=layout, joint_bounds=None)
+    assert "max_angular_speed" in ArmingMixin.limits_missing(node) and "max_chunk_rotation" in \
+        ArmingMixin.limits_missing(node)
+    node.layout = ActionLayout.from_names(["dx", "dy", "dz", "gripper"])
+    assert ArmingMixin.limits_missing(node) == ""

@@ -33,8 +33,10 @@ class ArmingMixin:
         if p.command_interface == "joint_trajectory":
             return "" if self.joint_bounds is not None else \
                 "no joint limits: set robot_description (or publish /robot_description) with the commanded joints"
+        rotates = self.layout is not None and any(i is not None for i in self.layout.rotation)
         unset = [n for n in ("workspace_min", "workspace_max") if not getattr(p, n)] + \
-            (["max_speed"] if p.max_speed <= 0 else [])
+            (["max_speed"] if p.max_speed <= 0 else []) + \
+            [n for n in ("max_angular_speed", "max_chunk_rotation") if rotates and getattr(p, n) <= 0]
         return f"cartesian limits not set: {unset}" if unset else ""
 
     def _controller_missing(self) -> str:

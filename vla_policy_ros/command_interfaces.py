@@ -261,11 +261,11 @@ class CartesianCommand:
         return finite(position, "pose"), finite(orientation, "pose"), self.frame or frame
 
     def targets(self, chunk: np.ndarray, robot: RobotState):
-        """(outcome, limited chunk (H, A), positions (H, 3), orientations (H, 4), frame) from the pose;
-        positions None when rejected."""
+        """(outcome, limited chunk (H, A), positions (H, 3), orientations (H, 4), frame, angles (H, 3) rad per step
+        after the rotation bounds) from the pose; positions None when rejected."""
         limited = self.limits.apply_chunk(chunk)
         if limited.chunk is None:
-            return limited, None, None, None, ""
+            return limited, None, None, None, "", None
         position, orientation, frame = self.pose(robot)
         if robot.setpoint is not None:  # deltas continue the controller's setpoint, not the measured pose
             position, orientation = (finite(v, "setpoint") for v in robot.setpoint)
@@ -280,17 +280,30 @@ class CartesianCommand:
             point = np.clip(raw, low, high)
             saturated |= bool(np.any(point != raw))
             positions[k] = point
-        orientations = np.empty((len(chunk), 4))
-        q = orientation / np.linalg.norm(orientation)
+        # rotation bounded as translation is: a step's angle by max_angular_speed x dt, the orientation's distance
+        # from where the chunk starts by max_chunk_rotation (a step past it does not rotate)
+        orientations, start = np.empty((len(chunk), 4)), orientation / np.linalg.norm(orientation)
+        q, rotation_clipped, step_max = start, "", self.limits.max_angular_speed * self.dt
         for i, rpy in enumerate(angles):
-            q = quat_multiply(quat_from_euler(*rpy), q)
-            orientations[i] = q = q / np.linalg.norm(q)
+            if np.linalg.norm(rpy) > step_max * (1 + 1e-9):
+                angles[i] = rpy = rpy * step_max / np.linalg.norm(rpy)
+                rotation_clipped = f"faster than max_angular_speed {self.limits.max_angular_speed} rad/s"
+            turned = quat_multiply(quat_from_euler(*rpy), q)
+            turned = turned / np.linalg.norm(turned)
+            if 2 * np.arccos(min(1.0, abs(float(np.dot(turned, start))))) > self.limits.max_chunk_rotation * (1 + 1e-9):
+                angles[i], turned = 0.0, q
+                rotation_clipped = f"more than max_chunk_rotation {self.limits.max_chunk_rotation} rad"
+            orientations[i] = q = turned
+        if rotation_clipped and self.limits.mode == "reject":
+            return LimitResult(None, None, "rejected", rotation_clipped), None, None, None, frame, None
         bounded = self.limits.apply_targets(positions, position, self.dt)
         if bounded.positions is None:
-            return bounded, None, None, None, frame
-        if bounded.outcome == "ok" and saturated:
-            bounded = LimitResult(None, positions, "clipped", "workspace (targets held on its boundary)")
-        return (bounded if bounded.outcome != "ok" else limited), limited.chunk, bounded.positions, orientations, frame
+            return bounded, None, None, None, frame, None
+        if bounded.outcome == "ok" and (saturated or rotation_clipped):
+            bounded = LimitResult(None, positions, "clipped",
+                                  rotation_clipped or "workspace (targets held on its boundary)")
+        outcome = bounded if bounded.outcome != "ok" else limited
+        return outcome, limited.chunk, bounded.positions, orientations, frame, angles
 
 
 class ServoTwistCommand(CartesianCommand):
@@ -300,12 +313,12 @@ class ServoTwistCommand(CartesianCommand):
     def plan(self, chunk: np.ndarray, robot: RobotState, stamp: float) -> Planned:
         if robot.pose is None and not np.isfinite(np.r_[self.limits.workspace_min, self.limits.workspace_max]).any():
             robot = RobotState(robot.joints, (np.zeros(3), np.array([0, 0, 0, 1.0]), self.frame))  # velocities only
-        outcome, limited, positions, _, frame = self.targets(chunk, robot)
+        outcome, limited, positions, _, frame, angles = self.targets(chunk, robot)
         if positions is None:
             return _rejected(outcome)
         start = robot.pose[0]
         linear = np.diff(np.vstack([start, positions]), axis=0) / self.dt  # (H, 3) m/s after the limits
-        angular = self.layout.pick(limited, self.layout.rotation) * self.rotation_scale / self.dt  # (H, 3) rad/s
+        angular = angles / self.dt  # (H, 3) rad/s after the rotation bounds
         return Planned(outcome.outcome, outcome.reason, rows=finite(np.hstack([linear, angular]), "twist"),
                        gripper=_gripper(self.layout, limited), frame=frame)
 
@@ -325,7 +338,7 @@ class PoseTargetCommand(CartesianCommand):
     message_type = PoseStamped
 
     def plan(self, chunk: np.ndarray, robot: RobotState, stamp: float) -> Planned:
-        outcome, limited, positions, orientations, frame = self.targets(chunk, robot)
+        outcome, limited, positions, orientations, frame, _ = self.targets(chunk, robot)
         if positions is None:
             return _rejected(outcome)
         return Planned(outcome.outcome, outcome.reason, rows=finite(np.hstack([positions, orientations]), "pose target"),

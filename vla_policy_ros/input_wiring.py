@@ -43,7 +43,10 @@ class WiringMixin:
             raise ValueError(f"parameter max_delta: expected [], 1 or {action_dim} values, got {list(p.max_delta)}")
         return OutputLimits(max_delta=max_delta, workspace_min=p.workspace_min or np.full(3, -np.inf),
                             workspace_max=p.workspace_max or np.full(3, np.inf),
-                            max_speed=p.max_speed if p.max_speed > 0 else np.inf, mode=p.limit_mode)
+                            max_speed=p.max_speed if p.max_speed > 0 else np.inf,
+                            max_angular_speed=p.max_angular_speed if p.max_angular_speed > 0 else np.inf,
+                            max_chunk_rotation=p.max_chunk_rotation if p.max_chunk_rotation > 0 else np.inf,
+                            mode=p.limit_mode)
 
     def _set_robot_description(self, urdf: str, from_topic: bool = False) -> None:
         """Joint bounds of the commanded joints from a URDF (parameter at configure, or the latched topic)."""

@@ -82,6 +82,8 @@ class NodeParams:
     workspace_min: tuple = ()  # x y z metres for absolute targets; () = unlimited
     workspace_max: tuple = ()
     max_speed: float = 0.0  # m/s between consecutive targets; 0 = unlimited
+    max_angular_speed: float = 0.0  # rad/s of the ee orientation per control period; 0 = unset (cartesian: required)
+    max_chunk_rotation: float = 0.0  # rad, largest orientation change from the pose a chunk starts at; 0 = unset
     robot_description: str = ""  # URDF; joint position/velocity limits for joint_trajectory ("" = /robot_description)
     max_chunk_motion: float = 0.0  # joint_trajectory: largest |target - current| per joint in a chunk; 0 = unlimited
     limit_mode: str = "clip"  # clip | reject
@@ -98,6 +100,7 @@ RANGES = {"ddim_steps": (1, 1000), "seed": (-1, 2**31 - 1), "rate_hz": (0.0, 100
           "state_history_s": (0.1, 60.0), "command_rate_hz": (1.0, 2000.0), "control_period_s": (0.0, 10.0),
           "max_command_age_s": (0.0, 10.0), "heartbeat_timeout_s": (0.01, 10.0), "max_feature_age_s": (0.001, 60.0),
           "ensemble_decay": (0.0, 10.0), "max_speed": (0.0, 10.0), "max_chunk_motion": (0.0, 10.0),
+          "max_angular_speed": (0.0, 20.0), "max_chunk_rotation": (0.0, 6.3),
           "input_timeout_s": (0.0, 60.0), "future_stamp_tolerance_s": (0.0, 1e9), "max_message_bytes": (1, 2**31 - 1)}
 EXECUTION_MODES = ("receding", "temporal")
 
@@ -156,6 +159,10 @@ DESCRIPTIONS = {
     "workspace_min": "lower x y z bound (m) of absolute ee targets ([] = unlimited)",
     "workspace_max": "upper x y z bound (m) of absolute ee targets ([] = unlimited)",
     "max_speed": "maximum speed (m/s) between consecutive ee targets (0 = unlimited)",
+    "max_angular_speed": "maximum ee angular rate (rad/s) per control period; arming a cartesian interface whose "
+                         "actions rotate needs it (0 = unset)",
+    "max_chunk_rotation": "largest ee orientation change (rad) from the pose a chunk starts at; arming a cartesian "
+                          "interface whose actions rotate needs it (0 = unset)",
     "limit_mode": f"what a command beyond the limits gets: one of {list(LIMIT_MODES)}",
     "input_timeout_s": "watchdog: no inference or command while a camera, the sensor or the state is older (0 = off)",
     "future_stamp_tolerance_s": "messages stamped further in the future than this are dropped",

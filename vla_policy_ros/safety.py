@@ -30,6 +30,8 @@ class OutputLimits:
     workspace_min: np.ndarray = field(default_factory=lambda: np.full(3, -np.inf))  # (3,) metres
     workspace_max: np.ndarray = field(default_factory=lambda: np.full(3, np.inf))
     max_speed: float = np.inf  # m/s between consecutive targets (and from the current position)
+    max_angular_speed: float = np.inf  # rad/s of the orientation between consecutive targets
+    max_chunk_rotation: float = np.inf  # rad from the orientation the chunk starts at
     mode: str = "clip"
 
     def __post_init__(self) -> None:
@@ -37,8 +39,10 @@ class OutputLimits:
         self.workspace_min, self.workspace_max = np.asarray(self.workspace_min, float), np.asarray(self.workspace_max, float)
         if self.mode not in LIMIT_MODES:
             raise ValueError(f"limit_mode: expected one of {list(LIMIT_MODES)}, got {self.mode!r}")
-        if np.any(self.max_delta < 0) or np.any(self.workspace_min > self.workspace_max) or not self.max_speed > 0:
-            raise ValueError("output limits: expected max_delta >= 0, workspace_min <= workspace_max, max_speed > 0")
+        if np.any(self.max_delta < 0) or np.any(self.workspace_min > self.workspace_max) or not self.max_speed > 0 \
+                or not (self.max_angular_speed > 0 and self.max_chunk_rotation > 0):
+            raise ValueError("output limits: expected max_delta >= 0, workspace_min <= workspace_max, max_speed > 0, "
+                             "max_angular_speed > 0, max_chunk_rotation > 0")
 
     def apply_chunk(self, chunk: np.ndarray) -> LimitResult:
         """Per-dimension delta limits on an action chunk (H, A)."""
