@@ -154,3 +154,17 @@ def test_joint_states_of_several_publishers_merge_by_name(ros, checkpoint):
     joints = node.inputs.robot_state().joints
     assert joints["gripper_finger"] == pytest.approx(0.7) and joints["j2"] == pytest.approx(STATE_VALUES["j2"])
     assert node.stats.get("dropped_joints", 0) == 0
+
+
+def test_an_armed_node_holds_when_it_shuts_down(ros, checkpoint):
+    """What Ctrl-C / SIGTERM run in the process (main catches both with the context still up): the hold first."""
+    node = start_policy_node(ros, _params(checkpoint, command_interface="joint_trajectory", action_roles=DEPLOY_JOINTS,
+                                          robot_description=DEPLOY_URDF))
+    jtc = ros.add(FakeJointTrajectoryController(ros.context, DEPLOY_JOINTS))
+    robot = Robot(ros)
+    robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks")
+    assert _enable(ros, robot).success
+    robot.run_until(ros, lambda: len(jtc.accepted) >= 2 and _hold_count(jtc) == 0, "trajectories")
+    node.shutdown()
+    ros.wait_for(lambda: _hold_count(jtc) >= 1, what="the hold on shutdown")
+    assert node.holding == "shutting down" and len(jtc.accepted[-1].points) == 1

@@ -1,6 +1,8 @@
 """Wiring of the policy node at configure: the inputs the checkpoints expect, the topics that carry them,
 the publishers, timers and the FollowJointTrajectory client, the output and joint limits; and their release.
 
+Also the inputs the node handles itself: the instruction topic and jumps of its clock.
+
 A mixin of PolicyNode: it fills the node's _entities (destroyed by `_release`), chunk_pub, action_pub,
 command_pub, gripper_pub, trajectory_action and joint_bounds from params, policies, layout and command.
 """
@@ -126,3 +128,27 @@ class WiringMixin:
                 destroy(entity)
         self._entities, self.policies, self.inputs, self.worker, self.command = [], {}, None, None, None
         self.active = False
+
+    # -- inputs the node handles itself -------------------------------------------------------------------
+    def _on_instruction(self, msg: String) -> None:
+        with self._lock:
+            self.instruction = msg.data
+
+    def _on_clock_jump(self, jump) -> None:
+        if self.inputs is None:
+            return
+        if jump.delta.nanoseconds < 0:
+            back = -jump.delta.nanoseconds * 1e-9
+            self.get_logger().warning(f"the clock jumped back {back:.3f} s: inputs reset")
+            self.worker.reset()  # first: a chunk computed from before the jump is dropped, not published
+            if self.armed():  # what was commanded belongs to the time before the jump
+                self._hold(f"the clock jumped back {back:.3f} s")
+            self.inputs.clear()
+            self.inputs.stamp_guard.reset()
+            with self._lock:
+                for executor in (self.command_executor, self.action_executor):
+                    if executor is not None:
+                        executor.reset()
+        elif self.command_executor is not None:
+            self.inputs.stats["clock_steps"] += 1
+            self._command_tick()

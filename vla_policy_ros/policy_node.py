@@ -21,6 +21,7 @@ for JTC / MoveIt Servo / cartesian controllers), params.py (the parameter table)
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, TransitionCallbackReturn
 from rclpy.node import Node
-from std_msgs.msg import String
+from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import SetBool
 
 from vla_models import CheckpointError, load_policy
@@ -190,29 +191,6 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    # -- inputs the node itself handles ----------------------------------------------------------------
-    def _on_instruction(self, msg: String) -> None:
-        with self._lock:
-            self.instruction = msg.data
-
-    def _on_clock_jump(self, jump) -> None:
-        if self.inputs is None:
-            return
-        if jump.delta.nanoseconds < 0:
-            back = -jump.delta.nanoseconds * 1e-9
-            self.get_logger().warning(f"the clock jumped back {back:.3f} s: inputs reset")
-            self.worker.reset()  # first: a chunk computed from before the jump is dropped, not published
-            if self.armed():  # what was commanded belongs to the time before the jump
-                self._hold(f"the clock jumped back {back:.3f} s")
-            self.inputs.clear()
-            self.inputs.stamp_guard.reset()
-            with self._lock:
-                for executor in (self.command_executor, self.action_executor):
-                    if executor is not None:
-                        executor.reset()
-        elif self.command_executor is not None:
-            self.inputs.stats["clock_steps"] += 1
-            self._command_tick()
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -227,11 +205,24 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self.diagnostics_pub.publish(diagnostics(self))
 
     def shutdown(self) -> None:
+        """Ctrl-C, SIGTERM or the end of a test: an armed node holds before it goes (inference stopped first,
+        so no chunk in flight commands after the hold)."""
         if self.worker is not None:
             self.worker.stop()
+        if self.armed():
+            self._hold("shutting down")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    # Ctrl-C (and SIGTERM from a launch shutdown) reach this thread with the context still up, so an armed
+    # node publishes its hold before it goes (rclpy's own handler would shut the context down first)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     node, code = None, 0
     try:
         node = PolicyNode()
