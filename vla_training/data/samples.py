@@ -157,8 +157,12 @@ class BackboneCollate:
         return batch
 
 
-def fit_statistics(policy, episodes: list[Episode], max_rows: int = 200_000) -> None:
-    """Fit the policy's normaliser on the training episodes (sensor streams subsampled to max_rows)."""
+def fit_statistics(policy, episodes: list[Episode], max_rows: int = 200_000, seed: int = 0) -> None:
+    """Fit the policy's normaliser on a bounded sample of the training episodes: per field at most `max_rows`
+    rows in all, spread over the episodes in proportion to their lengths (largest remainder), each episode's
+    share drawn without replacement from a generator seeded by (seed, episode position). Host memory is
+    bounded by max_rows, not by the dataset; the same episodes and seed give the same rows on every call
+    and every DDP rank (no collective needed; DDP broadcasts rank 0's buffers anyway)."""
     cfg = policy.config
     keys = ["actions"] + (["state"] if cfg.state.dim else []) + (["sensor"] if cfg.sensor.channels else [])
     for key in keys:
@@ -167,21 +171,32 @@ def fit_statistics(policy, episodes: list[Episode], max_rows: int = 200_000) -> 
             raise DatasetError(f"field '{key}': none of the {len(episodes)} training episodes has it; the policy config "
                                f"expects it ({'sensor.channels' if key == 'sensor' else 'state.dim'}); set that to 0 "
                                "or add recordings with it")
-        arrays = [_rows(ep, key, max_rows) for ep in having]
+        arrays = [_rows(ep, key, share, np.random.default_rng([seed, i]))
+                  for i, (ep, share) in enumerate(zip(having, _shares([len(ep.array(key)) for ep in having], max_rows)))]
         if key == "state":
             arrays = [rows[:, state_columns(ep, cfg)] for ep, rows in zip(having, arrays)]
         rows = np.concatenate(arrays)
-        if len(rows) > max_rows:
-            rows = rows[np.linspace(0, len(rows) - 1, max_rows).astype(int)]
         policy.normalizer["action" if key == "actions" else key].fit(torch.from_numpy(rows.astype(np.float64)))
 
 
-def _rows(ep: Episode, key: str, max_rows: int) -> np.ndarray:
-    """An episode's rows, at most max_rows of them (evenly spaced: a long sensor stream is not read whole)."""
+def _shares(lengths: list[int], max_rows: int) -> list[int]:
+    """Rows to read per episode: all of them when they total <= max_rows, else max_rows split in proportion
+    to the lengths (largest remainder; a share never exceeds its episode)."""
+    total = sum(lengths)
+    if total <= max_rows:
+        return list(lengths)
+    exact = np.asarray(lengths, np.float64) * max_rows / total
+    shares = np.floor(exact).astype(np.int64)
+    shares[np.argsort(-(exact - shares), kind="stable")[:max_rows - int(shares.sum())]] += 1
+    return shares.tolist()
+
+
+def _rows(ep: Episode, key: str, share: int, rng: np.random.Generator) -> np.ndarray:
+    """`share` of an episode's rows, drawn without replacement (in stored order: a memmap reads only them)."""
     array = ep.array(key)
-    if len(array) > max_rows:
-        return np.asarray(array[np.linspace(0, len(array) - 1, max_rows).astype(int)])
-    return np.asarray(array)
+    if share >= len(array):
+        return np.asarray(array)
+    return np.asarray(array[np.sort(rng.choice(len(array), share, replace=False))])
 
 
 def split_episodes(episodes: list[Episode], val_fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:

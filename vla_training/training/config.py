@@ -56,6 +56,9 @@ class TrainConfig:
     # processor in the loader workers (exact), 'device' = torch on the training device (the fast runner's path)
     pixels: str = "processor"
     device: str = "auto"
+    # DDP's find_unused_parameters: null = decided from the model (only if a trainable module can be skipped
+    # by the forward); true/false forces it
+    find_unused_parameters: bool | None = None
     resume: bool = False
     wandb: bool = False
     tensorboard: bool = False
@@ -97,6 +100,8 @@ def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
         raise ConfigError(f"backbone_lr_scale: expected a number >= 0, got {train.backbone_lr_scale!r}")
     if not isinstance(train.init_partial, bool):
         raise ConfigError(f"init_partial: expected true or false, got {train.init_partial!r}")
+    if train.find_unused_parameters is not None and not isinstance(train.find_unused_parameters, bool):
+        raise ConfigError(f"find_unused_parameters: expected true, false or null, got {train.find_unused_parameters!r}")
     if train.pixels not in ("processor", "device"):
         raise ConfigError(f"pixels: expected 'processor' or 'device', got {train.pixels!r}")
     return train, policy_cfg.replace(**changes) if changes else policy_cfg

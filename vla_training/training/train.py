@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vla_models import ConfigError, PolicyConfig, build_policy, load_policy
@@ -35,8 +34,11 @@ from ..data.samples import (BackboneCollate, ChunkDataset, check_episode, collat
                             split_episodes)
 from ..files import write_json_atomic
 from .config import TrainConfig, load_train_config
+from .distributed import (find_unused_parameters, gather_rng_states, mean_across_ranks, rank_seed, rng_devices,
+                          setup_process)
 from .ema import TrainableEMA
 from .feature_cache import FeatureCache
+from .loader import EpochLoader
 from .train_state import load_train_state, save_train_state
 
 
@@ -53,11 +55,6 @@ def lr_lambda(total: int, warmup_frac: float, hold_frac: float, min_ratio: float
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The seed of one rank's training noise: distinct for every (seed, rank) pair."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def load_init_weights(policy, path: str | Path) -> list[str]:
@@ -105,12 +102,8 @@ def param_groups(policy, lr: float, weight_decay: float, backbone_scale: float =
 class Trainer:
     def __init__(self, train: TrainConfig, policy_config: PolicyConfig) -> None:
         self.train_cfg = train
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() and train.device != "cpu" else "gloo")
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        self.device = self._device()
+        # on CUDA: this rank's GPU made current before the process group or anything else touches CUDA
+        self.distributed, self.rank, self.world, self.device = setup_process(train.device)
         self.out = Path(train.out)
         torch.manual_seed(train.seed)  # the model's initial weights: the same on every rank (DDP broadcasts rank 0's)
         episodes = list_episodes(train.dataset)
@@ -126,7 +119,7 @@ class Trainer:
         self.policy = build_policy(policy_config)
         if train.init:
             self._init_from(train.init)
-        fit_statistics(self.policy, self.train_eps)
+        fit_statistics(self.policy, self.train_eps, seed=train.seed)  # a bounded, seeded sample: equal on every rank
         self.policy.to(self.device)
         # from here on every rank draws its own random numbers (diffusion/flow noise and times, dropout):
         # with one seed, N ranks would train on N copies of the same noise
@@ -152,15 +145,10 @@ class Trainer:
         self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": None, "samples": 0}
         if train.resume:
             self._resume()
-        self.model = (torch.nn.parallel.DistributedDataParallel(self.policy, find_unused_parameters=True)
-                      if self.distributed else self.policy)
+        # no graph walk per step unless some trainable parameter can be left out of the forward
+        self.model = (torch.nn.parallel.DistributedDataParallel(self.policy, find_unused_parameters=find_unused_parameters(
+            self.policy, train.find_unused_parameters, self.cache is not None)) if self.distributed else self.policy)
         self.loggers = self._loggers() if self.rank == 0 else []
-
-    def _device(self) -> torch.device:
-        name = self.train_cfg.device
-        if name == "auto":
-            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-        return torch.device(name)
 
     def _init_from(self, path: str) -> None:
         """--init: the checkpoint's model.safetensors into this model (no second policy is built). Tensors
@@ -181,7 +169,7 @@ class Trainer:
         if not last.is_dir():
             raise ConfigError(f"--resume: {last} does not exist; start without --resume or point --out at the run")
         self.policy.load_state_dict(load_policy(last).state_dict())
-        self.progress = load_train_state(last, self.optimizer, self.scheduler, self.ema, self.rank)
+        self.progress = load_train_state(last, self.optimizer, self.scheduler, self.ema, self.rank, self.device)
 
     # -- logging ------------------------------------------------------------------------------------
     def _loggers(self) -> list:
@@ -273,14 +261,12 @@ class Trainer:
         micro_losses: list[float] = []
         pending = 0  # micro-batches accumulated since the last optimiser step (0 at every checkpoint)
         data_s = 0.0
+        # samples are read (frames decoded) in `loader_workers` persistent processes, in each epoch's order
+        epochs = EpochLoader(self.train_ds, self.collate, cfg.loader_workers, cfg.seed, self.device.type == "cuda")
         while p["step"] < self.total_steps:
             batches = self._epoch_order(p["epoch"])
             first = p["batch_in_epoch"]
-            # samples are read (frames decoded) in `loader_workers` processes, in this epoch's order
-            # (its own generator: the loader draws a base seed, which must not move the training noise's RNG)
-            loader = iter(DataLoader(self.train_ds, batch_sampler=[b.tolist() for b in batches[first:]],
-                                     num_workers=cfg.loader_workers, collate_fn=self.collate,
-                                     generator=torch.Generator().manual_seed(cfg.seed)))
+            loader = epochs.epoch(batches[first:])
             for b in range(first, len(batches)):
                 fetch = time.perf_counter()
                 batch = self._complete(next(loader))  # + sample weights, cached features (this process)
@@ -306,7 +292,8 @@ class Trainer:
                     self.ema.update(self.policy)
                 p["step"] += 1
                 bar.update(1)
-                step_loss = float(np.mean(micro_losses))  # every micro-batch of the step, not the last one
+                # every micro-batch of the step, not the last one, averaged over the ranks
+                step_loss = mean_across_ranks(float(np.mean(micro_losses)), self.distributed, self.world, self.device)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 rate = (p["samples"] - start_samples) / elapsed
@@ -330,6 +317,7 @@ class Trainer:
                 p["epoch"] += 1
                 p["batch_in_epoch"] = 0
         bar.close()
+        epochs.close()
         if self.distributed:
             self._check_ranks_agree()
             dist.barrier()
@@ -348,21 +336,12 @@ class Trainer:
         if len(set(digests)) != 1:
             raise RuntimeError(f"the {self.world} ranks ended with different weights: {digests}")
 
-    def _rng_states(self) -> list[torch.Tensor]:
-        """Every rank's torch RNG state (each rank draws its own noise; --resume gives each its own back)."""
-        if not self.distributed:
-            return [torch.get_rng_state()]
-        state = torch.get_rng_state().to(self.device)  # a tensor collective (NCCL takes device tensors; no pickle)
-        states = [torch.empty_like(state) for _ in range(self.world)]
-        dist.all_gather(states, state)
-        return [s.cpu() for s in states]
-
     @torch.no_grad()
     def validate(self) -> float | None:
         if self.val_ds is None or len(self.val_ds) == 0:
             return None
         losses = []
-        with self._evaluated() as model, torch.random.fork_rng():
+        with self._evaluated() as model, torch.random.fork_rng(devices=rng_devices(self.device)):
             model.eval()
             torch.manual_seed(1234)  # the same diffusion noise every validation
             idx = np.arange(len(self.val_ds))[:: max(1, len(self.val_ds) // 512)]
@@ -388,7 +367,8 @@ class Trainer:
     def checkpoint(self) -> None:
         """last/ = raw weights + trainer state (EMA included); best/ = the weights validated (EMA for diffusion)."""
         val = self.validate()
-        rng_states = self._rng_states()  # a collective: every rank, before rank 0 writes
+        # every rank's CPU (and CUDA) RNG state: a collective, every rank, before rank 0 writes
+        rng_states, cuda_states = gather_rng_states(self.distributed, self.world, self.device)
         if self.rank == 0:
             p = self.progress
             if val is not None:
@@ -398,7 +378,7 @@ class Trainer:
                 with self._evaluated() as evaluated:
                     evaluated.save(self.out / "best")
             self.policy.save(self.out / "last", extra=lambda d: save_train_state(
-                d, self.optimizer, self.scheduler, dict(p), self.ema, rng_states))
+                d, self.optimizer, self.scheduler, dict(p), self.ema, rng_states, cuda_states))
             if self.ema is not None:
                 with self.ema.applied(self.policy) as averaged:
                     averaged.save(self.out / "last_ema")

@@ -2,7 +2,8 @@
 
 Optimizer and scheduler state_dicts are split into their tensors (`optimizer.<param>.<name>`) and
 JSON-able values; torch's RNG state is a uint8 tensor, one per rank (`rng.torch` = rank 0's,
-`rng.torch.rank<N>` = rank N's: every rank draws its own noise). `load_train_state` reverses it.
+`rng.torch.rank<N>` = rank N's: every rank draws its own noise), and on CUDA each rank's GPU RNG state
+beside it (`rng.cuda`, `rng.cuda.rank<N>`). `load_train_state` reverses it.
 """
 
 from __future__ import annotations
@@ -43,15 +44,19 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-def _rng_key(rank: int) -> str:
-    return "rng.torch" if rank == 0 else f"rng.torch.rank{rank}"
+def _rng_key(rank: int, kind: str = "torch") -> str:
+    return f"rng.{kind}" if rank == 0 else f"rng.{kind}.rank{rank}"
 
 
 def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler, progress: dict,
-                     ema=None, rng_states: list[torch.Tensor] | None = None) -> None:
-    """rng_states: every rank's torch RNG state (default: this process's, as rank 0's)."""
+                     ema=None, rng_states: list[torch.Tensor] | None = None,
+                     cuda_rng_states: list[torch.Tensor] | None = None) -> None:
+    """rng_states: every rank's torch RNG state (default: this process's, as rank 0's); cuda_rng_states:
+    every rank's torch.cuda RNG state of its device (training on CUDA)."""
     tensors: dict[str, torch.Tensor] = {_rng_key(rank): state.contiguous() for rank, state in
                                         enumerate(rng_states or [torch.get_rng_state()])}
+    tensors.update({_rng_key(rank, "cuda"): state.cpu().contiguous() for rank, state in
+                    enumerate(cuda_rng_states or [])})
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
     for pid, state in opt["state"].items():
@@ -70,9 +75,10 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, schedule
 
 
 def load_train_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler,
-                     ema=None, rank: int = 0) -> dict:
-    """Restore optimizer, scheduler, EMA and this rank's RNG; returns the saved progress dict. A rank the
-    checkpoint has no RNG state for (it was written by fewer ranks) keeps the RNG it has (seeded per rank)."""
+                     ema=None, rank: int = 0, device: torch.device | None = None) -> dict:
+    """Restore optimizer, scheduler, EMA and this rank's RNG (on a CUDA `device` also its GPU RNG); returns the
+    saved progress dict. A rank the checkpoint has no RNG state for (it was written by fewer ranks, or on
+    CPU) keeps the RNG it has (seeded per rank)."""
     try:
         tensors = load_file(directory / STATE_TENSORS)
         meta = json.loads((directory / STATE_JSON).read_text())
@@ -97,4 +103,6 @@ def load_train_state(directory: Path, optimizer: torch.optim.Optimizer, schedule
     else:
         print(f"resume: {directory} holds no RNG state for rank {rank} (written by fewer ranks); this rank's "
               "noise continues from its own seed", flush=True)
+    if device is not None and device.type == "cuda" and _rng_key(rank, "cuda") in tensors:
+        torch.cuda.set_rng_state(tensors[_rng_key(rank, "cuda")], device)
     return meta["progress"]
