@@ -4,6 +4,13 @@ import pytest
 import torch
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs 2 pytest processes on 2 cores: one math thread each (and in the processes they start),
+    # else 4 spinning OpenMP threads share 2 cores and a 12 s test takes 80 s
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 from vla_models import build_policy, preset  # noqa: E402
 from vla_models.testing import fit_fake_statistics  # noqa: E402
