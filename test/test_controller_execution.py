@@ -64,14 +64,20 @@ def _hold_count(jtc):
     return sum(len(m.points) == 1 for m in jtc.accepted)
 
 
-@pytest.mark.parametrize("fault", ["exception", "non_finite"])
-def test_a_model_fault_while_armed_ends_in_a_hold(ros, checkpoint, fault):
+def _armed_on_a_jtc(ros, checkpoint):
+    """The node armed on the JointTrajectoryController stand-in, fed by the deployment tests' robot."""
     node = start_policy_node(ros, _params(checkpoint, command_interface="joint_trajectory", action_roles=DEPLOY_JOINTS,
                                           robot_description=DEPLOY_URDF))
     jtc = ros.add(FakeJointTrajectoryController(ros.context, DEPLOY_JOINTS))
     robot = Robot(ros)
     robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks")
     assert _enable(ros, robot).success
+    return node, jtc, robot
+
+
+@pytest.mark.parametrize("fault", ["exception", "non_finite"])
+def test_a_model_fault_while_armed_ends_in_a_hold(ros, checkpoint, fault):
+    node, jtc, robot = _armed_on_a_jtc(ros, checkpoint)
     robot.run_until(ros, lambda: len(jtc.accepted) >= 2, "trajectories")
     policy = node.policies["regression"]
     horizon, dim = policy.config.horizon, policy.config.action_dim
@@ -158,12 +164,7 @@ def test_joint_states_of_several_publishers_merge_by_name(ros, checkpoint):
 
 def test_an_armed_node_holds_when_it_shuts_down(ros, checkpoint):
     """What Ctrl-C / SIGTERM run in the process (main catches both with the context still up): the hold first."""
-    node = start_policy_node(ros, _params(checkpoint, command_interface="joint_trajectory", action_roles=DEPLOY_JOINTS,
-                                          robot_description=DEPLOY_URDF))
-    jtc = ros.add(FakeJointTrajectoryController(ros.context, DEPLOY_JOINTS))
-    robot = Robot(ros)
-    robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks")
-    assert _enable(ros, robot).success
+    node, jtc, robot = _armed_on_a_jtc(ros, checkpoint)
     robot.run_until(ros, lambda: len(jtc.accepted) >= 2 and _hold_count(jtc) == 0, "trajectories")
     node.shutdown()
     ros.wait_for(lambda: _hold_count(jtc) >= 1, what="the hold on shutdown")

@@ -15,22 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_training import _state_only_dataset
+from test_training_scale import STATE_ONLY
 
 from vla_training.cli import main as vla
-from vla_training.data.episodes import EpisodeData, write_episode
 from vla_training.data.samples import fit_statistics
 
-STATE_ONLY = ["--config", "cpu", "-o", "sensor.channels=0", "-o", "state.dim=3", "-o", "action_dim=2",
-              "-o", "action_names=[dx,dy]", "--val-fraction", "0", "--device", "cpu", "--no-progress"]
-
-
-def _state_only_dataset(root: Path, steps: int) -> str:
-    rng = np.random.default_rng(0)
-    t = np.arange(steps) * 0.1
-    write_episode(root, "episode_000000", EpisodeData(
-        instruction="", actions=rng.normal(size=(steps, 2)), actions_t=t, action_names=["dx", "dy"],
-        state=rng.normal(size=(steps, 3)), state_t=t, state_names=["a", "b", "c"]))
-    return str(root)
 
 
 # -- 1. normaliser statistics from a bounded sample ---------------------------------------------------
