@@ -110,9 +110,12 @@ def test_joint_trajectory_by_name_nan_and_stale_joints_hold(ros, checkpoint):
     robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks in dry run")
     assert jtc.accepted == [] and node.params.dry_run
     assert _enable(ros, robot).success
-    robot.run_until(ros, lambda: len(jtc.accepted) >= 3, "trajectories accepted by the JTC")
+    # trajectories (a hold - one point at the current joints - may come between them on a loaded machine: an
+    # observation too old at publication)
+    moves = lambda: [m for m in jtc.accepted if len(m.points) > 1]  # noqa: E731
+    robot.run_until(ros, lambda: len(moves()) >= 3, "trajectories accepted by the JTC")
     assert jtc.rejected == []
-    cmd = jtc.accepted[-1]
+    cmd = moves()[-1]
     # stamp 0: the controller starts on receipt; the points due before publication are dropped, the rest are
     # the chunk's targets anchored at the observation (action k drives JOINTS[k])
     assert (cmd.header.stamp.sec, cmd.header.stamp.nanosec) == (0, 0) and list(cmd.joint_names) == JOINTS
