@@ -86,10 +86,13 @@ def test_recorded_scripted_session_imports_as_an_episode(tmp_path):
         recorder = ros.add(BagRecorder(context=ros.context, parameter_overrides=[
             Parameter("output", value=str(bag)),
             Parameter("topics", value=["/joint_states", "/sensor", "/sim_robot/executed_action"])]))
-        recorder.start()
         executed = []
         recorder.create_subscription(ActionChunk, "/sim_robot/executed_action",
                                      lambda m: executed.append(list(m.actions)), 100)
+        # this listener is matched before the recording starts the episode (the sim waits for the recorder's
+        # subscriptions only): otherwise it can miss the first actions on a loaded machine
+        ros.wait_for(lambda: sim.action_pub.get_subscription_count() >= 1, what="the listener matched")
+        recorder.start()
         ros.wait_for(sim.finished.is_set, timeout=120, what="the scripted episode")
         ros.wait_for(lambda: recorder.counts["/sim_robot/executed_action"] >= 25, timeout=10, what="recording")
         time.sleep(0.3)
