@@ -27,7 +27,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 FUSION_MODES = ("concat", "cross_attention", "gated", "none")
 REGRESSION_LOSSES = ("mse", "l1")
 SAMPLERS = ("ddim", "ddpm")
-NORMALIZATION_MODES = ("min_max", "mean_std", "identity")
+NORMALIZATION_MODES = ("min_max", "quantile", "mean_std", "identity")
 
 
 def _choice(path: str, value: Any, allowed: tuple) -> None:
@@ -215,7 +215,10 @@ class ExpertConfig:
 class NormalizationConfig:
     """Per-input normalisation. Statistics live in the policy's state_dict and travel with checkpoints."""
 
-    action: str = "min_max"  # to [-1, 1]: what the diffusion sampler's clipping assumes
+    # min_max | quantile | mean_std | identity. min_max: the data's range to [-1, 1], what the diffusion sampler's
+    # clipping assumes; quantile: the 1st..99th percentile to [-1, 1], robust to spikes in real recordings (the
+    # sampler's clipping then keeps actions within those percentiles, as in openpi).
+    action: str = "min_max"
     state: str = "mean_std"
     sensor: str = "mean_std"
 

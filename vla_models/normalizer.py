@@ -1,7 +1,9 @@
 """Normalisation of actions, state and sensor with statistics that live in the state_dict.
 
 Each feature is mapped with `(x - shift) / scale`. For `min_max` the range goes to [-1, 1]; for
-`mean_std` to zero mean and unit variance. A constant dimension (the seed's gripper, always 1)
+`quantile` the 1st..99th percentile goes to [-1, 1] (as LeRobot's and openpi's quantile modes: one spike in
+the recordings no longer compresses the range of everything else; values beyond the percentiles map
+outside [-1, 1]); for `mean_std` to zero mean and unit variance. A constant dimension (the seed's gripper, always 1)
 gets scale 1 and shift = its value, so it normalises to exactly 0, never divides by zero, and
 un-normalises back to the constant. `constant_mask` marks those dimensions so that losses can
 ignore them.
@@ -9,12 +11,14 @@ ignore them.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
 
 EPS = 1e-6
+QUANTILES = (0.01, 0.99)  # the range `quantile` maps to [-1, 1]
 # Smallest scale a varying dimension gets. Without a floor, a dimension that barely moves in the data
 # (a quaternion component jittering by 1e-5) turns into amplified noise at deployment.
 MIN_SCALE = 1e-3
@@ -44,6 +48,9 @@ class FeatureNormalizer(nn.Module):
         constant = (hi - lo) <= EPS * torch.clamp(hi.abs().maximum(lo.abs()), min=1.0)
         if self.mode == "min_max":
             shift, scale = (hi + lo) / 2, (hi - lo) / 2
+        elif self.mode == "quantile":
+            q_lo, q_hi = (torch.from_numpy(q) for q in np.quantile(data.numpy(), QUANTILES, axis=0))
+            shift, scale = (q_hi + q_lo) / 2, (q_hi - q_lo) / 2
         elif self.mode == "mean_std":
             shift, scale = data.mean(0), data.std(0, unbiased=False)
         else:  # identity
