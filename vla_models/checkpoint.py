@@ -17,8 +17,21 @@ from .config import PolicyConfig
 from .errors import CheckpointError, ConfigError
 from .policy import VLAPolicy
 
-__all__ = ["BACKBONE_DIR", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "load_policy", "read_manifest",
-           "save_policy"]
+__all__ = ["BACKBONE_DIR", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "load_policy", "merge_lora",
+           "read_manifest", "save_policy"]
+
+
+def merge_lora(policy: VLAPolicy) -> int:
+    """Merge the backbone's LoRA adapters into its weights, in place (`vla export --merge-lora`); returns the number
+    of layers merged. The config then says `backbone.lora.merged`: saving stores the whole backbone, loading builds
+    no adapters, and inference costs what the base model costs (the latency figures assume this)."""
+    if policy.backbone is None or not policy.config.backbone.lora.enabled:
+        raise ConfigError("merge_lora: the policy has no LoRA adapters to merge (backbone.lora.enabled is false); "
+                          "expected a checkpoint trained with LoRA (stage 2)")
+    merged = policy.backbone.merge_lora()
+    policy.config = policy.config.replace(**{"backbone.lora.enabled": False, "backbone.lora.merged": True})
+    policy.backbone.config = policy.config.backbone
+    return merged
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", backbone_pretrained: str | None = None):

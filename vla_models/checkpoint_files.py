@@ -8,7 +8,8 @@ next to its destination and swapped in by rename, so a reader never sees a half-
 checkpoint; `config.json` records the SHA-256 of the weights, checked on load.
 
 With a pretrained, frozen backbone its base weights are not copied (they are reloaded from
-`backbone.pretrained`); LoRA adapters and everything else are saved.
+`backbone.pretrained`); LoRA adapters and everything else are saved. Once the adapters are merged into the
+backbone (`backbone.lora.merged`, `vla export --merge-lora`) every backbone weight is saved.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ BACKBONE_DIR = "backbone"
 
 def _is_reloaded_base_weight(config: PolicyConfig, key: str) -> bool:
     bb = config.backbone
-    return bool(bb.pretrained) and bb.freeze and key.startswith("backbone.model.") and "lora_" not in key
+    return bool(bb.pretrained) and bb.freeze and not bb.lora.merged and key.startswith("backbone.model.") \
+        and "lora_" not in key
 
 
 def _sha256(path: Path) -> str:

@@ -27,6 +27,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 FUSION_MODES = ("concat", "cross_attention", "gated", "none")
 REGRESSION_LOSSES = ("mse", "l1")
 SAMPLERS = ("ddim", "ddpm")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 NORMALIZATION_MODES = ("min_max", "quantile", "mean_std", "identity")
 
 
@@ -56,8 +57,14 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Set by `vla export --merge-lora`: the adapters were added into the backbone's weights, which the checkpoint
+    # therefore stores in full (they no longer equal `pretrained`'s); no adapter layers are built.
+    merged: bool = False
 
     def validate(self, path: str) -> None:
+        if self.merged and self.enabled:
+            raise ConfigError(f"{path}: merged and enabled are both true; expected at most one (a merged checkpoint "
+                              "has no adapters left to train)")
         _positive(f"{path}.r", self.r)
         _positive(f"{path}.alpha", self.alpha)
         _fraction(f"{path}.dropout", self.dropout)
@@ -83,9 +90,13 @@ class BackboneConfig:
     # Recompute the language model's activations in backward instead of keeping them (stage 2, LoRA):
     # the memory of 36 layers x ~1,350 tokens x batch 4 does not fit a 24 GB card without it.
     gradient_checkpointing: bool = False
+    # The language model's and vision tower's attention kernels (transformers' attn_implementation): sdpa (torch's
+    # fused kernels), eager, or flash_attention_2 (the usual training path on a GPU; needs the flash_attn package).
+    attn_implementation: str = "sdpa"
 
     def validate(self, path: str) -> None:
         _choice(f"{path}.type", self.type, BACKBONE_TYPES)
+        _choice(f"{path}.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         _choice(f"{path}.variant", self.variant, QWEN_VARIANTS)
         _choice(f"{path}.size", self.size, BACKBONE_SIZES)
         _choice(f"{path}.dtype", self.dtype, DTYPES)

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write every figure to this JSON file")
     p.set_defaults(func=evaluation.cmd_bench)
 
+    p = sub.add_parser("export", help="a checkpoint for serving: --merge-lora adds the LoRA adapters into the backbone")
+    p.add_argument("run", help="run directory (uses best/) or checkpoint directory")
+    p.add_argument("out", help="the new checkpoint directory (written atomically)")
+    p.add_argument("--merge-lora", action="store_true", help="merge the backbone's LoRA adapters into its weights "
+                                                               "(the node and the static runner then serve the base model)")
+    p.add_argument("--backbone", help="local path of the base weights when not where training had them")
+    p.set_defaults(func=evaluation.cmd_export)
+
     p = sub.add_parser("cache", help="stage-1 feature cache: `vla cache build` fills it before training")
     csub = p.add_subparsers(dest="cache_command", required=True)
     p = csub.add_parser("build", help="backbone features of every sample (resumable, shardable across GPUs)")

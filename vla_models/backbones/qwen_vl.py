@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import BackboneConfig
-from ..errors import CheckpointError, ObservationError
+from ..errors import CheckpointError, ConfigError, ObservationError
 from ..fusion import Features
 
 VISION_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -77,6 +77,17 @@ def _random_architecture(variant: str, size: str) -> dict:
         text = {**text, "head_dim": text["hidden_size"] // text["num_attention_heads"]}
         text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True)
     return dict(text_config=text, vision_config=vision, **TOKEN_IDS)
+
+
+def _attention_implementation(name: str) -> str:
+    """backbone.attn_implementation, checked here: flash_attention_2 needs the flash_attn package (and a GPU)."""
+    if name == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("backbone.attn_implementation: flash_attention_2 needs the flash_attn package, which "
+                              "is not installed (pip install flash-attn on a CUDA machine); use sdpa (the default)")
+    return name
 
 
 def _cache_dir() -> Path:
@@ -200,12 +211,17 @@ class QwenVLBackbone(nn.Module):
         self.processor = _processor_class(config.variant)(image_processor=image_processor, tokenizer=tokenizer,
                                                           video_processor=None)
         dtype = TORCH_DTYPES.get(config.dtype)  # None for auto: as the weights were saved
-        if config.pretrained:
-            self.model = model_cls.from_pretrained(config.pretrained, dtype=dtype)
+        attention = _attention_implementation(config.attn_implementation)
+        if config.pretrained and config.lora.merged:  # the checkpoint holds every weight: the architecture only
+            self.model = model_cls._from_config(config_cls.from_pretrained(config.pretrained),
+                                                attn_implementation=attention)
+        elif config.pretrained:
+            self.model = model_cls.from_pretrained(config.pretrained, dtype=dtype, attn_implementation=attention)
         else:
-            self.model = model_cls(config_cls(**_random_architecture(config.variant, config.size)))
-            if dtype is not None:  # as a pretrained model loads with that dtype (memory figures)
-                self.model.to(dtype)
+            self.model = model_cls._from_config(config_cls(**_random_architecture(config.variant, config.size)),
+                                                attn_implementation=attention)
+        if dtype is not None and not (config.pretrained and not config.lora.merged):
+            self.model.to(dtype)  # as a pretrained model loads with that dtype (memory figures)
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.hidden_size = text_config.hidden_size
         if config.freeze:
@@ -221,6 +237,18 @@ class QwenVLBackbone(nn.Module):
         if config.gradient_checkpointing:
             # non-reentrant: gradients reach the LoRA adapters although the inputs do not require grad
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def merge_lora(self) -> int:
+        """Add every LoRA adapter into its base layer's weight and put the plain layer back in its place (peft's
+        merge); returns how many layers were merged. Inference then costs what the base model costs."""
+        from peft.tuners.lora import LoraLayer
+
+        adapted = [(name, module) for name, module in self.model.named_modules() if isinstance(module, LoraLayer)]
+        for name, module in adapted:
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+        return len(adapted)
 
     # -- stages -----------------------------------------------------------------------------------
     def preprocess(self, images: dict[str, np.ndarray | torch.Tensor], instruction: list[str],

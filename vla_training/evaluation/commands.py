@@ -128,3 +128,21 @@ def cmd_bag_eval(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """vla export --merge-lora RUN OUT: a checkpoint to serve, with the LoRA adapters merged into the backbone."""
+    from vla_models import load_policy
+    from vla_models.checkpoint import merge_lora
+
+    from .evaluate import resolve_checkpoint
+
+    if not args.merge_lora:
+        raise ConfigError("export: nothing to do; expected --merge-lora (the only export so far)")
+    source = resolve_checkpoint(args.run)
+    policy = load_policy(source, backbone_pretrained=args.backbone)
+    layers = merge_lora(policy)
+    policy.save(args.out)
+    print(f"{source} -> {args.out}: LoRA merged into {layers} backbone layer(s); every backbone weight is stored "
+          "(backbone.lora.merged: true)")
+    return 0
