@@ -55,6 +55,9 @@ class TrainConfig:
     # where the backbone's pixel values are made when it runs (no feature cache): 'processor' = the image
     # processor in the loader workers (exact), 'device' = torch on the training device (the fast runner's path)
     pixels: str = "processor"
+    # image augmentation of the training batches only, per view ('*' = every view): shift (px), crop (area
+    # fraction), brightness, contrast; see training/augmentation.py. Not with cached features.
+    augment: dict = field(default_factory=dict)
     device: str = "auto"
     # DDP's find_unused_parameters: null = decided from the model (only if a trainable module can be skipped
     # by the forward); true/false forces it
@@ -102,6 +105,10 @@ def load_train_config(overrides: dict) -> tuple[TrainConfig, PolicyConfig]:
         raise ConfigError(f"init_partial: expected true or false, got {train.init_partial!r}")
     if train.find_unused_parameters is not None and not isinstance(train.find_unused_parameters, bool):
         raise ConfigError(f"find_unused_parameters: expected true, false or null, got {train.find_unused_parameters!r}")
+    if train.augment and train.feature_cache:
+        raise ConfigError("augment: cached backbone features were computed from the frames as recorded, so they "
+                          "cannot show augmented ones; train without --feature-cache (stage 2 or an end-to-end "
+                          "run) or drop train.augment")
     if train.pixels not in ("processor", "device"):
         raise ConfigError(f"pixels: expected 'processor' or 'device', got {train.pixels!r}")
     return train, policy_cfg.replace(**changes) if changes else policy_cfg

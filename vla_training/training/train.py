@@ -33,6 +33,7 @@ from ..data.episodes import list_episodes
 from ..data.samples import (BackboneCollate, ChunkDataset, check_episode, collate, control_period, fit_statistics,
                             split_episodes)
 from ..files import write_json_atomic
+from .augmentation import AugmentedCollate, parse_augment
 from .config import TrainConfig, load_train_config
 from .distributed import (find_unused_parameters, gather_rng_states, mean_across_ranks, rank_seed, rng_devices,
                           setup_process)
@@ -140,6 +141,9 @@ class Trainer:
         # the backbone's inputs are made while collating (in the loader workers) unless cached features replace them
         self.collate = BackboneCollate(self.policy.backbone, policy_config.views, train.pixels) \
             if self.policy.backbone is not None and self.cache is None else collate
+        # augmented frames in the training batches only (validation collates with self.collate)
+        augment = parse_augment(train.augment, policy_config.views)
+        self.train_collate = AugmentedCollate(self.collate, augment) if augment else self.collate
         if train.loader_workers:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
         self.progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": None, "samples": 0}
@@ -262,7 +266,7 @@ class Trainer:
         pending = 0  # micro-batches accumulated since the last optimiser step (0 at every checkpoint)
         data_s = 0.0
         # samples are read (frames decoded) in `loader_workers` persistent processes, in each epoch's order
-        epochs = EpochLoader(self.train_ds, self.collate, cfg.loader_workers, cfg.seed, self.device.type == "cuda")
+        epochs = EpochLoader(self.train_ds, self.train_collate, cfg.loader_workers, cfg.seed, self.device.type == "cuda")
         while p["step"] < self.total_steps:
             batches = self._epoch_order(p["epoch"])
             first = p["batch_in_epoch"]
