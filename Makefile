@@ -14,12 +14,14 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 setup: $(STAMP) $(MSG_STAMP)
 
 # Python environment: torch (CPU wheel here; a GPU user keeps their own), ROS 2 Kilted wheels, the project.
-$(STAMP): requirements/base.txt requirements/ros.txt requirements/test.txt setup.py
+$(STAMP): requirements/base.txt requirements/ros.txt requirements/test.txt requirements/lerobot.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import torch" || { echo "setup: torch failed to install"; exit 1; }
 	$(PIP) install -r requirements/ros.txt -r requirements/base.txt -r requirements/test.txt 2>&1 \
 	  | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
+	# LeRobotDataset v3 (docs/dataset.md): lerobot pins an older torch, so it and its dataset module's needs come --no-deps.
+	$(PIP) install --no-deps -r requirements/lerobot.txt 2>&1 | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
 	$(PIP) install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat 2>&1 \
 	  | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
 	@touch $@

@@ -37,3 +37,22 @@ def cmd_data_import_bag(args: argparse.Namespace) -> int:
     written = import_bags(args.bags, args.topics, args.out, progress=not args.no_progress)
     print(f"wrote {len(written)} episode(s) to {args.out}")
     return 0
+
+
+def cmd_data_export_lerobot(args: argparse.Namespace) -> int:
+    from .lerobot_export import export_lerobot
+
+    out = export_lerobot(args.dataset, args.out, args.repo_id, fps=args.fps, vcodec=args.vcodec,
+                         progress=not args.no_progress)
+    print(f"wrote LeRobotDataset v3.0 {args.repo_id} to {out}")
+    return 0
+
+
+def cmd_data_import_lerobot(args: argparse.Namespace) -> int:
+    from .lerobot_import import import_lerobot
+
+    views = None if args.views is None else [v for v in args.views.split(",") if v]
+    written = import_lerobot(args.path, args.out, views=views, state_key=args.state, action_key=args.action,
+                             meaning=args.action_meaning, to_deltas=args.to_deltas, progress=not args.no_progress)
+    print(f"wrote {len(written)} episode(s) to {args.out}")
+    return 0
