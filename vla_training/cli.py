@@ -197,12 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("import-seed", help="the seed's recordings (legacy recv_all_* or episode_* dirs)")
     p.add_argument("src", help="a session/episode directory or a folder of them")
     p.add_argument("--out", required=True)
+    p.add_argument("--rate", type=float, metavar="HZ", help="actions on a uniform grid at this control rate (the "
+                                                            "pose interpolated), not at the camera's frames")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=data_commands.cmd_data_import_seed)
     p = dsub.add_parser("import-bag", help="rosbag2 (sqlite3 or mcap) through rosbags; one episode per bag")
     p.add_argument("bags", nargs="+")
     p.add_argument("--topics", default="config/bag_topics.yaml", help="topic -> stream mapping (default: %(default)s)")
     p.add_argument("--out", required=True)
+    p.add_argument("--rate", type=float, metavar="HZ", help="actions on a uniform grid at this control rate (the "
+                                                            "pose interpolated), not at the anchor camera's frames")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=data_commands.cmd_data_import_bag)
     p = dsub.add_parser("export-lerobot", help="our episodes -> a LeRobotDataset v3.0 folder (docs/dataset.md)")

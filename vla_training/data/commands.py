@@ -26,7 +26,7 @@ def cmd_data_plot(args: argparse.Namespace) -> int:
 def cmd_data_import_seed(args: argparse.Namespace) -> int:
     from .import_seed import import_seed
 
-    written = import_seed(args.src, args.out, progress=not args.no_progress)
+    written = import_seed(args.src, args.out, progress=not args.no_progress, rate=args.rate)
     print(f"wrote {len(written)} episode(s) to {args.out}")
     return 0
 
@@ -34,7 +34,7 @@ def cmd_data_import_seed(args: argparse.Namespace) -> int:
 def cmd_data_import_bag(args: argparse.Namespace) -> int:
     from .import_bag import import_bags
 
-    written = import_bags(args.bags, args.topics, args.out, progress=not args.no_progress)
+    written = import_bags(args.bags, args.topics, args.out, progress=not args.no_progress, rate=args.rate)
     print(f"wrote {len(written)} episode(s) to {args.out}")
     return 0
 

@@ -16,9 +16,10 @@ A YAML file (config/bag_topics.yaml) maps topics to streams:
       gap_s: 2.0                       #   or a gap this long in the anchor camera's messages
 
 Times are header stamps, never receive times (a Float32MultiArray, which has none, takes its
-receive time). Samples are anchored on the frames of the first view; `ee_pose_delta` actions are the
-pose differences between consecutive anchors (translation, and roll/pitch/yaw in degrees, wrapped);
-`command` actions are the latest command at each anchor. Messages are decoded by the same functions
+receive time). Samples are anchored on the frames of the first view, or with `--rate HZ` (topic map:
+`rate_hz`) on a uniform grid at that control rate; `ee_pose_delta` actions are the pose differences
+between consecutive sample times (translation, and roll/pitch/yaw in degrees, wrapped; never across a
+gap: see resample.py); `command` actions are the latest command at each sample time. Messages are decoded by the same functions
 as the live node (`vla_training.data.messages`). The bag is streamed: each frame and sensor packet goes to
 disk as it is read (compressed frames as recorded, decoded when a sample needs them), so memory
 stays bounded whatever the bag's size.
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from .episodes import DatasetError, Episode, EpisodeWriter, stream_rate
 from .messages import ImageConversionError, InputError, decode_sensor, image_to_rgb
+from .resample import control_grid, interpolate, max_gap, one_period, unwrap_degrees, wrap_degrees
 
 def _msg_dir() -> Path | None:
     """msg/ of the source tree, or of the installed ROS package share directory."""
@@ -275,22 +277,31 @@ def _finish(episode: _Episode, spec: dict, topics: dict, anchor_view: str | None
         raise DatasetError(f"{where}: field 'actions': topic {action_spec['topic']} has no messages")
     items = sorted(episode.actions, key=lambda item: item[0])
     item_t, values = np.array([t for t, _ in items]), np.stack([v for _, v in items])
-    idx = np.clip(np.searchsorted(item_t, anchor_t, side="right") - 1, 0, len(values) - 1)
+    rate = spec.get("rate_hz")
+    # sample times: a uniform grid at the control rate (--rate), else the anchor's frames
+    times = control_grid(anchor_t[0], anchor_t[-1], float(rate), where) if rate else anchor_t
+    idx = np.clip(np.searchsorted(item_t, times, side="right") - 1, 0, len(values) - 1)  # latest <= t
     if action_spec["source"] == "ee_pose_delta":
-        at = values[idx]
+        euler = unwrap_degrees(np.degrees(np.stack([_euler(q) for q in values[:, 3:]])))
+        poses = np.concatenate([values[:, :3], euler], axis=1)  # (N, 6) m and degrees
+        # the pose interpolated between the recorded poses around each sample time, never across a pose gap
+        at, valid = interpolate(item_t, poses, times, max_gap(item_t))
+        pairs = valid[1:] & valid[:-1]
+        if not rate and len(anchor_t) > 1:  # at the frames: a delta only between frames one period apart
+            pairs &= one_period(anchor_t, float(np.median(np.diff(anchor_t))))
         scale = float(action_spec.get("translation_scale", 1000.0))
-        trans = np.diff(at[:, :3], axis=0) * scale
-        euler = np.stack([_euler(q) for q in at[:, 3:]])
-        rot = np.degrees(np.angle(np.exp(1j * np.diff(euler, axis=0))))  # wrapped to (-180, 180]
-        actions, actions_t = np.concatenate([trans, rot], axis=1), anchor_t[:-1]
+        deltas = np.diff(at, axis=0)
+        actions = np.concatenate([deltas[:, :3] * scale, wrap_degrees(deltas[:, 3:])], axis=1)[pairs]
+        actions_t, dropped = times[:-1][pairs], int((~pairs).sum())
         names = ["dx", "dy", "dz", "droll", "dpitch", "dyaw"]
         units = ["mm" if scale == 1000.0 else f"m x {scale}"] * 3 + ["deg"] * 3
-    else:
-        actions, actions_t = values[idx], anchor_t
+    else:  # commands: the latest command at each sample time
+        actions, actions_t, dropped = values[idx], times, 0
         names = action_spec.get("names") or [f"a{i}" for i in range(values.shape[1])]
         units = action_spec.get("units") or [""] * values.shape[1]
     if len(actions) == 0:
-        raise DatasetError(f"{where}: field 'actions': fewer than 2 {anchor} frames; cannot form an action")
+        raise DatasetError(f"{where}: field 'actions': no two consecutive sample times with a recorded pose around "
+                           f"them ({anchor} frames{f', --rate {rate}' if rate else ''}); cannot form an action")
     writer.array("actions", actions, np.float32)
     writer.array("actions_t", actions_t, np.float64)
     rates = {"control": stream_rate(actions_t), "state": stream_rate(state_t) if episode.state else None,
@@ -299,12 +310,18 @@ def _finish(episode: _Episode, spec: dict, topics: dict, anchor_view: str | None
     meta = {"instruction": str(spec.get("instruction", "")), "length": len(actions), "action_names": names,
             "state_names": state_names, "sensor_names": [], "rates_hz": rates, "source": "rosbag2",
             "source_path": where, "anchor_view": anchor, "action_units": units, "topics": topics,
-            "has_sensor": writer.count("sensor") > 0}
+            "has_sensor": writer.count("sensor") > 0, "dropped_at_gaps": dropped,
+            "control_rate_hz": float(rate) if rate else None}
     return writer.close(meta)
 
 
-def import_bags(bags: list[str], topic_map: str | Path, out: str | Path, progress: bool = True) -> list[Path]:
+def import_bags(bags: list[str], topic_map: str | Path, out: str | Path, progress: bool = True,
+                rate: float | None = None) -> list[Path]:
+    """rate: actions on a uniform grid at this many Hz (else at the anchor's frames); the topic map's `rate_hz`
+    says the same."""
     spec = load_topic_map(topic_map)
+    if rate:
+        spec["rate_hz"] = rate
     written = []
     for bag in bags:
         written += read_bag(bag, spec, out, progress=progress)

@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .episodes import DatasetError, EpisodeWriter, stream_rate, validate_arrays
+from .resample import control_grid, interpolate, max_gap, unwrap_degrees, wrap_degrees
 
 STATE_COLUMNS = [f"joint_{i}" for i in range(1, 7)] + ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"]
 ACTION_NAMES = ["dx", "dy", "dz", "da", "db", "dr", "gripper"]
@@ -174,11 +175,6 @@ def _instruction(session: Path) -> str:
     return re.sub(r"\s+", " ", parent.replace("_", " ")).strip().lower() or "insert the needle"
 
 
-def _wrap_degrees(delta: np.ndarray) -> np.ndarray:
-    """Angle differences into (-180, 180]: a crossing of +-180 is a small turn, not a 360-degree one."""
-    return 180.0 - np.mod(180.0 - delta, 360.0)
-
-
 def _sample_times(anchor_t: np.ndarray, first_stamps: list[float], state_t: np.ndarray):
     """The anchor frames -> (sample times, the robot-state row of each, which anchor frames are kept).
 
@@ -220,9 +216,10 @@ def _session_files(session: Path):
         sensor if sensor.exists() else None, float(meta.get("sensor_hz") or 650.0)
 
 
-def write_session(session: Path, out: str | Path, progress: bool = True) -> Path:
+def write_session(session: Path, out: str | Path, progress: bool = True, rate: float | None = None) -> Path:
     """One recording -> one episode, streamed: frames are copied file by file (as recorded), the sensor a
-    block at a time; only the small streams (robot state, actions) are held in memory."""
+    block at a time; only the small streams (robot state, actions) are held in memory. rate: actions on a
+    uniform grid at this many Hz (resample.py) instead of at the anchor view's frames."""
     where = str(session)
     layout, view_dirs, state_file, sensor_file, sensor_hz = _session_files(session)
     view_dirs = {v: d for v, d in view_dirs.items() if d.is_dir()}
@@ -235,12 +232,19 @@ def write_session(session: Path, out: str | Path, progress: bool = True) -> Path
     if matched.sum() < 2:
         raise DatasetError(f"{where}: field 'robot_state': only {int(matched.sum())} {anchor_view} frame(s) have a "
                            f"robot state stamped at most {MATCH_TOLERANCE_S * 1e3:.0f} ms before them; need at least 2")
-    one_period = _one_period(frames[anchor_view][0], t)
+    if rate:  # a uniform grid at the control rate; the pose interpolated between the recorded states around it
+        grid = control_grid(t[0], t[-1], rate, where)
+        pose = np.concatenate([state[:, 6:9], unwrap_degrees(state[:, 9:12])], axis=1)
+        at, valid = interpolate(state_t, pose, grid, max_gap(state_t))
+        one_period, deltas = valid[1:] & valid[:-1], np.diff(at, axis=0)
+        t = grid
+    else:
+        one_period = _one_period(frames[anchor_view][0], t)
+        deltas = state[rows[1:], 6:12] - state[rows[:-1], 6:12]  # (N-1, 6) mm and degrees
     if not one_period.any():
         raise DatasetError(f"{where}: field 'robot_state': no two consecutive {anchor_view} frames (one period "
                            "apart) both have a robot state; no action can be labelled")
-    deltas = state[rows[1:], 6:12] - state[rows[:-1], 6:12]  # (N-1, 6) mm and degrees
-    deltas[:, 3:] = _wrap_degrees(deltas[:, 3:])
+    deltas[:, 3:] = wrap_degrees(deltas[:, 3:])
     deltas = deltas[one_period]  # a pose change across a gap is not one action
     actions = np.concatenate([deltas, np.ones((len(deltas), 1))], axis=1)
     t = t[:-1][one_period]
@@ -273,6 +277,7 @@ def write_session(session: Path, out: str | Path, progress: bool = True) -> Path
                 "sensor_names": (["force"] + [f"aline_{i}" for i in range(channels - 1)]) if channels else [],
                 "source": f"seed/{layout}", "source_path": str(session), "anchor_view": anchor_view,
                 "unmatched_frames": int((~matched).sum()), "dropped_at_gaps": int((~one_period).sum()),
+                "control_rate_hz": float(rate) if rate else None,
                 "action_units": ACTION_UNITS, "mm_per_action_unit": 1.0,
                 "has_sensor": bool(channels),
                 "constant_action_dims": [n for n, c in zip(ACTION_NAMES, np.ptp(actions, axis=0) < 1e-9) if c]}
@@ -286,6 +291,6 @@ def _episode_name(session: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{session.parent.name}__{session.name}").lstrip(".") or "episode"
 
 
-def import_seed(src: str | Path, out: str | Path, progress: bool = True) -> list[Path]:
-    return [write_session(session, out, progress) for session in
+def import_seed(src: str | Path, out: str | Path, progress: bool = True, rate: float | None = None) -> list[Path]:
+    return [write_session(session, out, progress, rate) for session in
             tqdm(find_sessions(src), desc="import seed", disable=not progress, unit="session")]
