@@ -194,34 +194,55 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
     assert all(policy.get_parameter(n).ndim >= 2 for n in decayed)
 
 
+def _cached_batches(policy, root: Path, batches: int = 2, size: int = 3, seed: int = 0) -> list[dict]:
+    """Batches as the trainer hands them to the feature cache: frames by reference into a written dataset."""
+    from vla_training.data.episodes import EpisodeData, list_episodes, write_episode
+    from vla_training.data.samples import ChunkDataset, collate
+
+    cfg, n = policy.config, batches * size
+    rng, t = np.random.default_rng(seed), np.arange(n) * 0.1
+    write_episode(root, "episode_000000", EpisodeData(
+        instruction="insert", actions=rng.normal(size=(n, cfg.action_dim)), actions_t=t,
+        action_names=[f"a{i}" for i in range(cfg.action_dim)], state=rng.normal(size=(n, cfg.state.dim)), state_t=t,
+        state_names=[f"s{i}" for i in range(cfg.state.dim)], sensor=rng.normal(size=(n, cfg.sensor.channels)),
+        sensor_t=t, images={v: rng.integers(0, 256, (n, 56, 56, 3), dtype=np.uint8) for v in cfg.views},
+        images_t={v: t for v in cfg.views}))
+    dataset = ChunkDataset(list_episodes(root), cfg, frame_refs=True)
+    return [collate([dataset[i] for i in range(b * size, (b + 1) * size)]) for b in range(batches)]
+
+
 @pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
-def test_feature_cache_keeps_what_the_fusion_needs_and_a_second_epoch_hits(tmp_path, fusion):
+def test_feature_cache_keeps_what_the_fusion_needs_and_a_second_epoch_hits(tmp_path, fusion, monkeypatch):
     import torch
     from conftest import make_policy
     from safetensors.torch import load_file
 
-    from vla_models.constants import OBS_IMAGES
-    from vla_models.testing import fake_batch
+    from vla_training.data.episodes import Episode
     from vla_training.training.feature_cache import FeatureCache
 
     policy = make_policy("tiny", "regression", fusion=fusion)
     cache = FeatureCache(tmp_path / "cache", policy)
-    batches = [fake_batch(policy.config, 3, seed=s) for s in range(2)]
+    batches = _cached_batches(policy, tmp_path / "data")
+    decoded = []
+    frame = Episode.frame
+    monkeypatch.setattr(Episode, "frame", lambda self, view, k: decoded.append((view, k)) or frame(self, view, k))
     for epoch in range(2):
         for batch in batches:
             features = cache.features(batch)
         assert cache.counts()["misses"] == 6 and cache.counts()["hits"] == 6 * epoch  # second epoch: all hits
+        assert len(decoded) == 6 * len(policy.config.views)  # frames are decoded for misses only, never for a hit
     entry = load_file(next((tmp_path / "cache").glob("*/*.safetensors")))
     if fusion == "concat":  # pooled fusions read the pooled vector only
         assert set(entry) == {"pooled"} and features.tokens.shape[1] == 0
     else:
         assert entry["tokens"].dtype == torch.bfloat16 and features.tokens.shape[1] > 0
-    direct = policy.backbone(policy.backbone.preprocess(batches[1][OBS_IMAGES], batches[1]["instruction"],
-                                                        policy.config.views))
+    refs = batches[1]["frame_refs"]
+    images = {v: np.stack([Episode(r[v][0]).frame(v, r[v][1]) for r in refs]) for v in policy.config.views}
+    direct = policy.backbone(policy.backbone.preprocess(images, batches[1]["instruction"], policy.config.views))
     assert torch.allclose(features.pooled, direct.pooled, atol=1e-5)
     assert cache.size == sum(p.stat().st_size for p in (tmp_path / "cache").glob("*/*.safetensors"))
     small = FeatureCache(tmp_path / "cache", policy, max_bytes=cache.size // 3)  # reads the index once
-    small.features(fake_batch(policy.config, 1, seed=9))
+    small.features(_cached_batches(policy, tmp_path / "other", batches=1, size=1, seed=9)[0])  # a miss
     assert small.size <= cache.size // 3 + max(small._index.values()) and len(small._index) < 7
 
 

@@ -260,10 +260,15 @@ class QwenVLBackbone(nn.Module):
             for view in views:
                 img = images[view][b]
                 flat.append(img.cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img))
-        prompt = "".join(f"{view}: {VISION_PROMPT}\n" for view in views)
+        prompt = self.prompt_prefix(views)
         texts = [prompt + (text or "") for text in instruction]
         inputs = self.processor(text=texts, images=flat, return_tensors="pt", padding=True)
         return dict(inputs)
+
+    @staticmethod
+    def prompt_prefix(views: list[str]) -> str:
+        """The prompt before the instruction: each view's name and image placeholder (the feature cache keys on it)."""
+        return "".join(f"{view}: {VISION_PROMPT}\n" for view in views)
 
     def text_inputs(self, image_sizes: dict[str, tuple[int, int]], instruction: list[str],
                     views: list[str]) -> dict[str, torch.Tensor]:

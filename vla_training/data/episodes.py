@@ -332,6 +332,13 @@ class Episode:
         except ImageConversionError as exc:
             raise DatasetError(f"{self.path}: field 'images/{view}': frame {k} ({exc})") from None
 
+    def frame_bytes(self, view: str, k: int) -> bytes:
+        """Frame k of a view as stored (the encoded bytes, or the decoded array's), without decoding it."""
+        if self.image_storage[view] == "decoded":
+            return np.ascontiguousarray(self.array(f"images/{view}")[k]).tobytes()
+        offset, length = (int(v) for v in self.array(f"images/{view}_index")[k])
+        return self._frames(view)[offset:offset + length].tobytes()
+
     def _frames(self, view: str) -> np.ndarray:
         key = f"images/{view}.frames"
         if key not in self._cache:

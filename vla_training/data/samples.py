@@ -39,10 +39,18 @@ def state_columns(ep: Episode, config: PolicyConfig) -> list[int] | slice:
     return slice(None) if indices is None else indices
 
 
+# A sample's frames by reference, {view: (episode path, frame index)}, in place of the decoded images: what the
+# stage-1 feature cache needs (it keys on the stored bytes and decodes only the frames it has no features for).
+FRAME_REFS = "frame_refs"
+
+
 class ChunkDataset(Dataset):
-    def __init__(self, episodes: list[Episode], config: PolicyConfig, sensor_window: int | None = None) -> None:
+    def __init__(self, episodes: list[Episode], config: PolicyConfig, sensor_window: int | None = None,
+                 frame_refs: bool = False) -> None:
+        """frame_refs: samples carry FRAME_REFS instead of decoded images (training from the feature cache)."""
         self.episodes = episodes
         self.config = config
+        self.frame_refs = frame_refs
         self.sensor_window = sensor_window or config.sensor.window
         for ep in episodes:
             check_episode(ep, config)
@@ -65,7 +73,11 @@ class ChunkDataset(Dataset):
         t = float(stamps["actions_t"][i])
         sample: dict = {}
         if cfg.views:
-            sample[OBS_IMAGES] = {v: ep.frame(v, _latest_index(stamps[f"images/{v}_t"], t)) for v in cfg.views}
+            frames = {v: _latest_index(stamps[f"images/{v}_t"], t) for v in cfg.views}
+            if self.frame_refs:
+                sample[FRAME_REFS] = {v: (str(ep.path), k) for v, k in frames.items()}
+            else:
+                sample[OBS_IMAGES] = {v: ep.frame(v, k) for v, k in frames.items()}
             sample[OBS_INSTRUCTION] = ep.instruction
         if cfg.state.dim:
             row = np.asarray(ep.array("state")[_latest_index(stamps["state_t"], t)])
@@ -128,7 +140,7 @@ def collate(samples: list[dict]) -> dict:
     for key in samples[0]:
         if key == OBS_IMAGES:
             batch[key] = {v: torch.from_numpy(np.stack([s[key][v] for s in samples])) for v in samples[0][key]}
-        elif key == OBS_INSTRUCTION:
+        elif key in (OBS_INSTRUCTION, FRAME_REFS):
             batch[key] = [s[key] for s in samples]
         else:
             batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))

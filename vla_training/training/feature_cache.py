@@ -1,8 +1,10 @@
 """On-disk cache of frozen-backbone features for stage-1 training.
 
-Content-keyed: the key hashes the backbone's identity (config + a fingerprint of its weights), the
-instruction and the raw bytes of every view, so a cache is reused across runs and experts and
-never serves features of other weights or images. Entries are safetensors files written
+Content-keyed: the key hashes the backbone's identity (config, the prompt template, a fingerprint of its
+weights, computed once by rank 0 and broadcast), the instruction and the stored bytes of every view's
+frame (JPEG as recorded: a hit decodes no image; only misses are decoded and run through the
+backbone), so a cache is reused across runs and experts and never serves features of other weights,
+prompts or images. Entries are safetensors files written
 atomically, holding what the fusion needs: the pooled vector (D,) fp32 always (8 KB at D = 2048:
 all concat/gated read), and the token sequence (L, D) without padding in bf16 only for
 cross_attention / none fusion (~1,350 x 2048 x 2 B = 5.5 MB; fp32 would be 11 MB). An entry without
@@ -26,13 +28,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vla_models import ConfigError
-from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION
+from vla_models.constants import OBS_INSTRUCTION
 from vla_models.fusion import Features
+
+from ..data.episodes import Episode
+from ..data.samples import FRAME_REFS
 
 
 def backbone_fingerprint(policy) -> str:
     digest = hashlib.sha256(json.dumps(policy.config.backbone.__dict__, default=str, sort_keys=True).encode())
     digest.update(json.dumps(policy.config.views).encode())
+    digest.update(policy.backbone.prompt_prefix(policy.config.views).encode())
     for name, tensor in sorted(policy.backbone.model.state_dict().items()):
         if "lora_" in name:
             continue
@@ -41,8 +47,22 @@ def backbone_fingerprint(policy) -> str:
     return digest.hexdigest()
 
 
+def shared_fingerprint(policy, distributed: bool, rank: int) -> str:
+    """backbone_fingerprint computed by rank 0 alone (it reads every weight: ~7.5 GB for the 3B) and broadcast."""
+    if not distributed:
+        return backbone_fingerprint(policy)
+    import torch.distributed as dist
+
+    box = [backbone_fingerprint(policy) if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class FeatureCache:
-    def __init__(self, directory: str | Path, policy, max_bytes: int = 20 * 2**30) -> None:
+    def __init__(self, directory: str | Path, policy, max_bytes: int = 20 * 2**30, fingerprint: str | None = None,
+                 expected_entries: int = 0) -> None:
+        """fingerprint: the backbone's (shared_fingerprint), else computed here; expected_entries: the samples the
+        run will ask for, to warn when their features cannot fit under max_bytes (the cache would thrash)."""
         if policy.backbone is None:
             raise ValueError("the feature cache needs a vision-language backbone (backbone.type is 'none')")
         if any(p.requires_grad for p in policy.backbone.parameters()):
@@ -53,17 +73,26 @@ class FeatureCache:
         self.policy = policy
         self.max_bytes = max_bytes
         self.needs_tokens = policy.config.fusion.mode in ("cross_attention", "none")
-        self.fingerprint = backbone_fingerprint(policy)
+        self.fingerprint = fingerprint or backbone_fingerprint(policy)
+        self.expected_entries, self._warned = expected_entries, False
+        self._episodes: dict[str, Episode] = {}
         self.hits = self.misses = 0
         files = sorted((p.stat().st_mtime, p.stem, p.stat().st_size) for p in self.directory.glob("*/*.safetensors"))
         self._index: OrderedDict[str, int] = OrderedDict((key, size) for _, key, size in files)  # oldest use first
         self.size = sum(self._index.values())
 
-    def _key(self, images: dict, instruction: str, b: int) -> str:
+    def _episode(self, path: str) -> Episode:
+        if path not in self._episodes:
+            self._episodes[path] = Episode(path)
+        return self._episodes[path]
+
+    def _key(self, refs: dict, instruction: str) -> str:
+        """refs: {view: (episode path, frame index)}; the frames' stored bytes are hashed, not decoded."""
         digest = hashlib.sha256(self.fingerprint.encode())
         digest.update(instruction.encode())
         for view in self.policy.config.views:
-            digest.update(np.ascontiguousarray(np.asarray(images[view][b])).tobytes())
+            path, k = refs[view]
+            digest.update(hashlib.sha256(self._episode(path).frame_bytes(view, k)).digest())
         return digest.hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -86,23 +115,40 @@ class FeatureCache:
 
     @torch.no_grad()
     def features(self, batch: dict) -> Features:
-        """Backbone features for a batch (B, L_max, D) with mask, from the cache or computed once."""
-        images, instructions = batch[OBS_IMAGES], batch[OBS_INSTRUCTION]
-        keys = [self._key(images, text, b) for b, text in enumerate(instructions)]
+        """Backbone features for a batch (B, L_max, D) with mask, from the cache or computed once. The batch holds
+        FRAME_REFS (ChunkDataset(frame_refs=True)): only the frames of misses are decoded."""
+        refs, instructions = batch[FRAME_REFS], batch[OBS_INSTRUCTION]
+        keys = [self._key(r, text) for r, text in zip(refs, instructions)]
         entries = [self._load(key) for key in keys]
         missing = [b for b, e in enumerate(entries) if e is None]
         self.hits += len(keys) - len(missing)
         if missing:
             self.misses += len(missing)
-            sub = {OBS_IMAGES: {v: images[v][missing] for v in images}, OBS_INSTRUCTION: [instructions[b] for b in missing]}
-            prepared = self.policy.backbone.preprocess(sub[OBS_IMAGES], sub[OBS_INSTRUCTION], self.policy.config.views)
+            views = self.policy.config.views
+            images = {v: np.stack([self._episode(refs[b][v][0]).frame(v, refs[b][v][1]) for b in missing])
+                      for v in views}
+            prepared = self.policy.backbone.preprocess(images, [instructions[b] for b in missing], views)
             out = self.policy.backbone(prepared)
             for j, b in enumerate(missing):
                 tokens = out.tokens[j][out.mask[j]].cpu().contiguous() if self.needs_tokens else None
                 entries[b] = (tokens, out.pooled[j].float().cpu().contiguous())
                 self._store(keys[b], *entries[b])
+            self._warn_if_too_small()
             self._enforce_cap()
         return _pad(entries, self.policy.device)
+
+    def _warn_if_too_small(self) -> None:
+        """Once: the run's features, at the size of those stored so far, would not fit under the cap."""
+        if self._warned or not self.expected_entries or not self._index:
+            return
+        need = self.size / len(self._index) * self.expected_entries
+        if need > self.max_bytes:
+            self._warned = True
+            print(f"warning: feature cache: {self.expected_entries} samples x {self.size / len(self._index) / 2**20:.2f} "
+                  f"MB each (the token sequence, fusion {self.policy.config.fusion.mode}) = {need / 2**30:.1f} GB > the "
+                  f"{self.max_bytes / 2**30:.1f} GB cap: least recently used entries are evicted every epoch, so most "
+                  "steps recompute the backbone; raise --feature-cache-gb, or use concat/gated fusion (pooled "
+                  "features only, a few KB each)", flush=True)
 
     def _store(self, key: str, tokens: torch.Tensor | None, pooled: torch.Tensor) -> None:
         path = self._path(key)
@@ -162,9 +208,9 @@ def build_cache(train_overrides: dict, shard: tuple[int, int] = (0, 1), batch_si
         ("cpu" if train.device == "auto" else train.device)
     torch.manual_seed(train.seed)  # as vla train does: a randomly initialised backbone gets the same weights
     policy = build_policy(config).to(device).eval()
-    cache = FeatureCache(train.feature_cache, policy, int(train.feature_cache_gb * 2**30))
-    dataset = ChunkDataset(episodes, config)
+    dataset = ChunkDataset(episodes, config, frame_refs=True)
     mine = list(range(index, len(dataset), count))
+    cache = FeatureCache(train.feature_cache, policy, int(train.feature_cache_gb * 2**30), expected_entries=len(dataset))
     for begin in tqdm(range(0, len(mine), batch_size), desc=f"cache shard {index}/{count}", disable=not progress,
                       unit="batch"):
         cache.features(collate([dataset[i] for i in mine[begin:begin + batch_size]]))

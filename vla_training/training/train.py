@@ -38,7 +38,7 @@ from .config import TrainConfig, load_train_config
 from .distributed import (find_unused_parameters, gather_rng_states, mean_across_ranks, rank_seed, rng_devices,
                           setup_process)
 from .ema import TrainableEMA
-from .feature_cache import FeatureCache
+from .feature_cache import FeatureCache, shared_fingerprint
 from .loader import EpochLoader
 from .train_state import load_train_state, save_train_state
 
@@ -125,8 +125,10 @@ class Trainer:
         # from here on every rank draws its own random numbers (diffusion/flow noise and times, dropout):
         # with one seed, N ranks would train on N copies of the same noise
         torch.manual_seed(rank_seed(train.seed, self.rank))
-        self.train_ds = ChunkDataset(self.train_eps, policy_config, train.sensor_window)
-        self.val_ds = ChunkDataset(self.val_eps, policy_config, train.sensor_window) if self.val_eps else None
+        refs = bool(train.feature_cache)  # from the cache: frames by reference, decoded only on a miss
+        self.train_ds = ChunkDataset(self.train_eps, policy_config, train.sensor_window, frame_refs=refs)
+        self.val_ds = ChunkDataset(self.val_eps, policy_config, train.sensor_window, frame_refs=refs) \
+            if self.val_eps else None
         self.total_steps = train.max_steps or self.planned_steps(train.epochs)
         if self.micro_batches_per_epoch() < train.grad_accum and self.rank == 0:
             print(f"grad_accum {train.grad_accum}: each rank has {self.micro_batches_per_epoch()} micro-batch(es) of "
@@ -136,8 +138,9 @@ class Trainer:
             self.optimizer, lr_lambda(self.total_steps, train.warmup_frac, train.hold_frac, train.min_lr / train.lr))
         # an EMA of the weights for the experts that sample from noise (diffusion, flow), as Diffusion Policy
         self.ema = TrainableEMA(self.policy, train.ema_decay) if self.policy.expert.sampling().stochastic else None
-        self.cache = FeatureCache(train.feature_cache, self.policy, int(train.feature_cache_gb * 2**30)) \
-            if train.feature_cache else None
+        self.cache = FeatureCache(train.feature_cache, self.policy, int(train.feature_cache_gb * 2**30),
+                                  shared_fingerprint(self.policy, self.distributed, self.rank),
+                                  len(self.train_ds) + len(self.val_ds or [])) if train.feature_cache else None
         # the backbone's inputs are made while collating (in the loader workers) unless cached features replace them
         self.collate = BackboneCollate(self.policy.backbone, policy_config.views, train.pixels) \
             if self.policy.backbone is not None and self.cache is None else collate
