@@ -3,6 +3,8 @@ and ros2_controllers are not installable here): the node is tested against what 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
@@ -22,6 +24,7 @@ class FakeJointTrajectoryController(Node):
         super().__init__("fake_jtc", context=context)
         self.joints = list(joints)
         self.accepted: list[JointTrajectory] = []
+        self.received_at: list[float] = []  # time.monotonic() of each accepted message
         self.rejected: list[str] = []
         self.create_subscription(JointTrajectory, topic, self._on_trajectory, 100)
 
@@ -47,7 +50,10 @@ class FakeJointTrajectoryController(Node):
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         reason = self.check(msg)
-        (self.rejected.append(reason) if reason else self.accepted.append(msg))
+        if reason:
+            return self.rejected.append(reason)
+        self.accepted.append(msg)
+        self.received_at.append(time.monotonic())
 
     def positions(self, msg: JointTrajectory) -> np.ndarray:
         """(points, joints) in the controller's joint order."""
@@ -62,6 +68,7 @@ class FakeServo(Node):
         super().__init__("fake_servo", context=context)
         self.frames = set(frames)
         self.accepted: list[TwistStamped] = []
+        self.received_at: list[float] = []  # time.monotonic() of each accepted message
         self.rejected: list[str] = []
         self.create_subscription(TwistStamped, topic, self._on_twist, 100)
 
@@ -74,6 +81,7 @@ class FakeServo(Node):
             self.rejected.append("non-finite twist")
         else:
             self.accepted.append(msg)
+            self.received_at.append(time.monotonic())
 
     @staticmethod
     def is_zero(msg: TwistStamped) -> bool:

@@ -179,6 +179,7 @@ def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
     arm = ros.add(KinematicArm(ros.context, JOINTS, np.zeros(6)))
     node = start_policy_node(ros, {"regression_checkpoint": checkpoint, "sensor_topic": "sensor", "rate_hz": 10.0,
                                    "slop_s": 0.02, "input_timeout_s": 1.0, "max_command_age_s": 1.0,
+                                   "sensor_timeout_s": 1.0, "joint_state_timeout_s": 1.0,
                                    "command_interface": "joint_trajectory", "robot_description": URDF})
     camera = ros.add(Node("camera", context=ros.context))
     pubs = {v: camera.create_publisher(Image, f"camera/{v}/image_raw", 10) for v in ("front", "wrist")}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -103,3 +106,31 @@ def start_policy_node(ros, params: dict):
     ros.wait_for(lambda: node.active or node.failed, timeout=60, what="the policy node to activate")
     assert not node.failed, node.failed
     return node
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_standin(package: str, tmp: Path) -> Path:
+    """Build the stand-in interface package test/standin/<package> with rosidl into tmp/install (~10 s): the real
+    control_msgs / moveit_msgs are not installable here; the stand-ins have the same names and fields."""
+    prefix, env = tmp / "install", dict(os.environ, AMENT_PREFIX_PATH=sys.prefix)
+    build = tmp / f"build_{package}"
+    configure = ["cmake", "-S", str(ROOT / "test" / "standin" / package), "-B", str(build),
+                 f"-DCMAKE_INSTALL_PREFIX={prefix}", f"-DCMAKE_PREFIX_PATH={prefix};{sys.prefix}",
+                 f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"]
+    for cmd in (configure, ["cmake", "--build", str(build), "-j2"], ["cmake", "--install", str(build)]):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return prefix
+
+
+def run_with_standins(prefix: Path, test_file: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """pytest on test/<test_file> in a process that imports the stand-ins installed under `prefix`."""
+    site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT / "test"), os.environ.get("PYTHONPATH", "")]),
+               LD_LIBRARY_PATH=os.pathsep.join([str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH", "")]),
+               AMENT_PREFIX_PATH=os.pathsep.join([str(prefix), os.environ.get("AMENT_PREFIX_PATH", sys.prefix)]))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+                           str(ROOT / "test" / test_file)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)

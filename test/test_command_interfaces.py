@@ -6,9 +6,11 @@ import pytest
 
 from vla_models.runtime import ChunkExecutor, StateHistory
 from vla_policy_ros.command_interfaces import (ActionLayout, CommandError, JointTrajectoryCommand, RobotState,
-                                               ServoTwistCommand, build_command)
+                                               ServoTwistCommand, build_command, gripper_message)
 from vla_policy_ros.robot_limits import JointBounds, RobotDescriptionError, joint_limits_from_urdf
-from vla_policy_ros.safety import OutputLimits, StampGuard
+from vla_policy_ros.inputs import input_timeouts
+from vla_policy_ros.params import NodeParams
+from vla_policy_ros.safety import OutputLimits, StampGuard, Watchdog
 
 URDF = """<robot name="r"><link name="a"/><link name="b"/><link name="c"/><link name="d"/>
 <joint name="shoulder" type="revolute"><parent link="a"/><child link="b"/><limit lower="-1" upper="1" velocity="2"
@@ -182,3 +184,24 @@ def test_rotation_is_bounded_per_step_and_per_chunk_and_required_to_arm():
         ArmingMixin.limits_missing(node)
     node.layout = ActionLayout.from_names(["dx", "dy", "dz", "gripper"])
     assert ArmingMixin.limits_missing(node) == ""
+
+
+@pytest.mark.parametrize("action,expected", [(0.5, 0.04), (2.0, 0.08), (-1.0, 0.0)])
+def test_the_gripper_command_is_clamped_to_its_limits(action, expected):
+    """action x scale, clamped into [gripper_min, gripper_max] (a Franka Hand: 0-0.08 m); NaN is refused."""
+    assert gripper_message(action, 0.08, 0.0, 0.08).data[0] == pytest.approx(expected)
+    with pytest.raises(CommandError, match="non-finite gripper"):
+        gripper_message(float("nan"), 0.08, 0.0, 0.08)
+
+
+def test_each_input_has_its_own_watchdog_timeout_at_most_input_timeout_s():
+    params = NodeParams(camera_timeout_s=0.5, sensor_timeout_s=0.2, joint_state_timeout_s=0.0, input_timeout_s=0.3)
+    timeouts = input_timeouts(params, ["front", "wrist"])
+    assert timeouts == {"front": 0.3, "wrist": 0.3, "sensor": 0.2, "state": 0.3, "joints": 0.3, "pose": 0.3}
+    dog = Watchdog(["front", "sensor", "joints"], 0.3, timeouts)
+    for name in dog.inputs:
+        dog.feed(name, 10.0)
+    assert dog.stale(10.25) == ["sensor"] and dog.stale(10.35) == ["front", "sensor", "joints"]
+    assert Watchdog(["front"], 0.0, {"front": 0.0}).stale(100.0) == []  # input_timeout_s 0: off
+    defaults = input_timeouts(NodeParams(), ["front"])
+    assert defaults["front"] < 1.0 and defaults["joints"] <= 0.2 and defaults["sensor"] <= 0.2

@@ -56,15 +56,16 @@ class Robot:
         self.t = time.time()
         self.wall_clock = True  # stamps from the wall clock (commands check the observation's age)
         self.joint_values = dict(STATE_VALUES)
-        self.send_joints = self.send_heartbeat = True
+        self.send_joints = self.send_heartbeat = self.send_images = self.send_sensor = True
 
     def step(self, dt=0.05):
         self.t = max(self.t + 1e-3, time.time()) if self.wall_clock else self.t + dt
-        for pub in self.pubs.values():
+        for pub in self.pubs.values() if self.send_images else ():
             pub.publish(rgb_to_image_msg(self.rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), stamp(self.t)))
         w = WrenchStamped()
         w.header.stamp = stamp(self.t)
-        self.sensor.publish(w)
+        if self.send_sensor:
+            self.sensor.publish(w)
         if self.send_joints:
             js = JointState(name=STATE_NAMES, position=[self.joint_values[n] for n in STATE_NAMES])
             js.header.stamp = stamp(self.t)
@@ -99,7 +100,7 @@ def _enable(ros, robot, on=True):
 
 def _params(checkpoint, **overrides):
     return {"regression_checkpoint": checkpoint, "sensor_topic": "sensor", "rate_hz": 20.0, "slop_s": 0.02,
-            "input_timeout_s": 0.5, **overrides}
+            "input_timeout_s": 0.5, "sensor_timeout_s": 0.5, "joint_state_timeout_s": 0.5, **overrides}
 
 
 def test_joint_trajectory_by_name_nan_and_stale_joints_hold(ros, checkpoint):

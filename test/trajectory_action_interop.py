@@ -21,7 +21,7 @@ class FakeTrajectoryActionServer(Node):
 
     def __init__(self, context, abort_goal: int = 0, reject_from: int = 0):
         super().__init__("fake_jtc_action", context=context)
-        self.goals, self.cancelled = [], []
+        self.goals, self.cancelled, self.cancelled_at = [], [], []
         self.abort_goal, self.reject_from, self.received = abort_goal, reject_from, 0
         self.server = ActionServer(self, FollowJointTrajectory, "/joint_trajectory_controller/follow_joint_trajectory",
                                    self._execute, goal_callback=self._goal, cancel_callback=self._cancel,
@@ -35,6 +35,7 @@ class FakeTrajectoryActionServer(Node):
 
     def _cancel(self, handle):
         self.cancelled.append(handle)
+        self.cancelled_at.append(time.monotonic())
         return CancelResponse.ACCEPT
 
     def _sleep(self, seconds: float) -> Future:

@@ -125,6 +125,7 @@ class ArmingMixin:
             self.holding, self.stream_end = reason, None
             self.inputs.stats["holds"] += 1
         self.get_logger().warning(f"hold: {reason}", throttle_duration_sec=2.0)
+        self.publish_status()  # the reason in /diagnostics now, not at the next 1 Hz status
         if self.params.dry_run and not (force or reason.startswith("disarmed")):
             return  # disarmed: nothing of ours is moving the arm
         if self.trajectory_action is not None and self.trajectory_action.cancel():

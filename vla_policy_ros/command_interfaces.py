@@ -362,8 +362,9 @@ def _gripper(layout: ActionLayout, chunk: np.ndarray) -> np.ndarray | None:
     return None if layout.gripper is None else np.asarray(chunk[:, layout.gripper], float)
 
 
-def gripper_message(value: float, scale: float) -> Float64MultiArray:
-    return Float64MultiArray(data=[float(finite([value * scale], "gripper command")[0])])
+def gripper_message(value: float, scale: float, low: float = -np.inf, high: float = np.inf) -> Float64MultiArray:
+    """The gripper action x scale, clamped into [low, high] (the gripper's command limits)."""
+    return Float64MultiArray(data=[float(np.clip(finite([value * scale], "gripper command")[0], low, high))])
 
 
 def build_command(interface: str, layout: ActionLayout, limits: OutputLimits, dt: float, bounds: JointBounds | None,

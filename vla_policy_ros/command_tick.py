@@ -142,7 +142,8 @@ class CommandMixin:
 
     def _publish_gripper(self, value: float) -> None:
         if self.gripper_pub is not None:
-            self.gripper_pub.publish(gripper_message(value, self.params.gripper_scale))
+            p = self.params
+            self.gripper_pub.publish(gripper_message(value, p.gripper_scale, p.gripper_min, p.gripper_max))
 
     def _limit_outcome(self, outcome: str, reason: str) -> None:
         if outcome != "ok":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, WrenchStamped
-from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, String
 
@@ -21,6 +21,12 @@ from .msg import ActionChunk, SensorPacket
 from .robot_limits import JointBounds, RobotDescriptionError, joint_limits_from_urdf
 from .safety import OutputLimits
 from .trajectory_action import TrajectoryAction
+
+
+# Joint states, the sensor and the ee pose arrive at up to ~1 kHz: best effort (as sensor data; a reliable
+# publisher such as joint_state_broadcaster matches it) with 100 ms of messages queued, not 5 (the sensor profile's
+# depth: 5 ms at 1 kHz, dropped whenever a callback waits behind image decoding)
+HIGH_RATE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
 class WiringMixin:
@@ -82,7 +88,7 @@ class WiringMixin:
                                          qos_profile_sensor_data))
         if spec.sensor_channels:
             kind = {"wrench": WrenchStamped, "packet": SensorPacket, "array": Float32MultiArray}[p.sensor_type]
-            add(self.create_subscription(kind, p.sensor_topic, self.inputs.on_sensor, qos_profile_sensor_data))
+            add(self.create_subscription(kind, p.sensor_topic, self.inputs.on_sensor, HIGH_RATE_QOS))
         state_is_pose = p.state_type == "pose"
         if spec.state_dim and state_is_pose:
             add(self.create_subscription(PoseStamped, p.state_topic, lambda m: self.inputs.on_pose(m, True), 50))
@@ -90,10 +96,10 @@ class WiringMixin:
             topic = p.state_topic if not state_is_pose else "joint_states"
             add(self.create_subscription(JointState, topic,
                                          lambda m: self.inputs.on_joint_state(m, bool(spec.state_dim) and not state_is_pose),
-                                         qos_profile_sensor_data))
+                                         HIGH_RATE_QOS))
         if p.pose_topic and not (state_is_pose and p.pose_topic == p.state_topic):
             add(self.create_subscription(PoseStamped, p.pose_topic, lambda m: self.inputs.on_pose(m, False),
-                                         qos_profile_sensor_data))
+                                         HIGH_RATE_QOS))
         add(self.create_subscription(String, p.instruction_topic, self._on_instruction, 10))
         if p.heartbeat_topic:
             add(self.create_subscription(Bool, p.heartbeat_topic, self._on_heartbeat, 10))

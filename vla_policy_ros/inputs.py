@@ -33,6 +33,19 @@ class InputSpec:
     state_columns: tuple = ()  # JointState names the policy's state reads (() = the message's order)
 
 
+def input_timeouts(params, views) -> dict[str, float]:
+    """Each input's watchdog timeout: its own parameter (camera_timeout_s, sensor_timeout_s, joint_state_timeout_s
+    for joints, ee pose and the policy's state), at most input_timeout_s; 0 = input_timeout_s."""
+    cap = params.input_timeout_s
+
+    def bounded(own: float) -> float:
+        return min(own, cap) if own > 0 else cap
+
+    state = bounded(params.joint_state_timeout_s)
+    return {**{v: bounded(params.camera_timeout_s) for v in views}, "sensor": bounded(params.sensor_timeout_s),
+            STATE_KEY: state, JOINTS_KEY: state, POSE_KEY: state}
+
+
 class Inputs:
     """Buffers of one node's inputs; `stats` counts drops, `now()` is the node's clock in seconds."""
 
@@ -56,7 +69,7 @@ class Inputs:
         self.policy_inputs = list(spec.views) + (["sensor"] if spec.sensor_channels else []) + \
             ([STATE_KEY] if spec.state_dim else [])
         watched = self.policy_inputs + ([JOINTS_KEY] if watch_joints else []) + ([POSE_KEY] if watch_pose else [])
-        self.watchdog = Watchdog(watched, params.input_timeout_s)
+        self.watchdog = Watchdog(watched, params.input_timeout_s, input_timeouts(params, spec.views))
 
     def clear(self) -> None:
         """Forget every buffered value (deactivate): nothing from before is acted on after."""
@@ -66,7 +79,7 @@ class Inputs:
                 history.clear()
         if self.sensor is not None:
             self.sensor = SensorRingBuffer(self.sensor.capacity, self.sensor.channels)
-        self.watchdog = Watchdog(list(self.watchdog.inputs), self.watchdog.timeout_s)
+        self.watchdog = Watchdog(list(self.watchdog.inputs), self.watchdog.timeout_s, self.watchdog.timeouts)
         self.invalid.clear()
         self.frame_stamps.clear()
 

@@ -57,6 +57,6 @@ class ParametersMixin:
         if "policy_type" in names and self.params.policy_type != before.policy_type and self.worker is not None:
             self.worker.reset()
             self._hold(f"policy switched to {self.params.policy_type}")
-        if "dry_run" in names and self.params.dry_run and not before.dry_run:
-            self._hold("disarmed: dry_run set")
+        if "dry_run" in names and self.params.dry_run and not before.dry_run and not self.holding:
+            self._hold("disarmed: dry_run set")  # (a fault that disarms has held already, and says why)
         self.get_logger().info("parameters: " + ", ".join(f"{c.name}={c.value}" for c in changes))

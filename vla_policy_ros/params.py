@@ -68,6 +68,8 @@ class NodeParams:
     rotation_scale: float = 0.017453292519943295  # action units -> radians (the seed's are degrees)
     gripper_topic: str = ""  # std_msgs/Float64MultiArray gripper command ("" = none)
     gripper_scale: float = 1.0
+    gripper_min: float = -1.0  # the gripper command's limits (after gripper_scale): clamped into them
+    gripper_max: float = 1.0
     max_command_age_s: float = 0.5  # a command whose observation is older at publication is not sent (hold)
     heartbeat_topic: str = ""  # std_msgs/Bool from the operator's station; "" = no heartbeat
     heartbeat_timeout_s: float = 0.5  # no heartbeat (or false) for longer: hold and disarm
@@ -87,7 +89,10 @@ class NodeParams:
     robot_description: str = ""  # URDF; joint position/velocity limits for joint_trajectory ("" = /robot_description)
     max_chunk_motion: float = 0.0  # joint_trajectory: largest |target - current| per joint in a chunk; 0 = unlimited
     limit_mode: str = "clip"  # clip | reject
-    input_timeout_s: float = 1.0  # watchdog: no inference/command while an input is older; 0 = off
+    input_timeout_s: float = 1.0  # watchdog: the longest any input may be old (caps the ones below); 0 = off
+    camera_timeout_s: float = 0.5  # each camera: 5 frames at 10 Hz, shorter than a chunk
+    sensor_timeout_s: float = 0.2  # the high-rate sensor (>= 100 Hz: 20 samples)
+    joint_state_timeout_s: float = 0.2  # joint states, the ee pose and the policy's state (100 Hz - 1 kHz)
     future_stamp_tolerance_s: float = 1.0
     max_message_bytes: int = 50_000_000
 
@@ -101,7 +106,8 @@ RANGES = {"ddim_steps": (1, 1000), "seed": (-1, 2**31 - 1), "rate_hz": (0.0, 100
           "max_command_age_s": (0.0, 10.0), "heartbeat_timeout_s": (0.01, 10.0), "max_feature_age_s": (0.001, 60.0),
           "ensemble_decay": (0.0, 10.0), "max_speed": (0.0, 10.0), "max_chunk_motion": (0.0, 10.0),
           "max_angular_speed": (0.0, 20.0), "max_chunk_rotation": (0.0, 6.3),
-          "input_timeout_s": (0.0, 60.0), "future_stamp_tolerance_s": (0.0, 1e9), "max_message_bytes": (1, 2**31 - 1)}
+          "input_timeout_s": (0.0, 60.0), "camera_timeout_s": (0.0, 60.0), "sensor_timeout_s": (0.0, 60.0),
+          "joint_state_timeout_s": (0.0, 60.0), "gripper_min": (-1e6, 1e6), "gripper_max": (-1e6, 1e6), "future_stamp_tolerance_s": (0.0, 1e9), "max_message_bytes": (1, 2**31 - 1)}
 EXECUTION_MODES = ("receding", "temporal")
 
 DESCRIPTIONS = {
@@ -164,7 +170,14 @@ DESCRIPTIONS = {
     "max_chunk_rotation": "largest ee orientation change (rad) from the pose a chunk starts at; arming a cartesian "
                           "interface whose actions rotate needs it (0 = unset)",
     "limit_mode": f"what a command beyond the limits gets: one of {list(LIMIT_MODES)}",
-    "input_timeout_s": "watchdog: no inference or command while a camera, the sensor or the state is older (0 = off)",
+    "input_timeout_s": "watchdog: no inference or command while a camera, the sensor or the state is older than its "
+                       "own timeout, at most this (s; 0 = the watchdog off)",
+    "camera_timeout_s": "watchdog timeout of each camera (s; 0 = input_timeout_s)",
+    "sensor_timeout_s": "watchdog timeout of the high-rate sensor (s; 0 = input_timeout_s)",
+    "joint_state_timeout_s": "watchdog timeout of the joint states, the ee pose and the policy's state (s; "
+                             "0 = input_timeout_s)",
+    "gripper_min": "lowest gripper command (after gripper_scale); lower values are clamped",
+    "gripper_max": "highest gripper command (after gripper_scale); higher values are clamped",
     "future_stamp_tolerance_s": "messages stamped further in the future than this are dropped",
     "max_message_bytes": "messages larger than this are dropped",
 }
@@ -230,6 +243,9 @@ def validate_static(params: NodeParams) -> None:
                          f"starting policy_type {params.policy_type!r}, got ''")
     if params.max_feature_age_s <= 0:
         raise ValueError(f"parameter max_feature_age_s: expected > 0, got {params.max_feature_age_s}")
+    if not params.gripper_min < params.gripper_max:
+        raise ValueError(f"parameters gripper_min/gripper_max: expected gripper_min < gripper_max, got "
+                         f"{params.gripper_min} and {params.gripper_max}")
     if params.slop_s < 0:
         raise ValueError(f"parameter slop_s: expected >= 0, got {params.slop_s}")
     for name in ("workspace_min", "workspace_max"):

@@ -121,10 +121,13 @@ class StampGuard:
 
 
 class Watchdog:
-    """Remembers when each input last delivered a valid message (node clock, seconds)."""
+    """Remembers when each input last delivered a valid message (node clock, seconds). Each input has its own
+    timeout (`timeouts`: a camera at 10 Hz, joint states at 1 kHz), `timeout_s` for the others; timeout_s <= 0
+    turns the watchdog off."""
 
-    def __init__(self, inputs: list[str], timeout_s: float) -> None:
+    def __init__(self, inputs: list[str], timeout_s: float, timeouts: dict[str, float] | None = None) -> None:
         self.timeout_s = timeout_s
+        self.timeouts = {n: (timeouts or {}).get(n, timeout_s) for n in inputs}
         self._seen = dict.fromkeys(inputs)
 
     @property
@@ -138,4 +141,5 @@ class Watchdog:
         """Inputs (all, or those in `only`) never seen or older than the timeout."""
         if self.timeout_s <= 0:
             return []
-        return [n for n, t in self._seen.items() if (only is None or n in only) and (t is None or now - t > self.timeout_s)]
+        return [n for n, t in self._seen.items()
+                if (only is None or n in only) and (t is None or now - t > self.timeouts[n])]
