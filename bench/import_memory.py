@@ -33,7 +33,8 @@ VIEWS, CAMERA_HZ, SENSOR_HZ, PACKET, CHANNELS, STATE_HZ = 5, 5.0, 650.0, 13, 102
 HEIGHT, WIDTH = 360, 640
 
 
-def write_session(path: Path, target_bytes: float) -> dict:
+def write_session(path: Path, target_bytes: float, seconds: float | None = None) -> dict:
+    """A synthetic session of about `target_bytes`, or of `seconds` when given (bench/lerobot_bag_memory.py)."""
     store = typestore()
     T = store.types
     Header, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
@@ -43,7 +44,7 @@ def write_session(path: Path, target_bytes: float) -> dict:
              for k in range(8)]
     block = rng.normal(size=(PACKET, CHANNELS)).astype(np.float32)
     per_second = VIEWS * CAMERA_HZ * np.mean([len(j) for j in jpegs]) + SENSOR_HZ * CHANNELS * 4
-    seconds = max(2.0, target_bytes / per_second)
+    seconds = seconds or max(2.0, target_bytes / per_second)
 
     def header(t):
         return Header(stamp=Time(sec=int(t), nanosec=int(round((t % 1) * 1e9))), frame_id="base_link")

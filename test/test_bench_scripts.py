@@ -96,3 +96,17 @@ def test_gpu_script_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     for name in ("profile_tiny", "bench_tiny", "denoise_loop", "train_throughput_tiny"):
         assert json.loads((tmp_path / f"{name}.json").read_text()), name
+
+
+def test_lerobot_roundtrip_smoke(tmp_path):
+    figures = _run("bench/lerobot_roundtrip.py", ["--quick", "--workdir", str(tmp_path / "work")], tmp_path)
+    arrays = figures["round_trip_arrays"]
+    assert arrays["episodes"] == 2 and arrays["actions_equal"] and arrays["state_equal"] and arrays["sensor_equal"]
+    assert figures["episodes"] == 2 and figures["difference"] <= 1
+
+
+def test_lerobot_bag_memory_smoke(tmp_path):
+    figures = _run("bench/lerobot_bag_memory.py", ["--seconds", "2", "--vcodec", "h264", "--workdir",
+                                                   str(tmp_path / "work")], tmp_path)
+    export = figures["export_lerobot"]
+    assert export["frames"] >= 5 and export["sensor_window"][1] == 1026 and 0 < export["peak_rss_mb"] < 1024

@@ -296,3 +296,20 @@ def test_export_refuses_mixed_episodes_and_existing_output(ours, exported, tmp_p
 ])
 def test_action_meaning(names, declared, want):
     assert action_meaning(names, declared) == want
+
+
+def test_cli_commands_of_the_docs(ours, tmp_path):
+    """`vla data export-lerobot` / `import-lerobot` as docs/dataset.md shows them (h264, views by name)."""
+    out, back = tmp_path / "lerobot", tmp_path / "back"
+    cli = [sys.executable, "-m", "vla_training.cli", "data"]
+    run = subprocess.run(cli + ["export-lerobot", str(ours), str(out), "--repo-id", "lab/peg", "--vcodec", "h264",
+                                "--no-progress"], capture_output=True, text=True)
+    assert run.returncode == 0 and "wrote LeRobotDataset v3.0 lab/peg" in run.stdout, run.stderr[-2000:]
+    run = subprocess.run(cli + ["import-lerobot", str(out), str(back), "--views", "front", "--state",
+                                "observation.state", "--action", "action", "--action-meaning", "delta",
+                                "--no-progress"], capture_output=True, text=True)
+    assert run.returncode == 0 and "wrote 3 episode(s)" in run.stdout, run.stderr[-2000:]
+    assert [ep.length for ep in list_episodes(back)] == list(LENGTHS)
+    run = subprocess.run(cli + ["import-lerobot", str(out), str(tmp_path / "x"), "--views", "side"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "'observation.images.side' is not in this dataset" in run.stderr

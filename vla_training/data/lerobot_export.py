@@ -37,6 +37,7 @@ VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 EPISODES_PATH = "meta/episodes/" + CHUNK_FILE + ".parquet"
 STATE, ACTION, SENSOR, SENSOR_OFFSET = "observation.state", "action", "observation.sensor", "observation.sensor_offset_s"
 IMAGE_PREFIX = "observation.images."
+ROWS_PER_GROUP, GROUP_BYTES = 256, 16 << 20  # frames per parquet row group, at most ~16 MB of sensor windows
 INDEX_FEATURES = {name: {"dtype": dtype, "shape": [1], "names": None} for name, dtype in
                   (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
                    ("index", "int64"), ("task_index", "int64"))}
@@ -129,7 +130,7 @@ class _VideoFiles:
         if self.container is not None:
             self._mux(self.stream.encode())
             self.container.close()
-            self.container = None
+            self.container = self.stream = None  # the encoder's memory goes with its stream
 
 
 def _check_alike(episodes: list[Episode]) -> dict:
@@ -219,20 +220,13 @@ def _write(root, episodes, features, layout, fps, window, vcodec, data_mb, video
     image_stats = {v: _Stats() for v in layout["views"]}
     schema = pa.schema([(k, _arrow_type(pa, features[k])) for k in numeric])
     data_chunk, data_file, data_bytes, writer, index = 0, 0, 0, None, 0
-    rows = []
+    rows, steps_of = [], {}
     for e, ep in enumerate(_progress(episodes, progress)):
         actions_t = np.asarray(ep.array("actions_t"), np.float64)
         grid = actions_t[0] + np.arange(int(round((actions_t[-1] - actions_t[0]) * fps)) + 1) / fps
         steps = np.arange(len(actions_t)) if abs(_rate(actions_t) - fps) < 1e-3 * fps else _latest(actions_t, grid)
         t, n = actions_t[steps], len(steps)
         task = tasks.setdefault(ep.instruction, len(tasks))
-        cols = {ACTION: np.asarray(ep.array("actions"), np.float32)[steps],
-                "timestamp": (np.arange(n) / fps).astype(np.float32), "frame_index": np.arange(n),
-                "episode_index": np.full(n, e), "index": index + np.arange(n), "task_index": np.full(n, task)}
-        if layout["state"]:
-            cols[STATE] = np.asarray(ep.array("state"), np.float32)[_latest(np.asarray(ep.array("state_t")), t)]
-        if layout["sensor"]:
-            cols[SENSOR], cols[SENSOR_OFFSET] = _sensor_windows(ep, t, window)
         if writer is not None and data_bytes >= data_mb * 2 ** 20:
             writer.close()
             writer, (data_chunk, data_file), data_bytes = None, _next_file(data_chunk, data_file), 0
@@ -240,31 +234,45 @@ def _write(root, episodes, features, layout, fps, window, vcodec, data_mb, video
             path = root / DATA_PATH.format(chunk_index=data_chunk, file_index=data_file)
             path.parent.mkdir(parents=True, exist_ok=True)
             writer = pq.ParquetWriter(str(path), schema)
-        table = pa.table({k: _arrow_column(pa, cols[k], features[k]) for k in numeric}, schema=schema)
-        writer.write_table(table)
-        data_bytes += table.nbytes
-        for k in numeric:
-            stats[k].add(cols[k].reshape(n, -1) if k == SENSOR else cols[k])
+        group = max(1, min(ROWS_PER_GROUP, GROUP_BYTES // max(1, 4 * window * layout["sensor"])))
+        for begin in range(0, n, group):  # row groups of a bounded size (a sensor window row is large)
+            part = slice(begin, min(n, begin + group))
+            m, tp = part.stop - begin, t[part]
+            cols = {ACTION: np.asarray(ep.array("actions")[steps[part]], np.float32),
+                    "timestamp": (np.arange(begin, part.stop) / fps).astype(np.float32),
+                    "frame_index": np.arange(begin, part.stop), "episode_index": np.full(m, e),
+                    "index": index + np.arange(begin, part.stop), "task_index": np.full(m, task)}
+            if layout["state"]:
+                cols[STATE] = np.asarray(ep.array("state")[_latest(np.asarray(ep.array("state_t")), tp)], np.float32)
+            if layout["sensor"]:
+                cols[SENSOR], cols[SENSOR_OFFSET] = _sensor_windows(ep, tp, window)
+            table = pa.table({k: _arrow_column(pa, cols[k], features[k]) for k in numeric}, schema=schema)
+            writer.write_table(table)
+            data_bytes += table.nbytes
+            for k in numeric:
+                stats[k].add(cols[k].reshape(-1, layout["sensor"]) if k == SENSOR else cols[k])
+            del table, cols
         row = {"episode_index": e, "tasks": [ep.instruction], "length": n, "data/chunk_index": data_chunk,
                "data/file_index": data_file, "dataset_from_index": index, "dataset_to_index": index + n}
-        for view, files in videos.items():
-            chunk, file, start = files.start_episode()
-            k_idx = _latest(np.asarray(ep.array(f"images/{view}_t")), t)
-            for j, k in enumerate(k_idx):
-                frame = ep.frame(view, int(k))
-                files.add(frame)
-                if j % max(1, n // 10) == 0:  # a sample of frames for the per-channel statistics
-                    image_stats[view].add(frame.reshape(-1, 3) / 255.0)
-            row.update({f"videos/{IMAGE_PREFIX}{view}/chunk_index": chunk, f"videos/{IMAGE_PREFIX}{view}/file_index": file,
-                        f"videos/{IMAGE_PREFIX}{view}/from_timestamp": start,
-                        f"videos/{IMAGE_PREFIX}{view}/to_timestamp": start + n / fps})
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
                     "vla/meta": json.dumps({k: v for k, v in ep.meta.items() if k not in ("views", "image_storage")})})
         rows.append(row)
+        steps_of[e] = t
         index += n
     if writer is not None:
         writer.close()
-    for files in videos.values():
+    for view, files in videos.items():  # one view at a time: one encoder in memory (an AV1 encoder holds ~100 MB)
+        for e, ep in enumerate(episodes):
+            t, ep = steps_of[e], Episode(ep.path)  # a fresh mapping of the frames, released after this view
+            chunk, file, start = files.start_episode()
+            for j, k in enumerate(_latest(np.asarray(ep.array(f"images/{view}_t")), t)):
+                frame = ep.frame(view, int(k))
+                files.add(frame)
+                if j % max(1, len(t) // 10) == 0:  # a sample of frames for the per-channel statistics
+                    image_stats[view].add(frame.reshape(-1, 3) / 255.0)
+            key = f"videos/{IMAGE_PREFIX}{view}"
+            rows[e].update({f"{key}/chunk_index": chunk, f"{key}/file_index": file, f"{key}/from_timestamp": start,
+                            f"{key}/to_timestamp": start + len(t) / fps})
         files.close()
     path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,10 +301,24 @@ def _sensor_windows(ep: Episode, t: np.ndarray, window: int) -> tuple[np.ndarray
     end = np.searchsorted(stamps, t + 1e-9, side="right")  # (n,)
     idx = end[:, None] - window + np.arange(window)[None]  # (n, W)
     valid = idx >= 0
-    values = np.asarray(sensor[np.clip(idx, 0, None).ravel()], np.float32).reshape(len(t), window, -1)
+    lo, hi = int(np.clip(idx, 0, None).min()), int(end.max())
+    rows = _read_rows(sensor, lo, max(hi, lo + 1))  # (hi - lo, C)
+    values = np.asarray(rows[np.clip(idx, 0, None).ravel() - lo], np.float32).reshape(len(t), window, -1)
     values[~valid] = 0.0
     offsets = np.where(valid, stamps[np.clip(idx, 0, None)] - t[:, None], np.nan)
     return values, offsets
+
+
+def _read_rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of a memory-mapped .npy with a plain read (reading through the mapping would keep the
+    whole file resident: a 60 s, 650 Hz x 1026 sensor is 160 MB)."""
+    if not (isinstance(array, np.memmap) and array.filename):
+        return np.asarray(array[lo:hi])
+    row = int(np.prod(array.shape[1:])) * array.dtype.itemsize
+    with open(array.filename, "rb") as fh:
+        fh.seek(array.offset + lo * row)
+        data = fh.read((min(hi, len(array)) - lo) * row)
+    return np.frombuffer(data, array.dtype).reshape(-1, *array.shape[1:])
 
 
 def _arrow_type(pa, feature: dict):

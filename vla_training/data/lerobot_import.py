@@ -197,7 +197,7 @@ def _column(data: dict, key: str, feature: dict) -> np.ndarray:
     col = data[key]
     shape = [int(s) for s in feature.get("shape", [1])]
     values = np.asarray(col.combine_chunks().flatten().flatten() if len(shape) == 2 else
-                        (col.combine_chunks().flatten() if shape != [1] else col), np.float64)
+                        (col.combine_chunks().flatten() if shape != [1] else col), feature.get("dtype", "float32"))
     return values.reshape(len(col), *shape) if shape != [1] else values.reshape(len(col), 1)
 
 
