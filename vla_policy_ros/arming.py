@@ -52,7 +52,10 @@ class ArmingMixin:
         if stale:
             return f"stale inputs: {', '.join(stale)}"
         watched = [name for name in self.inputs.invalid if name in self.inputs.watchdog.inputs]
-        return self.inputs.invalid[watched[0]] if watched else self._heartbeat_fault()
+        if watched:
+            return self.inputs.invalid[watched[0]]
+        halted = self.servo_setup.halted() if self.servo_setup is not None else ""
+        return halted or self._heartbeat_fault()
 
     def _set_dry_run(self, value: bool) -> None:
         """The node's own change of dry_run (arming, disarming): allowed for this thread's call only, so a
@@ -74,6 +77,9 @@ class ArmingMixin:
         if refusal:
             response.success, response.message = False, f"not armed: {refusal}"
             return response
+        setup = self.servo_setup
+        if setup is not None and not setup.started and setup.available():  # Servo came up after activation
+            setup.start()
         self._set_dry_run(False)
         with self._lock:
             self.holding = ""
@@ -103,6 +109,12 @@ class ArmingMixin:
         """The inference worker failed (model exception, non-finite output): no chunk this time, so the last
         command must not play out open loop."""
         if self.active:
+            self._hold(reason)
+
+    def _on_servo_halt(self, reason: str) -> None:
+        """MoveIt Servo reports a halting status (singularity, collision, joint bound): hold at once; commands
+        resume once its status is no longer halting (fault() says so meanwhile)."""
+        if self.armed():
             self._hold(reason)
 
     def _on_controller_failure(self, reason: str) -> None:

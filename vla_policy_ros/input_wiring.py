@@ -20,6 +20,7 @@ from .inputs import InputSpec
 from .msg import ActionChunk, SensorPacket
 from .robot_limits import JointBounds, RobotDescriptionError, joint_limits_from_urdf
 from .safety import OutputLimits
+from .servo_setup import ServoSetup
 from .trajectory_action import TrajectoryAction
 
 
@@ -117,6 +118,10 @@ class WiringMixin:
         if p.joint_trajectory_action and p.command_interface == "joint_trajectory":
             self.trajectory_action = TrajectoryAction(self, p.joint_trajectory_action, self._on_controller_failure)
             add(self.trajectory_action)
+        self.servo_setup = None
+        if p.servo_node and p.command_interface == "servo_twist":
+            self.servo_setup = ServoSetup(self, p.servo_node, "twist", self._on_servo_halt)
+            add(self.servo_setup)
         self.gripper_pub = self.create_publisher(Float64MultiArray, p.gripper_topic, 10) \
             if p.gripper_topic and self.layout.gripper is not None else None
         self._entities += [pub for pub in (self.chunk_pub, self.action_pub, self.command_pub, self.gripper_pub) if pub]
@@ -129,10 +134,12 @@ class WiringMixin:
             self.worker.stop()
         for entity in self._entities:
             destroy = {"Subscription": self.destroy_subscription, "Publisher": self.destroy_publisher,
-                       "Timer": self.destroy_timer, "TrajectoryAction": lambda a: a.destroy()}.get(type(entity).__name__)
+                       "Timer": self.destroy_timer, "TrajectoryAction": lambda a: a.destroy(),
+                       "ServoSetup": lambda s: s.destroy()}.get(type(entity).__name__)
             if destroy is not None:
                 destroy(entity)
         self._entities, self.policies, self.inputs, self.worker, self.command = [], {}, None, None, None
+        self.servo_setup = None
         self.active = False
 
     # -- inputs the node handles itself -------------------------------------------------------------------

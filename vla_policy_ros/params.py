@@ -59,6 +59,7 @@ class NodeParams:
     command_interface: str = "servo_twist"
     command_topic: str = ""  # "" = the interface's usual controller topic (DEFAULT_COMMAND_TOPICS)
     joint_trajectory_action: str = ""  # joint_trajectory: a FollowJointTrajectory action instead of the topic
+    servo_node: str = "/servo_node"  # servo_twist: MoveIt Servo's node (its pause/start services, status); "" = none
     command_frame: str = ""  # cartesian commands: "" = the frame of the pose messages
     command_rate_hz: float = 100.0  # streamed interfaces: commands per second
     pose_reference: str = "measured"  # pose_target: deltas from the measured pose, or from the last setpoint
@@ -127,6 +128,8 @@ DESCRIPTIONS = {
     "joint_trajectory_action": "joint_trajectory: FollowJointTrajectory action name (e.g. "
                                "/joint_trajectory_controller/follow_joint_trajectory); '' = the topic",
     "command_rate_hz": "servo_twist / pose_target: commands per second",
+    "servo_node": "servo_twist: MoveIt Servo's node name; on activate its command type is selected and it is "
+                  "unpaused (or started on Humble), on deactivate paused; its status is read ('' = none of this)",
     "pose_reference": "pose_target: accumulate deltas from the 'measured' pose at the observation, or from the "
                       "'setpoint' (the target the controller was given for that time; measured when there is none)",
     "action_roles": "per action dimension: x y z roll pitch yaw gripper, a joint name, or '' ([] = the checkpoint's "

@@ -86,6 +86,7 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self._entities: list = []  # subscriptions / publishers / timers created by configure
         self.chunk_pub = self.action_pub = self.command_pub = self.gripper_pub = None
         self.trajectory_action = None  # joint_trajectory through FollowJointTrajectory (control_msgs)
+        self.servo_setup = None  # servo_twist: MoveIt Servo's switches and status (servo_setup.py)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # not the simulated clock: it may not run yet
@@ -170,7 +171,19 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         with self._lock:
             self.active, self.holding = True, ""
         self.worker.start()
+        if self.servo_setup is not None:  # select the command type, unpause / start Servo (~/enable waits for it)
+            threading.Thread(target=self._start_servo, daemon=True).start()
         return super().on_activate(state)
+
+    def _start_servo(self) -> None:
+        setup = self.servo_setup
+        try:
+            if setup is not None:
+                level = "info" if setup.start() else "warning"
+                getattr(self.get_logger(), level)(f"MoveIt Servo: {setup.state}")
+        except Exception as exc:  # noqa: BLE001 - the node went (cleanup, shutdown) while Servo was awaited
+            if self.servo_setup is setup:
+                self.get_logger().error(f"MoveIt Servo setup: {exc}")
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         with self._lock:  # first: no command of a chunk in flight goes out after the hold
@@ -178,6 +191,8 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self._hold("deactivated", force=was_armed)
         self._disarm()
         self.worker.stop()
+        if self.servo_setup is not None:
+            self.servo_setup.stop()
         self.inputs.clear()
         return super().on_deactivate(state)
 

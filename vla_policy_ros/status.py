@@ -39,6 +39,8 @@ def diagnostics(node) -> DiagnosticArray:
         values.update({"last_latency_ms": f"{worker.latencies[-1] * 1e3:.1f}" if worker.latencies else "",
                        "last_error": error,
                        **{f"{k}_hz": f"{rate(v):.1f}" for k, v in worker.event_times.items() if len(v) > 1}})
+    if node.servo_setup is not None:
+        values.update({"servo_setup": node.servo_setup.state, "servo_status": node.servo_setup.describe()})
     if node.trajectory_action is not None:
         values.update({f"trajectory_action_{k}": v for k, v in node.trajectory_action.counts.items()})
     values["command_hz"] = f"{rate(node.tick_times):.1f}"

@@ -50,7 +50,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
         policy.update({"command_interface": command_interface, "pose_topic": "ee_pose",  # armed by the sim (~/enable)
                        "command_frame": "world", "control_period_s": dt, "translation_scale": scale,
                        "execute_steps": execute_steps, "action_roles": ["dx", "dy", "dz", "gripper"],
-                       "gripper_topic": "gripper_command",
+                       "gripper_topic": "gripper_command", "servo_node": "",  # the sim is the controller
                        # the sim's own limits: |action| <= 1 per axis, the mocap box, and the speed of a full
                        # action on all three axes
                        "max_delta": [1.0] * 4, "workspace_min": low.tolist(), "workspace_max": high.tolist(),
