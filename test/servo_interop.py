@@ -5,6 +5,8 @@ process itself, where moveit_msgs is not importable (the node's fallback)."""
 
 import time
 
+import pytest
+
 from conftest import make_policy  # noqa: F401 - the fixtures below come from conftest
 from ros_helpers import start_policy_node
 from servo_standin import ServoStandIn
@@ -54,3 +56,23 @@ def servo_scenario(ros, checkpoint, humble: bool):  # noqa: F811
 def test_servo_on_jazzy_is_switched_paused_and_read(ros, checkpoint):  # noqa: F811
     servo, node = servo_scenario(ros, checkpoint, humble=False)
     assert "command type twist" in node.servo_setup.state or servo.events[:2] == ["command type 1", "unpaused"]
+
+
+def test_joint_jog_for_joint_space_servo(ros, checkpoint):  # noqa: F811
+    """servo_joint_jog: Servo switched to JOINT_JOG; control_msgs/JointJog by joint name, velocities within the
+    URDF limits; a zero-velocity hold on disarm."""
+    from test_robot_deployment import JOINTS, URDF
+
+    servo = ros.add(ServoStandIn(ros.context))
+    node = start_policy_node(ros, _params(checkpoint, command_interface="servo_joint_jog", action_roles=JOINTS,
+                                          robot_description=URDF.replace("velocity='500'", "velocity='0.5'")))
+    robot = Robot(ros)
+    robot.run_until(ros, lambda: servo.events == ["command type 0", "unpaused"] and len(robot.chunks) >= 1,
+                    "Servo switched to joint jog and unpaused")
+    assert _enable(ros, robot).success
+    robot.run_until(ros, lambda: any(any(v != 0 for v in m.velocities) for m in servo.joint_jogs), "joint jogs")
+    jog = next(m for m in servo.joint_jogs if any(v != 0 for v in m.velocities))
+    assert list(jog.joint_names) == JOINTS and jog.duration == pytest.approx(node.dt) and servo.ignored == 0
+    assert max(abs(v) for m in servo.joint_jogs for v in m.velocities) <= 0.5 + 1e-9  # the URDF limit
+    assert _enable(ros, robot, on=False).success
+    ros.wait_for(lambda: not any(servo.joint_jogs[-1].velocities), what="a zero-velocity hold")

@@ -15,7 +15,7 @@ from rclpy.node import Node
 from std_msgs.msg import Int8
 from std_srvs.srv import SetBool, Trigger
 
-TWIST = 1  # moveit_msgs/srv/ServoCommandType
+JOINT_JOG, TWIST = 0, 1  # moveit_msgs/srv/ServoCommandType
 
 
 class ServoStandIn(Node):
@@ -31,6 +31,12 @@ class ServoStandIn(Node):
         self._last: tuple[float, np.ndarray] | None = None
         self._lock = threading.Lock()
         self.create_subscription(TwistStamped, "~/delta_twist_cmds", self._on_twist, 100)
+        self.joint_jogs: list = []  # control_msgs/JointJog taken (joint-space Servo), when control_msgs imports
+        try:
+            from control_msgs.msg import JointJog
+            self.create_subscription(JointJog, "~/delta_joint_cmds", self._on_joint_jog, 100)
+        except ImportError:
+            pass
         self.pose_pub = self.create_publisher(PoseStamped, "~/ee_pose", 10)
         if humble:
             self.status_pub = self.create_publisher(Int8, "~/status", 10)
@@ -69,6 +75,13 @@ class ServoStandIn(Node):
                 return
             t = msg.twist
             self._last = (time.monotonic(), np.array([t.linear.x, t.linear.y, t.linear.z]))
+
+    def _on_joint_jog(self, msg) -> None:
+        with self._lock:
+            if not self.running or self.command_type not in (JOINT_JOG, None if not self.humble else TWIST):
+                self.ignored += 1
+                return
+        self.joint_jogs.append(msg)
 
     def _integrate(self) -> None:
         now = time.monotonic()

@@ -14,5 +14,6 @@ def test_servo_on_humble_is_started_read_and_stopped(ros, checkpoint):  # noqa: 
 
 
 def test_servo_on_jazzy(tmp_path):
+    build_standin("control_msgs", tmp_path)  # JointJog, into the same prefix
     run = run_with_standins(build_standin("moveit_msgs", tmp_path), "servo_interop.py")
-    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-5000:] + run.stderr[-2000:]
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-5000:] + run.stderr[-2000:]

@@ -18,6 +18,7 @@ import time
 from rclpy.parameter import Parameter
 from std_msgs.msg import Bool
 
+from . import params as P
 from .command_interfaces import CommandError
 
 
@@ -30,7 +31,7 @@ class ArmingMixin:
         p = self.params
         if p.command_interface == "none":
             return ""  # chunks (and ~/action) only: nothing reaches a controller
-        if p.command_interface == "joint_trajectory":
+        if p.command_interface in P.JOINT_INTERFACES:
             return "" if self.joint_bounds is not None else \
                 "no joint limits: set robot_description (or publish /robot_description) with the commanded joints"
         rotates = self.layout is not None and any(i is not None for i in self.layout.rotation)

@@ -11,6 +11,8 @@ One class per `command_interface` parameter value:
   at the current positions.
 - `servo_twist`: geometry_msgs/TwistStamped for MoveIt Servo: velocity = delta / dt, streamed one
   per control period. Hold: a zero twist.
+- `servo_joint_jog`: control_msgs/JointJog for MoveIt Servo's joint-space input: joint velocity = delta /
+  dt within the URDF velocity limits, by name, streamed one per control period. Hold: zero velocities.
 - `pose_target`: geometry_msgs/PoseStamped targets for cartesian controllers, accumulated from the
   pose at the observation's stamp (or, `pose_reference: setpoint`, from the target the controller
   had been given for that time: actions recorded as setpoint changes, e.g. a mocap or an impedance
@@ -38,7 +40,7 @@ from .quaternions import quat_from_euler, quat_multiply
 from .robot_limits import JointBounds
 from .safety import LimitResult, OutputLimits
 
-INTERFACES = ("joint_trajectory", "servo_twist", "pose_target", "none")
+INTERFACES = ("joint_trajectory", "servo_twist", "servo_joint_jog", "pose_target", "none")
 AXES = ("x", "y", "z")
 ANGLES = ("roll", "pitch", "yaw")
 ALIASES = {"x": "x", "dx": "x", "delta_x": "x", "y": "y", "dy": "y", "delta_y": "y", "z": "z", "dz": "z",
@@ -238,6 +240,41 @@ class JointTrajectoryCommand:
         return JointTrajectory(joint_names=list(self.names), points=[point])
 
 
+class JointJogCommand(JointTrajectoryCommand):
+    """Joint deltas as joint velocities for MoveIt Servo (control_msgs/JointJog, imported when configured)."""
+
+    name = "servo_joint_jog"
+    streaming = True
+
+    def __init__(self, layout: ActionLayout, limits: OutputLimits, bounds: JointBounds | None, dt: float) -> None:
+        super().__init__(layout, limits, bounds, dt)
+        try:
+            from control_msgs.msg import JointJog
+        except ImportError:
+            raise ValueError("command_interface servo_joint_jog: control_msgs is not importable (install "
+                             "ros-<distro>-control-msgs)") from None
+        self.message_type, self.width = JointJog, len(self.names)
+
+    def plan(self, chunk: np.ndarray, robot: RobotState, stamp: float) -> Planned:
+        """Rows (H, J) of joint velocities (rad/s) from the targets the trajectory would have, within limits."""
+        trajectory = super().plan(chunk, robot, stamp)
+        if trajectory.message is None:
+            return trajectory
+        targets = np.array([p.positions for p in trajectory.message.points])  # (H, J)
+        velocities = np.diff(np.vstack([self.current(robot), targets]), axis=0) / self.dt
+        return Planned(trajectory.outcome, trajectory.reason, rows=finite(velocities, "joint velocity"),
+                       gripper=trajectory.gripper)
+
+    def message(self, row: np.ndarray, now: float, frame: str):
+        msg = self.message_type(header=Header(stamp=to_time(now), frame_id=frame), joint_names=list(self.names),
+                                velocities=finite(row, "joint velocity").tolist())
+        msg.duration = float(self.dt)  # Servo applies the velocities for this long at most
+        return msg
+
+    def hold(self, robot: RobotState, now: float, frame: str):
+        return self.message(np.zeros(len(self.names)), now, frame)
+
+
 class CartesianCommand:
     """Shared by servo_twist and pose_target: targets from the pose at the observation, within limits."""
 
@@ -372,6 +409,8 @@ def build_command(interface: str, layout: ActionLayout, limits: OutputLimits, dt
     """The command builder of `interface` (None for 'none': chunks only)."""
     if interface == "joint_trajectory":
         return JointTrajectoryCommand(layout, limits, bounds, dt)
+    if interface == "servo_joint_jog":
+        return JointJogCommand(layout, limits, bounds, dt)
     if interface == "servo_twist":
         return ServoTwistCommand(layout, limits, dt, translation_scale, rotation_scale, frame)
     if interface == "pose_target":

@@ -19,6 +19,7 @@ import numpy as np
 from rclpy.time import Time
 from std_msgs.msg import Header
 
+from . import params as P
 from .command_interfaces import CommandError, gripper_message
 from .inference import ChunkResult
 from .msg import ActionChunk
@@ -99,7 +100,7 @@ class CommandMixin:
         robot = self.inputs.robot_state(stamp)
         needs_pose = self.params.command_interface in ("servo_twist", "pose_target") and bool(self.inputs.pose_frame or
                                                                                               self.params.pose_topic)
-        needs_joints = self.params.command_interface == "joint_trajectory"
+        needs_joints = self.params.command_interface in P.JOINT_INTERFACES
         while ((needs_pose and robot.pose is None) or (needs_joints and robot.joints is None)) and \
                 time.monotonic() < deadline:
             time.sleep(0.001)
@@ -123,13 +124,13 @@ class CommandMixin:
             if self.holding or not self.armed():
                 return
             due = self.command_executor.action_at(now)
-            if due is None and self.command.name == "servo_twist" and self.stream_end is not None \
+            if due is None and self.command.name in P.SERVO_COMMAND_TYPES and self.stream_end is not None \
                     and now > self.stream_end + 1e-9:  # the last row's period is over and no chunk covers now:
                 self.stream_end = None  # MoveIt Servo would integrate that twist until its own timeout; stop it
-                return self._hold("servo stream starved: no chunk covers now (zero twist)")
+                return self._hold("servo stream starved: no chunk covers now (zero velocity)")
             if due is None:  # no chunk covers now: nothing new (a pose controller keeps its last target)
                 return
-            width = 6 if self.command.name == "servo_twist" else 7
+            width = getattr(self.command, "width", 6 if self.command.name == "servo_twist" else 7)
             message = self.command.message(due.action[:width], now, self.command_frame)
             if self.command.name == "pose_target":  # the target is reached by the end of its period
                 self.setpoints.add(due.chunk_stamp + (due.index + 1) * self.dt, due.action[:7])

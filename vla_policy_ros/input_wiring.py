@@ -75,7 +75,7 @@ class WiringMixin:
             self.command.bounds = bounds
 
     def _unknown_joints(self) -> str:
-        if not (self.params.command_interface == "joint_trajectory" and self.inputs.joint_names):
+        if not (self.params.command_interface in P.JOINT_INTERFACES and self.inputs.joint_names):
             return ""  # checked again at every command
         missing = [n for n in self.command.names if n not in self.inputs.joint_names]
         return f"joints {missing} are not in the JointState (it has {self.inputs.joint_names})" if missing else ""
@@ -93,7 +93,7 @@ class WiringMixin:
         state_is_pose = p.state_type == "pose"
         if spec.state_dim and state_is_pose:
             add(self.create_subscription(PoseStamped, p.state_topic, lambda m: self.inputs.on_pose(m, True), 50))
-        if not state_is_pose or p.command_interface == "joint_trajectory":
+        if not state_is_pose or p.command_interface in P.JOINT_INTERFACES:
             topic = p.state_topic if not state_is_pose else "joint_states"
             add(self.create_subscription(JointState, topic,
                                          lambda m: self.inputs.on_joint_state(m, bool(spec.state_dim) and not state_is_pose),
@@ -104,7 +104,7 @@ class WiringMixin:
         add(self.create_subscription(String, p.instruction_topic, self._on_instruction, 10))
         if p.heartbeat_topic:
             add(self.create_subscription(Bool, p.heartbeat_topic, self._on_heartbeat, 10))
-        if p.command_interface == "joint_trajectory" and not p.robot_description:
+        if p.command_interface in P.JOINT_INTERFACES and not p.robot_description:
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
             add(self.create_subscription(String, "/robot_description",
                                          lambda m: self._set_robot_description(m.data, from_topic=True), latched))
@@ -119,8 +119,9 @@ class WiringMixin:
             self.trajectory_action = TrajectoryAction(self, p.joint_trajectory_action, self._on_controller_failure)
             add(self.trajectory_action)
         self.servo_setup = None
-        if p.servo_node and p.command_interface == "servo_twist":
-            self.servo_setup = ServoSetup(self, p.servo_node, "twist", self._on_servo_halt)
+        if p.servo_node and p.command_interface in P.SERVO_COMMAND_TYPES:
+            self.servo_setup = ServoSetup(self, p.servo_node, P.SERVO_COMMAND_TYPES[p.command_interface],
+                                          self._on_servo_halt)
             add(self.servo_setup)
         self.gripper_pub = self.create_publisher(Float64MultiArray, p.gripper_topic, 10) \
             if p.gripper_topic and self.layout.gripper is not None else None

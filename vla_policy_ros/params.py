@@ -14,10 +14,13 @@ from vla_models.experts import EXPERTS
 EXPERT_TYPES = tuple(EXPERTS)  # each has a `<type>_checkpoint` parameter
 SENSOR_TYPES = ("wrench", "packet", "array")
 STATE_TYPES = ("joint_state", "pose")
-COMMAND_INTERFACES = ("joint_trajectory", "servo_twist", "pose_target", "none")
+COMMAND_INTERFACES = ("joint_trajectory", "servo_twist", "servo_joint_jog", "pose_target", "none")
+JOINT_INTERFACES = ("joint_trajectory", "servo_joint_jog")  # joints by name, URDF limits
+SERVO_COMMAND_TYPES = {"servo_twist": "twist", "servo_joint_jog": "joint_jog"}  # MoveIt Servo's command type
 # The topic each interface's controller listens on by default (remap or set command_topic for yours).
 DEFAULT_COMMAND_TOPICS = {"joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
-                          "servo_twist": "/servo_node/delta_twist_cmds", "pose_target": "/target_frame", "none": ""}
+                          "servo_twist": "/servo_node/delta_twist_cmds",
+                          "servo_joint_jog": "/servo_node/delta_joint_cmds", "pose_target": "/target_frame", "none": ""}
 
 # Array parameters default to empty; an empty list has no type of its own, so they are declared by type.
 ARRAY_TYPES = {"image_topics": Parameter.Type.STRING_ARRAY, "action_roles": Parameter.Type.STRING_ARRAY,
@@ -59,7 +62,7 @@ class NodeParams:
     command_interface: str = "servo_twist"
     command_topic: str = ""  # "" = the interface's usual controller topic (DEFAULT_COMMAND_TOPICS)
     joint_trajectory_action: str = ""  # joint_trajectory: a FollowJointTrajectory action instead of the topic
-    servo_node: str = "/servo_node"  # servo_twist: MoveIt Servo's node (its pause/start services, status); "" = none
+    servo_node: str = "/servo_node"  # servo_twist / servo_joint_jog: MoveIt Servo's node (its pause/start services, status); "" = none
     command_frame: str = ""  # cartesian commands: "" = the frame of the pose messages
     command_rate_hz: float = 100.0  # streamed interfaces: commands per second
     pose_reference: str = "measured"  # pose_target: deltas from the measured pose, or from the last setpoint
@@ -128,7 +131,7 @@ DESCRIPTIONS = {
     "joint_trajectory_action": "joint_trajectory: FollowJointTrajectory action name (e.g. "
                                "/joint_trajectory_controller/follow_joint_trajectory); '' = the topic",
     "command_rate_hz": "servo_twist / pose_target: commands per second",
-    "servo_node": "servo_twist: MoveIt Servo's node name; on activate its command type is selected and it is "
+    "servo_node": "servo_twist / servo_joint_jog: MoveIt Servo's node name; on activate its command type is selected and it is "
                   "unpaused (or started on Humble), on deactivate paused; its status is read ('' = none of this)",
     "pose_reference": "pose_target: accumulate deltas from the 'measured' pose at the observation, or from the "
                       "'setpoint' (the target the controller was given for that time; measured when there is none)",

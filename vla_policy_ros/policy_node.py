@@ -150,7 +150,7 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             self._set_robot_description(p.robot_description)
         self.command = build_command(p.command_interface, self.layout, self.limits, self.dt, self.joint_bounds,
                                      p.translation_scale, p.rotation_scale, p.command_frame)
-        joints = p.command_interface == "joint_trajectory" or (spec.state_dim and p.state_type == "joint_state")
+        joints = p.command_interface in P.JOINT_INTERFACES or (spec.state_dim and p.state_type == "joint_state")
         pose = p.command_interface in ("servo_twist", "pose_target") and bool(p.pose_topic or p.state_type == "pose")
         self.inputs = Inputs(spec, p, self._now, self.get_logger(), watch_joints=bool(joints), watch_pose=pose)
         self.command_executor = ChunkExecutor(self.dt, p.execution_mode, p.execute_steps, p.ensemble_decay) \
