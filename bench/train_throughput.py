@@ -13,8 +13,12 @@ joint state; no simulator needed), for:
 - `--spec 3b`: the Qwen2.5-VL-3B architecture with random weights (bf16 base), 2 and 5 views at
   640x360, stage 1 (cached) and stage 2 (LoRA, gradient checkpointing, pixels on the device,
   4 loader workers), batch 4.
-Figures come from the runs' metrics.jsonl (train/samples_per_s, train/data_wait_frac and, on a GPU,
-train/peak_memory_mb of the last step) and getrusage of the child (peak RSS).
+Figures come from the runs' metrics.jsonl and getrusage of the child (peak RSS): samples/s and the data
+wait over the steps after `--warmup-steps` (from the trainer's running totals, so the first steps' warm-up
+does not count), on a GPU train/peak_memory_mb under `--memory-cap-gb` (torch's per-process memory
+fraction: "fits 24 GB" is shown on a bigger card by failing if it does not). Runs write no checkpoint
+(train.save_checkpoints false) and each run's directory and feature cache are deleted after it is
+measured (`disk_mb` records what it held), so a 3B run does not leave ~22 GB behind.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,18 +118,30 @@ def measure(name: str, spec: list[str], data: Path, run: Path, args) -> dict | N
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(r.stderr[-2000:]); "
         "sys.exit(r.returncode)"), sys.executable, "-m", "vla_training.cli", "train", *spec, *extra,
         "--dataset", str(data), "--out", str(run), "--expert", "diffusion", "--max-steps", str(args.steps),
-        "--batch-size", str(args.batch_size), "--val-fraction", "0", "--checkpoint-every", str(10 ** 6),
+        "--batch-size", str(args.batch_size), "--val-fraction", "0", "-o", "train.save_checkpoints=false",
+        *(["-o", f"train.memory_cap_gb={args.memory_cap_gb}"] if args.memory_cap_gb else []),
         "--device", args.device, "--no-progress"], capture_output=True, text=True)
-    if result.returncode:
-        print(f"{name}: failed\n{result.stderr[-2000:]}")
-        return None
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    last = [m for m in metrics if "train/samples_per_s" in m][-1]
-    row = {"samples_per_s": round(last["train/samples_per_s"], 2), "data_wait_frac": round(last["train/data_wait_frac"], 3),
+    disk_mb = sum(f.stat().st_size for d in (run, cache) if d.exists() for f in d.rglob("*") if f.is_file()) / 2**20
+    try:
+        if result.returncode:
+            print(f"{name}: failed\n{result.stderr[-2000:]}")
+            return None
+        steps = [m for m in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+                 if "train/samples_total" in m]
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    first, last = steps[min(args.warmup_steps, len(steps) - 1) - 1] if args.warmup_steps else None, steps[-1]
+    totals = ("train/samples_total", "train/data_wait_s_total", "train/wall_s_total")
+    base = [first[k] for k in totals] if first else [0, 0.0, 0.0]
+    samples, waited, wall = (last[k] - b for k, b in zip(totals, base))
+    row = {"samples_per_s": round(samples / max(wall, 1e-9), 2), "data_wait_frac": round(waited / max(wall, 1e-9), 3),
+           "window_steps": len(steps) - (min(args.warmup_steps, len(steps) - 1) if args.warmup_steps else 0),
            "peak_rss_mb": round(int(result.stdout.split()[-1]) / 1024, 1), "steps": args.steps,
-           "batch_size": args.batch_size, "device": args.device}
+           "batch_size": args.batch_size, "device": args.device, "disk_mb": round(disk_mb, 3)}
     if "train/peak_memory_mb" in last:
         row["peak_gpu_memory_mb"] = round(last["train/peak_memory_mb"], 1)
+        row["memory_cap_gb"] = args.memory_cap_gb
     return row
 
 
@@ -133,13 +150,26 @@ def main() -> int:
     parser.add_argument("--spec", choices=["tiny", "3b"], default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of samples/s and data wait "
+                                                                     "(default %(default)s)")
+    parser.add_argument("--memory-cap-gb", type=float, help="GPU only: cap the run's GPU memory (a run that needs "
+                                                             "more fails: 'fits 24 GB' shown on a bigger card)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--episode-steps", type=int, default=40, help="control steps (samples) per episode")
     parser.add_argument("--only", help="run only the configurations whose name contains this text")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
+    if args.memory_cap_gb and args.device == "cpu":
+        parser.error("--memory-cap-gb caps GPU memory; it needs --device cuda")
     work = Path(tempfile.mkdtemp(prefix="vla-train-bench-"))
+    try:
+        return _measure_all(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the synthetic datasets
+
+
+def _measure_all(args, work: Path) -> int:
     datasets: dict[str, Path] = {}
     figures, failed = {}, False
     for name, (spec, shape) in runs(args.spec).items():

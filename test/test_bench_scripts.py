@@ -13,9 +13,9 @@ from ros_helpers import next_domain_id
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, args: list[str], tmp_path: Path) -> dict:
+def _run(script: str, args: list[str], tmp_path: Path, **env_vars: str) -> dict:
     out = tmp_path / f"{Path(script).stem}.json"
-    env = dict(os.environ, ROS_DOMAIN_ID=str(next_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(next_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", **env_vars)
     proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--json", str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -55,10 +55,14 @@ def test_denoise_loop_smoke(tmp_path):
 
 
 def test_train_throughput_smoke(tmp_path):
-    figures = _run("bench/train_throughput.py", ["--steps", "2", "--episodes", "1", "--only", "tiny stage 2 (LoRA)"],
-                   tmp_path)
+    (tmp_path / "tmp").mkdir()
+    figures = _run("bench/train_throughput.py", ["--steps", "3", "--warmup-steps", "1", "--episodes", "1", "--only",
+                                                 "tiny stage 2 (LoRA)"], tmp_path, TMPDIR=str(tmp_path / "tmp"))
     (row,) = figures.values()
     assert row["samples_per_s"] > 0 and 0 <= row["data_wait_frac"] < 1 and row["peak_rss_mb"] > 100
+    assert row["window_steps"] == 2  # the steps after the warm-up
+    assert row["disk_mb"] < 5  # no checkpoint written (the tiny backbone alone is ~40 MB): metrics and logs only
+    assert not list((tmp_path / "tmp").iterdir())  # runs and datasets deleted
 
 
 def test_train_throughput_gpu_runs_are_valid_configs_for_their_data(tmp_path):

@@ -62,6 +62,10 @@ class TrainConfig:
     # DDP's find_unused_parameters: null = decided from the model (only if a trainable module can be skipped
     # by the forward); true/false forces it
     find_unused_parameters: bool | None = None
+    # false: no checkpoint is written (benchmarks: a 3B run's best/, last/ and last_ema/ take ~22 GB)
+    save_checkpoints: bool = True
+    # cap this process's GPU memory (torch.cuda.set_per_process_memory_fraction): "fits 24 GB" on a bigger card
+    memory_cap_gb: float | None = None
     resume: bool = False
     wandb: bool = False
     tensorboard: bool = False

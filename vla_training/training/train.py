@@ -40,6 +40,7 @@ from .distributed import (find_unused_parameters, gather_rng_states, mean_across
 from .ema import TrainableEMA
 from .feature_cache import FeatureCache, shared_fingerprint
 from .loader import EpochLoader
+from .monitoring import ThroughputWindow, apply_memory_cap, make_loggers
 from .train_state import load_train_state, save_train_state
 
 
@@ -106,6 +107,7 @@ class Trainer:
         # on CUDA: this rank's GPU made current before the process group or anything else touches CUDA
         self.distributed, self.rank, self.world, self.device = setup_process(train.device)
         self.out = Path(train.out)
+        apply_memory_cap(self.device, train.memory_cap_gb)  # before any allocation on the GPU
         torch.manual_seed(train.seed)  # the model's initial weights: the same on every rank (DDP broadcasts rank 0's)
         episodes = list_episodes(train.dataset)
         for ep in episodes:  # every episode against the config before any model loads (a 3B backbone takes minutes)
@@ -181,22 +183,8 @@ class Trainer:
     # -- logging ------------------------------------------------------------------------------------
     def _loggers(self) -> list:
         self.out.mkdir(parents=True, exist_ok=True)
-        loggers = []
-        if self.train_cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.out / "tensorboard"))
-            loggers.append(lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items()])
-        if self.train_cfg.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise ConfigError("--wandb: the wandb package is not installed (pip install wandb); "
-                                  "set WANDB_MODE=offline to log without network") from None
-            project = "QwenVLA-Diffusion-Sensor" if self.ema is not None else "QwenVLA-Sensor"  # the seed's names
-            run = wandb.init(project=project, dir=str(self.out), config=asdict(self.train_cfg), resume="allow")
-            loggers.append(lambda m, step: run.log(m, step=step))
-        return loggers
+        project = "QwenVLA-Diffusion-Sensor" if self.ema is not None else "QwenVLA-Sensor"  # the seed's names
+        return make_loggers(self.train_cfg, self.out, project)
 
     def log(self, metrics: dict) -> None:
         if self.rank != 0:
@@ -264,10 +252,10 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast(
             "cpu", enabled=False)
         self.model.train()
-        start, start_samples = time.perf_counter(), p["samples"]
+        start, meter = time.perf_counter(), ThroughputWindow()
         micro_losses: list[float] = []
-        pending = 0  # micro-batches accumulated since the last optimiser step (0 at every checkpoint)
-        data_s = 0.0
+        pending, step_samples = 0, 0  # micro-batches accumulated since the last optimiser step (0 at every checkpoint)
+        data_s = 0.0  # waited for this step's batches
         # samples are read (frames decoded) in `loader_workers` persistent processes, in each epoch's order
         epochs = EpochLoader(self.train_ds, self.train_collate, cfg.loader_workers, cfg.seed, self.device.type == "cuda")
         while p["step"] < self.total_steps:
@@ -287,6 +275,7 @@ class Trainer:
                     (loss / cfg.grad_accum).backward()
                 p["batch_in_epoch"] = b + 1
                 p["samples"] += len(batches[b]) * self.world
+                step_samples += len(batches[b]) * self.world
                 micro_losses = (micro_losses if pending > 1 else []) + [logs["loss"]]
                 if not final:
                     continue
@@ -302,11 +291,10 @@ class Trainer:
                 # every micro-batch of the step, not the last one, averaged over the ranks
                 step_loss = mean_across_ranks(float(np.mean(micro_losses)), self.distributed, self.world, self.device)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                rate = (p["samples"] - start_samples) / elapsed
+                meter.step(step_samples, data_s)  # samples/s and data wait over the last 20 steps, + totals
+                step_samples, data_s = 0, 0.0
                 metrics = {"train/loss": step_loss, "train/lr": self.scheduler.get_last_lr()[0],
-                           "train/data_wait_frac": data_s / elapsed,  # of the wall time since start: reading data
-                           "train/grad_norm": float(grad_norm), "train/samples_per_s": rate}
+                           "train/grad_norm": float(grad_norm), **meter.rates()}
                 if "timestep_mean" in logs:
                     metrics["train/timestep_dist"] = logs["timestep_mean"]
                 if self.device.type == "cuda":
@@ -314,7 +302,7 @@ class Trainer:
                 if self.cache is not None:
                     metrics.update({f"cache/{k}": v for k, v in self.cache.counts().items()})
                 self.log(metrics)
-                if p["step"] % cfg.checkpoint_every == 0 or p["step"] >= self.total_steps:
+                if cfg.save_checkpoints and (p["step"] % cfg.checkpoint_every == 0 or p["step"] >= self.total_steps):
                     self.checkpoint()
                 if p["step"] in cfg.snapshots:
                     self.snapshot(time.perf_counter() - start)
