@@ -313,3 +313,18 @@ def test_cli_commands_of_the_docs(ours, tmp_path):
     run = subprocess.run(cli + ["import-lerobot", str(out), str(tmp_path / "x"), "--views", "side"],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "'observation.images.side' is not in this dataset" in run.stderr
+
+
+def test_export_at_a_lower_fps_takes_the_latest_step(ours, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = export_lerobot(ours, tmp_path / "half", "me/half", fps=FPS / 2, vcodec="h264")
+    info = json.loads((out / "meta/info.json").read_text())
+    table = pq.read_table(str(out / "data/chunk-000/file-000.parquet"))
+    assert info["fps"] == FPS // 2
+    for e, ep in enumerate(list_episodes(ours)):
+        rows = table.filter(np.asarray(table.column("episode_index")) == e)
+        want = ep.array("actions")[::2]
+        assert rows.num_rows == len(want)
+        np.testing.assert_array_equal(np.stack(rows.column("action").to_numpy(zero_copy_only=False)), want)
+        np.testing.assert_allclose(rows.column("timestamp").to_numpy(), np.arange(len(want)) / (FPS / 2), atol=1e-6)

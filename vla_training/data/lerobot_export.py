@@ -190,8 +190,7 @@ def export_lerobot(dataset: str | Path, out: str | Path, repo_id: str, fps: floa
         raise DatasetError(f"{out}: already exists; choose a new output folder (the export never overwrites)")
     episodes = list_episodes(dataset)
     layout = _check_alike(episodes)
-    rate = float(np.median([len(ep.array("actions_t")) > 1 and (len(ep.array("actions_t")) - 1) / max(
-        float(ep.array("actions_t")[-1] - ep.array("actions_t")[0]), 1e-9) or 0 for ep in episodes]))
+    rate = float(np.median([_rate(np.asarray(ep.array("actions_t"))) for ep in episodes]))
     fps = fps or (round(rate) if rate > 0 else None)
     if not fps or fps <= 0 or abs(fps - round(fps)) > 1e-6:
         raise DatasetError(f"{dataset}: control rate {rate:.3f} Hz; LeRobot needs a whole number of frames per "
