@@ -195,20 +195,39 @@ def test_import_what_lerobot_wrote(tmp_path):
     np.testing.assert_allclose(ep.array("actions")[:, 0], 1.0)
 
 
+def _encode(path: Path, frames) -> None:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as dst:
+        stream = dst.add_stream("h264", rate=FPS)
+        stream.height, stream.width, stream.pix_fmt = 32, 48, "yuv420p"
+        for k, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = k
+            for packet in stream.encode(frame):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+
+
 def test_import_v21(exported, tmp_path):
-    """A v2.1 layout (one parquet per episode, jsonl metadata), made from our export without video."""
+    """A v2.1 layout (one parquet and one mp4 per episode, jsonl metadata), made from our export."""
     import pyarrow.parquet as pq
 
     root = tmp_path / "v21"
     info = json.loads((exported / "meta" / "info.json").read_text())
-    info.update(codebase_version="v2.1", data_path="data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet")
-    info["features"] = {k: v for k, v in info["features"].items() if v["dtype"] != "video"}
+    info.update(codebase_version="v2.1", data_path="data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+                video_path="videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4")
     table = pq.read_table(str(exported / "data/chunk-000/file-000.parquet"))
     (root / "data" / "chunk-000").mkdir(parents=True)
     episodes = pq.read_table(str(exported / "meta/episodes/chunk-000/file-000.parquet")).to_pylist()
     for row in episodes:
-        rows = table.filter(np.asarray(table.column("episode_index")) == row["episode_index"])
-        pq.write_table(rows, str(root / "data" / "chunk-000" / f"episode_{row['episode_index']:06d}.parquet"))
+        e = row["episode_index"]
+        rows = table.filter(np.asarray(table.column("episode_index")) == e)
+        pq.write_table(rows, str(root / "data" / "chunk-000" / f"episode_{e:06d}.parquet"))
+        _encode(root / f"videos/chunk-000/observation.images.front/episode_{e:06d}.mp4",
+                [frame_image(e, k) for k in range(row["length"])])
     (root / "meta").mkdir()
     (root / "meta" / "info.json").write_text(json.dumps(info))
     (root / "meta" / "episodes.jsonl").write_text("".join(json.dumps({"episode_index": r["episode_index"], "tasks": r[
@@ -216,8 +235,11 @@ def test_import_v21(exported, tmp_path):
     (root / "meta" / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": f"task {i}"}) + "\n"
                                                        for i in range(2)))
     back = import_lerobot(root, tmp_path / "back")
-    assert len(back) == 3 and [ep.length for ep in list_episodes(tmp_path / "back")] == list(LENGTHS)
-    assert list_episodes(tmp_path / "back")[1].instruction == "task 1"
+    episodes = list_episodes(tmp_path / "back")
+    assert len(back) == 3 and [ep.length for ep in episodes] == list(LENGTHS)
+    assert episodes[1].instruction == "task 1" and episodes[2].views == ["front"]
+    for k in range(LENGTHS[2]):
+        assert np.abs(episodes[2].frame("front", k).astype(int) - frame_image(2, k)).mean() < 3.0
 
 
 def _break_version(root: Path) -> None:
@@ -243,22 +265,12 @@ def _unequal_lengths(root: Path) -> None:
 
 
 def _short_video(root: Path) -> None:
-    path = root / "videos/observation.images.front/chunk-000/file-000.mp4"
     import av
 
-    with av.open(str(path)) as src, av.open(str(path) + ".short.mp4", "w") as dst:
-        stream = dst.add_stream("h264", rate=FPS)
-        stream.height, stream.width, stream.pix_fmt = 32, 48, "yuv420p"
-        for k, frame in enumerate(src.decode(video=0)):
-            if k >= sum(LENGTHS) - 5:
-                break
-            frame = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
-            frame.pts = k
-            for packet in stream.encode(frame):
-                dst.mux(packet)
-        for packet in stream.encode():
-            dst.mux(packet)
-    os.replace(str(path) + ".short.mp4", path)
+    path = root / "videos/observation.images.front/chunk-000/file-000.mp4"
+    with av.open(str(path)) as src:
+        frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)][:sum(LENGTHS) - 5]
+    _encode(path, frames)
 
 
 @pytest.mark.parametrize("damage, message", [
