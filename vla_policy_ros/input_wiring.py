@@ -108,12 +108,14 @@ class WiringMixin:
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
             add(self.create_subscription(String, "/robot_description",
                                          lambda m: self._set_robot_description(m.data, from_topic=True), latched))
-        self.chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", 10)
-        self.action_pub = self.create_publisher(ActionChunk, "~/action", 10)
+        # lifecycle publishers (rclpy's managed entities): they publish only while the node is active
+        publisher = getattr(self, "create_lifecycle_publisher", self.create_publisher)
+        self.chunk_pub = publisher(ActionChunk, "~/action_chunk", 10)
+        self.action_pub = publisher(ActionChunk, "~/action", 10)
         self.command_pub = None
         if self.command is not None:
             topic = p.command_topic or P.DEFAULT_COMMAND_TOPICS[p.command_interface]
-            self.command_pub = self.create_publisher(self.command.message_type, topic, 10)
+            self.command_pub = publisher(self.command.message_type, topic, 10)
         self.trajectory_action = None
         if p.joint_trajectory_action and p.command_interface == "joint_trajectory":
             self.trajectory_action = TrajectoryAction(self, p.joint_trajectory_action, self._on_controller_failure)
@@ -123,7 +125,7 @@ class WiringMixin:
             self.servo_setup = ServoSetup(self, p.servo_node, P.SERVO_COMMAND_TYPES[p.command_interface],
                                           self._on_servo_halt)
             add(self.servo_setup)
-        self.gripper_pub = self.create_publisher(Float64MultiArray, p.gripper_topic, 10) \
+        self.gripper_pub = publisher(Float64MultiArray, p.gripper_topic, 10) \
             if p.gripper_topic and self.layout.gripper is not None else None
         self._entities += [pub for pub in (self.chunk_pub, self.action_pub, self.command_pub, self.gripper_pub) if pub]
         add(self.create_timer(1.0 / p.command_rate_hz, self._command_tick))
@@ -132,9 +134,13 @@ class WiringMixin:
 
     def _release(self) -> None:
         if self.worker is not None:
-            self.worker.stop()
+            try:
+                self.worker.stop()
+            except Exception as exc:  # noqa: BLE001 - on_error: release the rest all the same
+                self.get_logger().error(f"stopping inference: {exc}")
         for entity in self._entities:
             destroy = {"Subscription": self.destroy_subscription, "Publisher": self.destroy_publisher,
+                       "LifecyclePublisher": getattr(self, "destroy_lifecycle_publisher", self.destroy_publisher),
                        "Timer": self.destroy_timer, "TrajectoryAction": lambda a: a.destroy(),
                        "ServoSetup": lambda s: s.destroy()}.get(type(entity).__name__)
             if destroy is not None:

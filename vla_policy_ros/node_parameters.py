@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import threading
 
+import dataclasses
+
 from rcl_interfaces.msg import SetParametersResult
 
 from . import params as P
@@ -39,16 +41,21 @@ class ParametersMixin:
                                       after.get("ddim_steps", self.params.ddim_steps))
             except (TypeError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f"{kind}: {exc}")
+        if self.apply_on_validation:  # Humble: no post-set callback; apply the values about to be set
+            fields = {f.name for f in dataclasses.fields(P.NodeParams)}
+            self._apply_parameters(changes, {k: v for k, v in after.items() if k in fields})
         return SetParametersResult(successful=True)
 
     def sampling_options(self, kind: str, sampler: str, steps: int) -> dict:
         """The node's sampler/steps parameters as the options the `kind` expert takes (checked by it)."""
         return self.policies[kind].expert.options_for(sampler=sampler, steps=steps)  # raises, naming what it expected
 
-    def _apply_parameters(self, changes) -> None:
+    def _apply_parameters(self, changes, pending: dict | None = None) -> None:
+        """After a change was accepted; `pending`: the new values when they are not set yet (Humble)."""
         names = {c.name for c in changes}
         with self._lock:
-            before, self.params = self.params, P.read(self)
+            before = self.params
+            self.params = P.read(self) if pending is None else dataclasses.replace(before, **pending)
             if "instruction" in names:
                 self.instruction = self.params.instruction
             for executor in (self.command_executor, self.action_executor):

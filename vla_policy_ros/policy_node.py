@@ -58,11 +58,18 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         # LifecycleNode's own __init__, with a reentrant callback group for the lifecycle services: get_state
         # answers while a transition (configure loading the checkpoints) is still running
         Node.__init__(self, "vla_policy", **kwargs)
-        LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
+        try:
+            LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
+        except TypeError:  # Humble / Iron: no callback_group (get_state then waits for a running transition)
+            LifecycleNodeMixin.__init__(self)
         self.configuring_since: float | None = None  # monotonic time configure started, while it runs
         self.params = P.declare(self)
         self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        # Iron+ applies accepted changes after they are set; Humble has no such callback: the validation
+        # callback applies them itself, from the values about to be set (node_parameters.py)
+        self.apply_on_validation = not hasattr(self, "add_post_set_parameters_callback")
+        if not self.apply_on_validation:
+            self.add_post_set_parameters_callback(self._apply_parameters)
         self._lock = threading.RLock()
         self._arming: int | None = None  # the thread of ~/enable while it switches dry_run
         self.policies: dict = {}
@@ -115,7 +122,9 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self.configuring_since = time.monotonic()
         try:
             self._configure()
-        except (ValueError, OSError, CheckpointError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure (bad params, checkpoints, CUDA) is a named FAILURE
+            if not isinstance(exc, (ValueError, OSError, CheckpointError)):
+                exc = f"{type(exc).__name__}: {exc}"
             self.configure_error = str(exc)
             self.get_logger().error(f"configure: {exc}")
             self._release()
@@ -168,12 +177,13 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             self.configure_error = unknown
             self.get_logger().error(f"activate: {unknown}")
             return TransitionCallbackReturn.FAILURE
+        result = super().on_activate(state)  # first: the lifecycle publishers publish from now on
         with self._lock:
             self.active, self.holding = True, ""
         self.worker.start()
         if self.servo_setup is not None:  # select the command type, unpause / start Servo (~/enable waits for it)
             threading.Thread(target=self._start_servo, daemon=True).start()
-        return super().on_activate(state)
+        return result
 
     def _start_servo(self) -> None:
         setup = self.servo_setup
@@ -198,6 +208,19 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state) -> TransitionCallbackReturn:
+        """A transition callback raised: hold if armed until now, disarm, release everything; the node ends
+        unconfigured (configure again to recover)."""
+        self.get_logger().error(f"lifecycle error from {state.label}: holding, disarming and cleaning up")
+        with self._lock:
+            was_armed, self.active = self.armed(), False
+        try:
+            self._hold(f"lifecycle error in {state.label}", force=was_armed)
+            self._disarm()
+        finally:
+            self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
