@@ -205,3 +205,18 @@ def test_each_input_has_its_own_watchdog_timeout_at_most_input_timeout_s():
     assert Watchdog(["front"], 0.0, {"front": 0.0}).stale(100.0) == []  # input_timeout_s 0: off
     defaults = input_timeouts(NodeParams(), ["front"])
     assert defaults["front"] < 1.0 and defaults["joints"] <= 0.2 and defaults["sensor"] <= 0.2
+
+
+@pytest.mark.parametrize("ee_frame,pose_topic,tf2,expected", [
+    ("tool0", "", True, "tf"), ("tool0", "ee_pose", True, "tf"),  # TF when it can be looked up
+    ("tool0", "ee_pose", False, "topic"), ("", "ee_pose", True, "topic"),  # the topic as the fallback
+    ("", "", True, ""), ("tool0", "", False, ValueError)])
+def test_the_ee_pose_comes_from_tf2_when_importable_else_the_topic(ee_frame, pose_topic, tf2, expected):
+    from vla_policy_ros.ee_pose import pose_source, tf2_importable
+
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="ee_frame 'tool0': tf2_ros is not importable"):
+            pose_source(ee_frame, pose_topic, tf2)
+    else:
+        assert pose_source(ee_frame, pose_topic, tf2) == expected
+    assert isinstance(tf2_importable(), bool)

@@ -51,7 +51,7 @@ def launch_module(monkeypatch):
         "launch.events": {"Shutdown": type("Shutdown", (_Recorder,), {})},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration,
                                  "PathJoinSubstitution": type("PathJoinSubstitution", (_Recorder,), {})},
-        "launch_ros.actions": {"Node": type("Node", (_Recorder,), {})},
+        "launch_ros.actions": {n: type(n, (_Recorder,), {}) for n in ("Node", "LifecycleNode")},
         "launch_ros.substitutions": {"FindPackageShare": type("FindPackageShare", (_Recorder,), {})},
         "launch_ros": {},
     }
@@ -80,7 +80,7 @@ def _node(description, **given):
     configs.update(given)
     opaque = [a for a in description.args[0] if type(a).__name__ == "OpaqueFunction"]
     (node,) = opaque[0].kwargs["function"](FakeContext(configs))
-    return node.kwargs
+    return {**node.kwargs, "action": type(node).__name__}
 
 
 def test_defaults_start_the_policy_node_with_the_shipped_params(launch_module):
@@ -89,7 +89,10 @@ def test_defaults_start_the_policy_node_with_the_shipped_params(launch_module):
             "sensor_topic"} <= set(_defaults(description))
     node = _node(description)
     assert (node["package"], node["executable"], node["name"]) == ("vla_policy_ros", "policy_node", "vla_policy")
-    assert node["parameters"] == ["/share/vla_policy_ros/config/policy.yaml", {}]  # nothing overridden
+    # a managed node that waits for its lifecycle manager on a robot; nothing else overridden
+    assert node["action"] == "LifecycleNode"
+    assert node["parameters"] == ["/share/vla_policy_ros/config/policy.yaml", {"autostart": False}]
+    assert _node(description, autostart="true")["parameters"][1] == {"autostart": True}
     assert node["remappings"] == [] and node["namespace"] == ""
     cmake = (ROOT / "CMakeLists.txt").read_text()
     assert re.search(r'"policy_node=vla_policy_ros\.policy_node"', cmake)  # the executable ros2 run finds
@@ -98,7 +101,8 @@ def test_defaults_start_the_policy_node_with_the_shipped_params(launch_module):
 def test_arguments_override_parameters_and_remap_topics(launch_module):
     node = _node(launch_module.generate_launch_description(), policy_type="diffusion",
                  diffusion_checkpoint="/runs/d", dry_run="false", namespace="arm", sensor_topic="/ft/wrench")
-    assert node["parameters"][1] == {"policy_type": "diffusion", "diffusion_checkpoint": "/runs/d", "dry_run": False}
+    assert node["parameters"][1] == {"policy_type": "diffusion", "diffusion_checkpoint": "/runs/d", "dry_run": False,
+                                     "autostart": False}
     assert node["remappings"] == [("sensor/wrench", "/ft/wrench")] and node["namespace"] == "arm"
 
 

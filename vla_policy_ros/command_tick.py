@@ -99,7 +99,7 @@ class CommandMixin:
         deadline = time.monotonic() + wait_s
         robot = self.inputs.robot_state(stamp)
         needs_pose = self.params.command_interface in ("servo_twist", "pose_target") and bool(self.inputs.pose_frame or
-                                                                                              self.params.pose_topic)
+                                                                                              self.pose_source)
         needs_joints = self.params.command_interface in P.JOINT_INTERFACES
         while ((needs_pose and robot.pose is None) or (needs_joints and robot.joints is None)) and \
                 time.monotonic() < deadline:

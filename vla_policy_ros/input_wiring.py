@@ -20,6 +20,7 @@ from .inputs import InputSpec
 from .msg import ActionChunk, SensorPacket
 from .robot_limits import JointBounds, RobotDescriptionError, joint_limits_from_urdf
 from .safety import OutputLimits
+from .ee_pose import TfPose
 from .servo_setup import ServoSetup
 from .trajectory_action import TrajectoryAction
 
@@ -98,7 +99,9 @@ class WiringMixin:
             add(self.create_subscription(JointState, topic,
                                          lambda m: self.inputs.on_joint_state(m, bool(spec.state_dim) and not state_is_pose),
                                          HIGH_RATE_QOS))
-        if p.pose_topic and not (state_is_pose and p.pose_topic == p.state_topic):
+        if self.pose_source == "tf":  # the ee pose from TF (UR, Franka, MoveIt publish no pose topic)
+            add(TfPose(self, p.base_frame, p.ee_frame, p.command_rate_hz, lambda m: self.inputs.on_pose(m, False)))
+        elif p.pose_topic and not (state_is_pose and p.pose_topic == p.state_topic):
             add(self.create_subscription(PoseStamped, p.pose_topic, lambda m: self.inputs.on_pose(m, False),
                                          HIGH_RATE_QOS))
         add(self.create_subscription(String, p.instruction_topic, self._on_instruction, 10))
@@ -142,7 +145,7 @@ class WiringMixin:
             destroy = {"Subscription": self.destroy_subscription, "Publisher": self.destroy_publisher,
                        "LifecyclePublisher": getattr(self, "destroy_lifecycle_publisher", self.destroy_publisher),
                        "Timer": self.destroy_timer, "TrajectoryAction": lambda a: a.destroy(),
-                       "ServoSetup": lambda s: s.destroy()}.get(type(entity).__name__)
+                       "ServoSetup": lambda s: s.destroy(), "TfPose": lambda t: t.destroy()}.get(type(entity).__name__)
             if destroy is not None:
                 destroy(entity)
         self._entities, self.policies, self.inputs, self.worker, self.command = [], {}, None, None, None

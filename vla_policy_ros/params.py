@@ -54,6 +54,8 @@ class NodeParams:
     state_topic: str = "joint_states"
     state_type: str = "joint_state"
     pose_topic: str = ""  # current end-effector pose for ee_delta commands; "" = state_topic when state_type=pose
+    ee_frame: str = ""  # cartesian commands: the ee pose from TF (base_frame <- ee_frame) when tf2_ros imports
+    base_frame: str = "base_link"  # the frame the TF lookup gives the ee pose in
     instruction_topic: str = "instruction"
     slop_s: float = 0.05
     max_sensor_lag_s: float = 0.1  # wait while the newest sensor sample is older than the observation by more
@@ -163,6 +165,9 @@ DESCRIPTIONS = {
     "state_type": f"state message: one of {list(STATE_TYPES)} (JointState positions, or PoseStamped xyz+quaternion)",
     "pose_topic": "PoseStamped of the end effector for absolute targets ('' = state_topic if state_type is pose)",
     "instruction_topic": "std_msgs/String topic that sets the instruction",
+    "ee_frame": "end-effector frame: the pose from a tf2 lookup in base_frame when tf2_ros imports (else pose_topic; "
+                "'' = pose_topic only)",
+    "base_frame": "frame of the ee pose looked up in TF (the commands' frame unless command_frame is set)",
     "slop_s": "approximate-time synchronisation window for the views and the state (s)",
     "max_sensor_lag_s": "inference waits while the newest sensor sample is older than the observation by more (s)",
     "translation_scale": "action translation units -> metres",

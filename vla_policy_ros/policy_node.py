@@ -44,6 +44,7 @@ from . import params as P
 from .arming import ArmingMixin
 from .command_interfaces import ActionLayout, build_command
 from .command_tick import CommandMixin
+from .ee_pose import pose_source, tf2_importable
 from .inference import InferenceWorker
 from .input_wiring import WiringMixin
 from .inputs import Inputs
@@ -94,6 +95,7 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self.chunk_pub = self.action_pub = self.command_pub = self.gripper_pub = None
         self.trajectory_action = None  # joint_trajectory through FollowJointTrajectory (control_msgs)
         self.servo_setup = None  # servo_twist: MoveIt Servo's switches and status (servo_setup.py)
+        self.pose_source = ""  # cartesian commands: "tf", "topic" or "" (ee_pose.py)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # not the simulated clock: it may not run yet
@@ -160,7 +162,9 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
         self.command = build_command(p.command_interface, self.layout, self.limits, self.dt, self.joint_bounds,
                                      p.translation_scale, p.rotation_scale, p.command_frame)
         joints = p.command_interface in P.JOINT_INTERFACES or (spec.state_dim and p.state_type == "joint_state")
-        pose = p.command_interface in ("servo_twist", "pose_target") and bool(p.pose_topic or p.state_type == "pose")
+        self.pose_source = pose_source(p.ee_frame, p.pose_topic, tf2_importable()) \
+            if p.command_interface in ("servo_twist", "pose_target") else ""
+        pose = p.command_interface in ("servo_twist", "pose_target") and bool(self.pose_source or p.state_type == "pose")
         self.inputs = Inputs(spec, p, self._now, self.get_logger(), watch_joints=bool(joints), watch_pose=pose)
         self.command_executor = ChunkExecutor(self.dt, p.execution_mode, p.execute_steps, p.ensemble_decay) \
             if getattr(self.command, "streaming", False) else None
