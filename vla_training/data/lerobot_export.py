@@ -255,6 +255,11 @@ def _write(root, episodes, features, layout, fps, window, vcodec, data_mb, video
                "data/file_index": data_file, "dataset_from_index": index, "dataset_to_index": index + n}
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
                     "vla/meta": json.dumps({k: v for k, v in ep.meta.items() if k not in ("views", "image_storage")})})
+        if layout["sensor"]:  # samples after the last step ride on no frame: a side array, so the stream comes back whole
+            stamps = np.asarray(ep.array("sensor_t"), np.float64)
+            lo = int(np.searchsorted(stamps, t[-1] + 1e-9, side="right"))
+            row.update({"vla/sensor_tail": _read_rows(ep.array("sensor"), lo, len(stamps)).ravel().tolist(),
+                        "vla/sensor_tail_offset_s": (stamps[lo:] - t[-1]).tolist()})
         rows.append(row)
         steps_of[e] = t
         index += n
@@ -311,6 +316,8 @@ def _sensor_windows(ep: Episode, t: np.ndarray, window: int) -> tuple[np.ndarray
 def _read_rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Rows lo:hi of a memory-mapped .npy with a plain read (reading through the mapping would keep the
     whole file resident: a 60 s, 650 Hz x 1026 sensor is 160 MB)."""
+    if hi <= lo:
+        return np.zeros((0, *array.shape[1:]), array.dtype)
     if not (isinstance(array, np.memmap) and array.filename):
         return np.asarray(array[lo:hi])
     row = int(np.prod(array.shape[1:])) * array.dtype.itemsize

@@ -227,7 +227,7 @@ def _write_episode(tmp, root, info, row, data, features, views, state_key, actio
             writer.array("state", state, np.float32)
             writer.array("state_t", t, np.float64)
         if SENSOR in features and SENSOR_OFFSET in features:
-            sensor_names = _join_sensor(writer, data, features, t, fps)
+            sensor_names = _join_sensor(writer, data, features, t, fps, row)
         for view in views:
             _write_view(writer, root, info, row, data, features, view, t, fps, av)
         task = tasks.get(int(np.asarray(data["task_index"])[0]), "") if "task_index" in data else ""
@@ -245,9 +245,10 @@ def _write_episode(tmp, root, info, row, data, features, views, state_key, actio
     return writer.close(meta)
 
 
-def _join_sensor(writer: EpisodeWriter, data: dict, features: dict, t: np.ndarray, fps: float) -> list[str]:
+def _join_sensor(writer: EpisodeWriter, data: dict, features: dict, t: np.ndarray, fps: float, row: dict) -> list[str]:
     """Per-frame windows (n, W, C) with their stamp offsets (n, W) -> one stream, each sample once; a block
-    of frames at a time (a 60 s, 650 Hz x 1026 episode holds 160 MB of windows)."""
+    of frames at a time (a 60 s, 650 Hz x 1026 episode holds 160 MB of windows); then our export's side
+    array of the samples after the last frame (`vla/sensor_tail`)."""
     (w, c), info = features[SENSOR]["shape"], features[SENSOR].get("info") or {}
     tol = 0.25 / (info.get("rate_hz") or fps * w)  # overlapping windows repeat samples
     last, block = -np.inf, max(1, (16 << 20) // (4 * w * c))
@@ -261,6 +262,9 @@ def _join_sensor(writer: EpisodeWriter, data: dict, features: dict, t: np.ndarra
             if keep.any():
                 writer.append_rows("sensor", stamps[j][keep], windows[j][keep])
                 last = float(stamps[j][keep].max())
+    tail_t = np.asarray(row.get("vla/sensor_tail_offset_s") or [], np.float64) + t[-1]
+    if len(tail_t) and np.all(tail_t > last + tol):
+        writer.append_rows("sensor", tail_t, np.asarray(row["vla/sensor_tail"], np.float32).reshape(len(tail_t), c))
     return list(info.get("channel_names") or [])
 
 
