@@ -1,10 +1,10 @@
-"""Peak memory of a session bag -> LeRobotDataset v3 (the documented two steps: import-bag, export-lerobot).
+"""Peak memory of a session bag -> LeRobotDataset v3 (the documented two steps: import-bag, export-lerobot) and back.
 
     .venv/bin/python bench/lerobot_bag_memory.py [--seconds 60] [--json docs/bench/lerobot_bag_memory.json]
 
 Writes the synthetic needle-insertion session of bench/import_memory.py (5 camera views as JPEG at
 5 Hz, 640x360; a 1026-channel sensor at 650 Hz; 100 Hz joint states and end-effector poses) for
-`--seconds`, then runs `vla data import-bag` and `vla data export-lerobot` each in its own child
+`--seconds`, then runs `vla data import-bag`, `vla data export-lerobot` and `vla data import-lerobot` each in its own child
 process and reports each child's peak RSS (getrusage of a wrapper that waits for it), the wall
 times and the sizes. The acceptance (issue 26): every step under 1 GB RSS.
 """
@@ -50,7 +50,7 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vla-lerobot-bag-"))
     work.mkdir(parents=True, exist_ok=True)
     bag, episodes, lerobot = work / "session", work / "episodes", work / "lerobot"
-    for path in (bag, episodes, lerobot):
+    for path in (bag, episodes, lerobot, work / "back"):
         shutil.rmtree(path, ignore_errors=True)
     session = write_session(bag, 0.0, seconds=args.seconds)
     topics = work / "topics.yaml"
@@ -62,6 +62,7 @@ def main() -> int:
                                     "--no-progress"])
     export_mb, export_s = measured(["data", "export-lerobot", str(episodes), str(lerobot), "--repo-id", "lab/needle",
                                     "--vcodec", args.vcodec, "--no-progress"])
+    back_mb, back_s = measured(["data", "import-lerobot", str(lerobot), str(work / "back"), "--no-progress"])
     info = json.loads((lerobot / "meta" / "info.json").read_text())
     figures = {
         "command": f"bench/lerobot_bag_memory.py --seconds {args.seconds:g} --vcodec {args.vcodec}",
@@ -73,7 +74,9 @@ def main() -> int:
                            "frames": info["total_frames"], "sensor_window": info["features"].get(
                                "observation.sensor", {}).get("shape"),
                            "video_bytes": size_of(lerobot / "videos"), "data_bytes": size_of(lerobot / "data")},
-        "under_1gb": max(import_mb, export_mb) < 1024,
+        "import_lerobot": {"peak_rss_mb": round(back_mb, 1), "seconds": round(back_s, 1),
+                           "episode_bytes": size_of(work / "back")},
+        "under_1gb": max(import_mb, export_mb, back_mb) < 1024,
     }
     print(json.dumps(figures, indent=2))
     if args.json:
