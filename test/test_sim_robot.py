@@ -110,3 +110,19 @@ def test_recorded_scripted_session_imports_as_an_episode(tmp_path):
     assert ep.array("sensor").shape == (PAD_SAMPLES + 25 * 5, 12)  # padding + 5 physics substeps per step
     np.testing.assert_allclose(ep.array("actions"), np.asarray(executed[:25]), atol=1e-6)
     assert ep.array("state").shape[1] == 39
+
+
+@pytest.mark.parametrize("interface", ["servo_twist", "pose_target"])
+def test_injected_latency_drops_the_due_rows_and_still_commands_every_step(tmp_path, ros, interface):
+    """latency_s: the sim publishes each observation 4 steps (50 ms) late; the node's chunks start that late
+    and every step still gets its command (the rows already due are skipped), none refused."""
+    checkpoint = make_policy("cpu", "regression").save(tmp_path / "ckpt")
+    summary = run_ros_demo(checkpoint, episodes=1, placement_seed=1, execute_steps=4, max_steps=12, timeout_s=240,
+                           log_dir=tmp_path / "logs", command_interface=interface, latency_s=0.05)
+    (episode,) = summary["per_episode"]
+    assert "error" not in episode, (episode, (tmp_path / "logs" / "policy_node.log").read_text()[-2000:])
+    assert episode["length"] == 12 and episode["chunks"] == 3 and episode["refused_commands"] == 0
+    assert np.isfinite(episode["final_hand"]).all()
+    with pytest.raises(ValueError, match="latency_s"):
+        SimRobotNode(context=ros.context, parameter_overrides=[Parameter("latency_s", value=0.05),
+                                                               Parameter("lockstep", value=False)])

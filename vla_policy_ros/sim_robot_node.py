@@ -23,6 +23,11 @@ Clock: in `lockstep` (default) the simulation advances only when the chunk answe
 observation has arrived, so the loop runs as fast as the policy allows (faster than real time when
 the policy is fast) and is the same loop as the in-process `vla eval --sim`; otherwise it steps in
 real time at the control rate and holds (zero action) while no fresh chunk covers the current step.
+`latency_s` (lockstep only) injects camera-to-command latency: each observation published is the one
+taken latency_s of simulated time before the step it is published at (stamped with its own time), so
+the node's chunk and commands start latency_s late, as on a robot whose camera and inference take that
+long (the chunk interface skips the actions already due; the streamed ones get the node's command due
+now). An episode starts with the arm at rest for latency_s.
 `expert: true` drives the robot with the scripted expert instead (to record demonstrations).
 The sensor history restarts at each episode: zero samples precede the first reading, as the
 in-process evaluation pads its window.
@@ -68,10 +73,13 @@ class SimRobotNode(Node):
             ("chunk_topic", "/vla_policy/action_chunk"), ("chunk_timeout_s", 30.0), ("expert", False),
             ("start_time", 1000.0), ("command_interface", "chunk"), ("twist_topic", "/servo_node/delta_twist_cmds"),
             ("pose_target_topic", "/target_frame"), ("gripper_topic", "gripper_command"), ("frame", "world"),
-            ("enable_service", "/vla_policy/enable"))}
+            ("enable_service", "/vla_policy/enable"), ("latency_s", 0.0))}
         if p["command_interface"] not in COMMAND_INTERFACES:
             raise ValueError(f"parameter command_interface: expected one of {list(COMMAND_INTERFACES)}, "
                              f"got {p['command_interface']!r}")
+        if p["latency_s"] < 0 or (p["latency_s"] > 0 and not p["lockstep"]):
+            raise ValueError(f"parameter latency_s: expected >= 0, and lockstep: true when > 0, got {p['latency_s']} "
+                             f"with lockstep {p['lockstep']}")
         self.p = p
         views = tuple(v for v in p["views"] if v)
         self.env = SimEnv(p["task"], seed=p["placement_seed"], views=views, image_size=p["image_size"],
@@ -186,9 +194,15 @@ class SimRobotNode(Node):
         msg.header.stamp = to_time(stamps[0])
         self.sensor_pub.publish(msg)
 
-    def _publish_observation(self, record) -> None:
-        """State, pose and images stamped now (after this step's sensor samples)."""
-        stamp = to_time(self.clock_t)
+    def _snapshot(self, record) -> tuple:
+        """(time, record, mocap position, mocap quaternion wxyz) of the observation taken now."""
+        return (self.clock_t, record, self.env.env.data.mocap_pos[0].copy(), self.env.env.data.mocap_quat[0].copy())
+
+    def _publish_observation(self, record, observed=None) -> None:
+        """State, pose and images stamped now (after this step's sensor samples), or those of an observation
+        taken earlier (`observed`: a _snapshot, stamped with its own time: latency_s)."""
+        when, record, mocap, quat = observed if observed is not None else self._snapshot(record)
+        stamp = to_time(when)
         for view, pub in self.image_pubs.items():
             pub.publish(rgb_to_image_msg(record.images[view], stamp))
         state = JointState(name=list(STATE_NAMES),  # as recorded: a policy picks state.columns by name
@@ -197,7 +211,7 @@ class SimRobotNode(Node):
         self.state_pub.publish(state)
         pose = PoseStamped()  # the commanded end-effector pose: the mocap, which the hand follows through a weld
         pose.header.stamp, pose.header.frame_id = stamp, "world"
-        mocap, (w, x, y, z) = self.env.env.data.mocap_pos[0], self.env.env.data.mocap_quat[0]
+        w, x, y, z = quat
         pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in mocap)
         o = pose.pose.orientation
         o.x, o.y, o.z, o.w = float(x), float(y), float(z), float(w)
@@ -281,12 +295,21 @@ class SimRobotNode(Node):
         if self.p["expert"]:
             expert = ViaPointExpert(self.p["task"])
         executor = None if self.p["lockstep"] else ChunkExecutor(self.dt, "receding", self.p["execute_steps"])
+        latency = self.p["latency_s"]
+        history = [self._snapshot(record)]  # observations, oldest first (latency_s: the one published is older)
+        if latency:  # the arm at rest while the first observation is processed: the same observation every step
+            rest = history[0]
+            history = [(rest[0] + k * self.dt, *rest[1:]) for k in range(int(np.ceil(latency / self.dt - 1e-9)) + 1)]
+            self.clock_t += latency
+            self._publish_clock()
         steps, success, chunks, holds = 0, False, 0, 0
         wall_start = time.monotonic()
         while steps < self.p["max_steps"] and not success and not self._stop.is_set():
-            obs_t = self.clock_t
+            history = [h for h in history if h[0] >= self.clock_t - latency - 1.0]
+            observed = [h for h in history if h[0] <= self.clock_t - latency + 1e-9][-1]
+            obs_t = observed[0]
             self._flush_sensor()
-            self._publish_observation(record)
+            self._publish_observation(record, observed)
             if expert is not None:
                 actions = [expert(record.state)]
             elif self.p["lockstep"]:
@@ -296,13 +319,14 @@ class SimRobotNode(Node):
                     chunk = self._chunk_for(obs_t, 1.0)
                     waited += 1.0
                     if chunk is None:  # lost on the way? the same observation again (deduplicated by stamp)
-                        self._publish_observation(record)
+                        self._publish_observation(record, observed)
                 if chunk is None:
                     return {"placement": placement, "success": False, "length": steps, "chunks": chunks,
                             "error": f"no chunk for the observation at t={obs_t:.3f} within "
                                      f"{self.p['chunk_timeout_s']} s"}
                 chunks += 1
-                actions = chunk[:self.p["execute_steps"]]
+                due = min(int(round((self.clock_t - obs_t) / self.dt)), len(chunk) - 1)  # latency: already due
+                actions = chunk[due:due + self.p["execute_steps"]]
                 if self.p["command_interface"] != "chunk":  # the controller's commands, one per step
                     actions = self._streamed(len(actions), record)
             else:  # real time: one control period per step; the action due now from the newest chunk, or hold
@@ -320,6 +344,7 @@ class SimRobotNode(Node):
                     return {"placement": placement, "success": False, "length": steps, "chunks": chunks,
                             "error": f"no {self.p['command_interface']} command at t={self.clock_t:.4f}"}
                 record = self._step(action)
+                history.append(self._snapshot(record))
                 steps += 1
                 if record.success or steps >= self.p["max_steps"]:
                     success = record.success

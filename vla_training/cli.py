@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command-interface", choices=["chunk", "servo_twist", "pose_target"], default="chunk",
                    help="chunk: the sim executes the ActionChunks (node in dry run); servo_twist / pose_target: the "
                         "armed node commands the sim as MoveIt Servo / a cartesian controller")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="camera-to-command latency injected by the sim: each observation is this old when published")
     p.add_argument("--logs", help="directory for the two nodes' logs")
     p.add_argument("--json", help="write the summary to this file")
     p.set_defaults(func=demos.cmd_ros_demo)

@@ -45,7 +45,8 @@ def cmd_ros_demo(args: argparse.Namespace) -> int:
 
     summary = run_ros_demo(resolve_checkpoint(args.checkpoint), episodes=args.episodes, placement_seed=args.seed,
                            execute_steps=args.execute, task=args.task, max_steps=args.max_steps, sampler=args.sampler,
-                           steps=args.steps, log_dir=args.logs, command_interface=args.command_interface)
+                           steps=args.steps, log_dir=args.logs, command_interface=args.command_interface,
+                           latency_s=args.latency_ms / 1000.0)
     lo, hi = wilson_interval(summary["successes"], summary["episodes"])
     summary["success_ci95"] = [lo, hi]
     print(f"through ROS 2: {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "

@@ -23,12 +23,13 @@ from vla_models import PolicyConfig
 def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: int = 1, execute_steps: int = 8,
                     task: str = "peg-insert-side-v3", max_steps: int = 300, sampler: str | None = None,
                     steps: int | None = None, seed: int = 0, image_size: int = 96, lockstep: bool = True,
-                    first_placement: int = 0, command_interface: str = "chunk") -> dict:
+                    first_placement: int = 0, command_interface: str = "chunk", latency_s: float = 0.0) -> dict:
     """{'vla_policy': {...}, 'sim_robot': {...}} node parameters for one checkpoint directory.
 
     command_interface: `chunk` (the sim executes the ActionChunks; the node stays in dry run), or
     `servo_twist` / `pose_target`: the node is armed and commands the sim as it would a Cartesian
-    controller (MoveIt Servo / a cartesian controller), one command per simulated control period."""
+    controller (MoveIt Servo / a cartesian controller), one command per simulated control period.
+    latency_s: camera-to-command latency injected by the sim (each observation is that old when published)."""
     from ..data.sim import task_instruction
 
     checkpoint = Path(checkpoint)
@@ -49,7 +50,10 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
         env.close()
         policy.update({"command_interface": command_interface, "pose_topic": "ee_pose",  # armed by the sim (~/enable)
                        "command_frame": "world", "control_period_s": dt, "translation_scale": scale,
-                       "execute_steps": execute_steps, "action_roles": ["dx", "dy", "dz", "gripper"],
+                       # the rows the sim executes per chunk start latency_s after the observation: the node serves
+                       # that many more of each chunk (its receding limit counts from the observation)
+                       "execute_steps": execute_steps + int(round(latency_s / dt)),
+                       "action_roles": ["dx", "dy", "dz", "gripper"],
                        "gripper_topic": "gripper_command", "servo_node": "",  # the sim is the controller
                        # the sim's own limits: |action| <= 1 per axis, the mocap box, and the speed of a full
                        # action on all three axes
@@ -64,7 +68,8 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
         policy["ddim_steps"] = steps
     sim = {"task": task, "placement_seed": placement_seed, "episodes": episodes, "views": views or [""],
            "image_size": image_size, "execute_steps": execute_steps, "max_steps": max_steps, "lockstep": lockstep,
-           "first_placement": first_placement, "use_sim_time": False, "command_interface": command_interface}
+           "first_placement": first_placement, "use_sim_time": False, "command_interface": command_interface,
+           "latency_s": float(latency_s)}
     return {"vla_policy": policy, "sim_robot": sim}
 
 
