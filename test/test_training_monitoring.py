@@ -2,6 +2,7 @@
 checkpoints (benchmarks), and wandb's run id kept across --resume."""
 
 import json
+import shutil
 import sys
 import types
 
@@ -79,3 +80,28 @@ def test_resume_continues_the_same_wandb_run(tmp_path, monkeypatch):
     assert first["id"] == "first1" and first["resume"] == "allow"
     assert resumed["id"] == "first1" and resumed["resume"] == "must"  # not a new run
     assert (tmp_path / "run" / "wandb_run_id").read_text() == "first1"
+
+
+def test_resume_loads_the_weights_into_the_model_without_building_a_second_policy(tmp_path, monkeypatch):
+    """A second policy (a 3B backbone on every rank's CPU) is not built to read last/; the model being trained
+    holds last/'s weights when the loop starts. (That a resumed run equals an uninterrupted one:
+    test_training_scale_2's loader test.)"""
+    from vla_models import load_policy
+    from vla_models.policy import VLAPolicy
+    from vla_training.training.train import Trainer
+
+    data = _state_only_dataset(tmp_path / "data", 8)
+    common = ["train", *STATE_ONLY, "--dataset", data, "--expert", "diffusion", "--batch-size", "2",
+              "--checkpoint-every", "2", "--out", str(tmp_path / "run")]
+    assert vla([*common, "--max-steps", "2"]) == 0
+    shutil.copytree(tmp_path / "run" / "last", tmp_path / "step2")
+    built, at_start = [], {}
+    init, run = VLAPolicy.__init__, Trainer.run
+    monkeypatch.setattr(VLAPolicy, "__init__", lambda self, *a, **k: built.append(1) or init(self, *a, **k))
+    monkeypatch.setattr(Trainer, "run", lambda self: at_start.update(
+        {k: v.clone() for k, v in self.policy.state_dict().items()}) or run(self))
+    assert vla([*common, "--max-steps", "4", "--resume"]) == 0
+    assert len(built) == 1  # the model being trained, nothing else
+    monkeypatch.undo()
+    saved = load_policy(tmp_path / "step2").state_dict()
+    assert saved.keys() == at_start.keys() and all(torch.equal(saved[k], at_start[k]) for k in saved)

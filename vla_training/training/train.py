@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from vla_models import ConfigError, PolicyConfig, build_policy, load_policy
-from vla_models.checkpoint_files import read_manifest, read_weights
+from vla_models import ConfigError, PolicyConfig, build_policy
+from vla_models.checkpoint_files import check_state, read_manifest, read_weights
 from vla_models.constants import OBS_SENSOR_MASK, SAMPLE_WEIGHT, VL_FEATURES
 
 from ..data.episodes import list_episodes
@@ -177,7 +177,10 @@ class Trainer:
         last = self.out / "last"
         if not last.is_dir():
             raise ConfigError(f"--resume: {last} does not exist; start without --resume or point --out at the run")
-        self.policy.load_state_dict(load_policy(last).state_dict())
+        # the weights into this model (no second policy, 3B backbone included, on every rank's CPU)
+        weights, tensors = read_weights(last, read_manifest(last))
+        check_state(self.policy, tensors, weights)
+        self.policy.load_state_dict(tensors, strict=False)  # a pretrained frozen base is not in the file: as built
         self.progress = load_train_state(last, self.optimizer, self.scheduler, self.ema, self.rank, self.device)
 
     # -- logging ------------------------------------------------------------------------------------
