@@ -25,6 +25,7 @@ from .constants import (ACTION, ACTION_IS_PAD, BACKBONE_INPUTS, OBS_IMAGES, OBS_
 from .encoders import SensorEncoder, StateEncoder
 from .errors import ObservationError
 from .experts import EXPERTS
+from .experts.guidance import Inpaint
 from .fusion import Condition, Features, Fusion
 from .normalizer import Normalizer
 
@@ -189,13 +190,16 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(self, observation: dict[str, Any], num_samples: int = 1, seed: int | None = None,
-                             vl_features: Features | None = None, **sampling_options: Any) -> torch.Tensor:
+                             vl_features: Features | None = None, inpaint: Inpaint | None = None,
+                             **sampling_options: Any) -> torch.Tensor:
         """Action chunks in the dataset's units: (B, H, A), or (B, num_samples, H, A) when num_samples > 1.
 
         seed: makes diffusion/flow samples reproducible (a CPU generator, so the same on any device).
         vl_features: backbone features from `encode_images` (then images are not needed nor processed).
         sampling_options: what the expert takes (`expert.options`): `sampler` (diffusion 'ddim'|'ddpm', flow
         'euler') and `steps`; the expert resolves and checks them (`expert.sampling`).
+        inpaint: real-time chunking (experts/guidance.py): the previous chunk's actions from this observation on
+        and how many of them execute during this inference (returned exactly; the rest guides the sample).
         Stage latencies of this call are left in `self.last_timings` (ms).
         """
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -209,8 +213,13 @@ class VLAPolicy(nn.Module):
             cond = self.encode(prepared, vl_features=vl_features, timings=timings)
             clock = _StageClock(self.device, timings)
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            chunks = self.expert.sample(cond, num_samples, generator=generator, **sampling_options)  # (B, N, H, A)
+            guide = inpaint.guide(self.normalizer["action"].normalize, cond.tokens.shape[0], self.config.horizon,
+                                  self.config.action_dim) if inpaint is not None else None
+            chunks = self.expert.sample(cond, num_samples, generator=generator, guide=guide,
+                                        **sampling_options)  # (B, N, H, A)
             chunks = self.normalizer["action"].unnormalize(chunks.float())
+            if inpaint is not None:
+                chunks = inpaint.freeze(chunks)
             clock.lap("expert_ms")
             timings["total_ms"] = (time.perf_counter() - start) * 1e3
             self.last_timings = timings

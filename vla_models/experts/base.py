@@ -95,15 +95,21 @@ class ActionExpert(nn.Module, ABC):
         return [self.sampling()]
 
     def sample(self, cond: Condition, num_samples: int = 1, generator: torch.Generator | None = None,
-               **options) -> torch.Tensor:
-        """Normalised chunks (B, num_samples, H, A) from condition tokens (B, L, D)."""
+               guide=None, **options) -> torch.Tensor:
+        """Normalised chunks (B, num_samples, H, A) from condition tokens (B, L, D). guide: a ChunkGuide (real-time
+        chunking: inpainting toward the previous chunk), for the experts that sample from noise."""
         spec = self.sampling(**options)
         b = cond.tokens.shape[0]
         if not spec.stochastic:  # one chunk per observation: every "sample" is the same
+            if guide is not None and guide.active:
+                raise ValueError(f"real-time chunking guides an iterative sampler; the {self.config.type} expert "
+                                 "predicts a chunk in one pass (use chunk_execution switch or ensemble)")
             return self.sample_from(cond, None, spec).unsqueeze(1).expand(-1, num_samples, -1, -1)
         cond = cond.repeat_interleave(num_samples)  # (B*N, L, D): all samples in one batched call
         noise = self.initial_noise(b * num_samples, generator, cond.tokens)
-        return self.sample_from(cond, noise, spec, generator).view(b, num_samples, self.horizon, self.action_dim)
+        extra = {"guide": guide.repeat(num_samples)} if guide is not None and guide.active else {}
+        return self.sample_from(cond, noise, spec, generator, **extra).view(b, num_samples, self.horizon,
+                                                                             self.action_dim)
 
     def initial_noise(self, n: int, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
         """(n, H, A) standard normal from `generator` (a CPU generator: the same draws on any device)."""

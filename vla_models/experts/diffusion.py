@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from .base import Sampling, masked_mean
 from .denoiser import ChunkPlan, DenoisingExpert, pooled_condition
+from .guidance import guided_ddim
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -91,9 +92,13 @@ class DiffusionExpert(DenoisingExpert):
             self._timestep_tensors[key, device] = torch.tensor(self._timesteps[key], device=device)
         return self._timestep_tensors[key, device]
 
-    def sample_from(self, cond, noise, spec, generator=None, step=None):
+    def sample_from(self, cond, noise, spec, generator=None, step=None, guide=None):
+        """guide: a ChunkGuide (real-time chunking), DDIM only."""
         if spec.sampler == "ddim":  # deterministic: the update as tensor arithmetic, no scheduler call in the loop
-            return self.ddim_loop(cond, noise, spec.steps, step)
+            return self.ddim_loop(cond, noise, spec.steps, step, guide)
+        if guide is not None and guide.active:
+            raise ValueError("real-time chunking guides a deterministic sampler; the diffusion expert's is ddim, got "
+                             f"sampler {spec.sampler!r}")
         return self.denoise_loop(cond, noise, spec.sampler, spec.steps, generator, step)
 
     def ddim_coefficients(self, steps: int, device: torch.device) -> torch.Tensor:
@@ -121,15 +126,24 @@ class DiffusionExpert(DenoisingExpert):
             x0 = x0.clamp(-bound, bound)
         return a_prev * x0 + b_prev * eps
 
-    def ddim_loop(self, cond, x: torch.Tensor, steps: int, step=None) -> torch.Tensor:
+    def ddim_loop(self, cond, x: torch.Tensor, steps: int, step=None, guide=None) -> torch.Tensor:
         """The whole DDIM loop with its coefficients as device tensors: no Python scheduler and no host
-        copy inside, so a CUDA graph captures it whole (equal to `denoise_loop(..., 'ddim', ...)`)."""
+        copy inside, so a CUDA graph captures it whole (equal to `denoise_loop(..., 'ddim', ...)`).
+        guide: a ChunkGuide (real-time chunking: x0 and the noise guided toward the previous chunk)."""
         step = step or self.denoise_step
         coefficients = self.ddim_coefficients(steps, x.device)
         plan = ChunkPlan(self, cond, self.timesteps("ddim", steps, x.device))
         for i in range(steps):
             plan.select(i)
-            x = self.ddim_update(x, step(x, plan), coefficients[i])
+            if guide is not None and guide.active:
+                a, b, a_prev, b_prev = coefficients[i].unbind(-1)
+                x0, eps = guided_ddim(guide, x, a, b, lambda xg: step(xg, plan))
+                if self.config.clip_sample:
+                    bound = self.train_scheduler.config.clip_sample_range
+                    x0 = x0.clamp(-bound, bound)
+                x = a_prev * x0 + b_prev * eps
+            else:
+                x = self.ddim_update(x, step(x, plan), coefficients[i])
         return x
 
     def denoise_loop(self, cond, x: torch.Tensor, sampler: str, steps: int,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .base import Sampling, masked_mean
 from .denoiser import ChunkPlan, DenoisingExpert
+from .guidance import guided_velocity
 
 SAMPLERS = ("euler",)
 TIME_SCALE = 1000.0  # t in [0, 1] -> the embedding's range (the diffusion timesteps' order of magnitude)
@@ -58,11 +59,15 @@ class FlowExpert(DenoisingExpert):
             self._times[steps, device] = torch.linspace(1.0, 0.0, steps + 1, device=device)[:-1]
         return self._times[steps, device]
 
-    def sample_from(self, cond, noise, spec, generator=None, step=None):
+    def sample_from(self, cond, noise, spec, generator=None, step=None, guide=None):
+        """guide: a ChunkGuide (real-time chunking: the velocity guided toward the previous chunk)."""
         step = step or self.denoise_step
         plan = ChunkPlan(self, cond, self.times(spec.steps, noise.device) * TIME_SCALE)
         x, dt = noise, 1.0 / spec.steps
         for i in range(spec.steps):
             plan.select(i)
-            x = x - dt * step(x, plan)
+            if guide is not None and guide.active:
+                x = x - dt * guided_velocity(guide, x, 1.0 - i * dt, lambda xg: step(xg, plan))
+            else:
+                x = x - dt * step(x, plan)
         return x

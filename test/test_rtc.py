@@ -1,0 +1,106 @@
+"""Real-time chunking (experts/guidance.py): the frozen prefix is the executed actions exactly, zero delay changes
+nothing, the guidance pulls the overlap toward the previous chunk, and a one-pass expert refuses it."""
+
+import pytest
+import torch
+from conftest import make_policy
+
+from vla_models.experts.guidance import Inpaint, soft_mask
+from vla_models.testing import fake_observation
+
+ITERATIVE = [("flow", {}), ("diffusion", {"sampler": "ddim", "steps": 10})]
+
+
+def test_soft_mask_is_one_on_the_frozen_rows_and_decays_to_zero_over_the_overlap():
+    w = soft_mask(16, 3, 12)
+    assert torch.all(w[:3] == 1) and torch.all(w[12:] == 0)
+    assert torch.all(w[3:12] > 0) and torch.all(w[3:12] < 1) and torch.all(w[3:12].diff() < 0)
+    assert torch.all(soft_mask(16, 0, 0) == 0)
+
+
+@pytest.mark.parametrize("expert, options", ITERATIVE)
+def test_frozen_prefix_equals_the_executed_actions_exactly(expert, options):
+    policy = make_policy("cpu", expert)
+    obs = fake_observation(policy.config, 2)
+    previous = torch.randn(2, 10, policy.config.action_dim) * 0.3
+    chunk = policy.predict_action_chunk(obs, seed=3, inpaint=Inpaint(previous, delay=4), **options)
+    assert chunk.shape == (2, policy.config.horizon, policy.config.action_dim)
+    assert torch.equal(chunk[:, :4], previous[:, :4])
+    samples = policy.predict_action_chunk(obs, num_samples=3, seed=3, inpaint=Inpaint(previous, delay=4), **options)
+    assert torch.equal(samples[:, :, :4], previous[:, None, :4].expand(-1, 3, -1, -1))
+
+
+@pytest.mark.parametrize("expert, options", ITERATIVE)
+def test_zero_delay_is_a_plain_sample(expert, options):
+    policy = make_policy("cpu", expert)
+    obs = fake_observation(policy.config, 1)
+    previous = torch.randn(1, 10, policy.config.action_dim)
+    guided = policy.predict_action_chunk(obs, seed=5, inpaint=Inpaint(previous, delay=0), **options)
+    assert torch.equal(guided, policy.predict_action_chunk(obs, seed=5, **options))
+
+
+def _ideal_denoiser(expert, options):
+    """The exact denoiser of a standard normal action distribution (normalised space), as the expert's step: a
+    stand-in for a trained network whose answer is known (E[clean | x] is linear in x)."""
+    def level(plan) -> int:
+        return int((plan.time_tokens[:, 0, 0] - plan.time_token[0]).abs().sum(-1).argmin())
+
+    if expert.config.type == "flow":
+        times = expert.times(options.get("steps", expert.config.flow_steps), torch.device("cpu"))
+
+        def step(x, plan):  # x = t n + (1 - t) a, a ~ N(0, 1): E[a | x] = (1 - t) x / ((1 - t)^2 + t^2); v = (x - a)/t
+            t = float(times[level(plan)])
+            clean = (1 - t) * x / ((1 - t) ** 2 + t ** 2)
+            return (x - clean) / t
+    else:
+        rows = expert.ddim_coefficients(options["steps"], torch.device("cpu"))
+
+        def step(x, plan):  # x = a x0 + b eps, x0 ~ N(0, 1), a^2 + b^2 = 1: E[x0 | x] = a x; eps = (x - a x0) / b
+            a, b = (float(v) for v in rows[level(plan), :2])
+            return (x - a * (a * x)) / b
+    return step
+
+
+@pytest.mark.parametrize("expert, options", ITERATIVE)
+def test_guidance_pulls_the_overlap_toward_the_previous_chunk(expert, options):
+    """With a denoiser whose answer is known, from the same noise: the guided chunk's rows after the frozen prefix
+    are much closer to the previous chunk than the unguided chunk's (a continuous switch at row d), the pull
+    fades along the soft mask, and rows past the overlap are left to the expert."""
+    policy = make_policy("cpu", expert)
+    policy.expert.denoise_step = _ideal_denoiser(policy.expert, options)
+    norm = policy.normalizer["action"]
+    obs = fake_observation(policy.config, 8)
+    plain = norm.normalize(policy.predict_action_chunk(obs, seed=7, **options))
+    previous = torch.full_like(plain, 0.8)  # normalised: a previous plan the prior alone would not give
+    guided = norm.normalize(policy.predict_action_chunk(obs, seed=7, **options, inpaint=Inpaint(
+        norm.unnormalize(previous[:, :12]), delay=4)))
+
+    def distance(chunk, rows):
+        return (chunk[:, rows] - previous[:, rows]).abs().mean()
+
+    assert distance(guided, slice(4, 6)) < 0.5 * distance(plain, slice(4, 6))
+    assert distance(guided, slice(4, 6)) < distance(guided, slice(9, 12))  # the pull fades over the overlap
+    assert (guided[:, 12:] - plain[:, 12:]).abs().mean() < (guided[:, 4:6] - plain[:, 4:6]).abs().mean()
+
+
+def test_a_one_pass_expert_refuses_inpainting_but_not_zero_delay():
+    policy = make_policy("cpu", "regression")
+    obs = fake_observation(policy.config, 1)
+    previous = torch.zeros(1, 8, policy.config.action_dim)
+    with pytest.raises(ValueError, match="predicts a chunk in one pass"):
+        policy.predict_action_chunk(obs, inpaint=Inpaint(previous, delay=2))
+    assert torch.equal(policy.predict_action_chunk(obs, inpaint=Inpaint(previous, delay=0)),
+                       policy.predict_action_chunk(obs))
+
+
+def test_bad_inpaint_is_a_named_error():
+    policy = make_policy("cpu", "flow")
+    obs = fake_observation(policy.config, 1)
+    with pytest.raises(ValueError, match="inpaint.delay: expected 0..3"):
+        policy.predict_action_chunk(obs, inpaint=Inpaint(torch.zeros(1, 3, policy.config.action_dim), delay=4))
+    with pytest.raises(ValueError, match="inpaint.previous: expected"):
+        policy.predict_action_chunk(obs, inpaint=Inpaint(torch.zeros(1, 3, 99), delay=1))
+    with pytest.raises(ValueError, match="deterministic sampler"):
+        make_policy("cpu", "diffusion").predict_action_chunk(
+            fake_observation(policy.config, 1), sampler="ddpm",
+            inpaint=Inpaint(torch.zeros(1, 8, policy.config.action_dim), delay=2))
