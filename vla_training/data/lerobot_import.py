@@ -16,10 +16,10 @@ per-step differences (a[t+1] - a[t], the last step repeats the one before) for c
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
-import os
 from pathlib import Path
 
 import numpy as np
