@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="placement seed (use another than the training data's)")
     p.add_argument("--execute", type=int, default=8, help="actions executed per chunk (receding horizon)")
     p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--placement-seeds", help="comma list of placement seeds, each --episodes placements, reported per "
+                                             "seed and pooled (instead of --seed)")
+    p.add_argument("--chunk-execution", choices=["switch", "ensemble", "rtc"], default="switch",
+                   help="how chunks are executed while the next is inferred: switch, temporal ensembling, or "
+                        "real-time chunking (flow, diffusion ddim) (default %(default)s)")
+    p.add_argument("--delay", type=int, default=0, help="control steps between an observation and its chunk's "
+                                                        "arrival; the simulator runs on meanwhile (default 0)")
     _sampling_arguments(p)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--save-rollouts", type=int, default=0, help="save this many rollouts as GIF + contact sheet")

@@ -29,16 +29,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             engine = StaticRunner(policy, expert_dtype=getattr(torch, args.expert_dtype))
             result["expert_dtype"] = args.expert_dtype
+        if args.chunk_execution == "rtc" and args.expert_dtype != "float32":
+            raise ConfigError("--chunk-execution rtc: guided sampling runs in the policy, not the bf16 expert runner; "
+                              "drop --expert-dtype")
         label = policy.expert.sampling(**sampling_options(policy, args.sampler, args.steps)).label
-        result["closed_loop"] = {label: closed_loop(
-            engine, args.sim, args.episodes, args.seed, execute=args.execute, max_steps=args.max_steps,
+        seeds = _placement_seeds(args.placement_seeds) if args.placement_seeds else [args.seed]
+        runs = [closed_loop(
+            engine, args.sim, args.episodes, seed, execute=args.execute, max_steps=args.max_steps,
             sampler=args.sampler, steps=args.steps, sample_seed=args.sample_seed,
             save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
-            progress=not args.no_progress, episode_log=args.episode_log, image_size=args.image_size)}
-        cl = result["closed_loop"][label]
-        print(f"closed loop {label}: {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
-              f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
-              f"mean length {cl['length']['mean']:.0f}")
+            progress=not args.no_progress, episode_log=args.episode_log, image_size=args.image_size,
+            chunk_execution=args.chunk_execution, delay=args.delay) for seed in seeds]
+        result["closed_loop"] = {label: runs[0] if len(runs) == 1 else pool_placement_sets(runs)}
+        for cl in [*runs, *([result["closed_loop"][label]] if len(runs) > 1 else [])]:
+            print(f"closed loop {label} (placements {cl['placement_seed']}, {args.chunk_execution}, delay "
+                  f"{args.delay}): {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
+                  f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
+                  f"mean length {cl['length']['mean']:.0f}")
     if args.dataset:
         result["offline"] = offline_path_error(policy, args.dataset, sampler=args.sampler, steps=args.steps)
         o = result["offline"]["overall_mm"]
@@ -55,6 +62,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0
+
+
+def _placement_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--placement-seeds: expected a comma list of integers such as 1,2,3, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--placement-seeds: expected distinct seeds such as 1,2,3, got {text!r}")
+    return seeds
+
+
+def pool_placement_sets(runs: list[dict]) -> dict:
+    """Several placement sets' closed-loop results -> one pooled result (successes over every episode, Wilson
+    interval of the pool) with each set's own figures under `per_placement_set`."""
+    from .evaluate import summarise, wilson_interval
+
+    episodes = [r for run in runs for r in run["per_episode"]]
+    wins, n = sum(run["successes"] for run in runs), sum(run["episodes"] for run in runs)
+    return {**{k: runs[0][k] for k in ("task", "execute", "max_steps", "sampler", "sampling", "sample_seed",
+                                        "chunk_execution", "delay")},
+            "placement_seed": [run["placement_seed"] for run in runs], "episodes": n, "successes": wins,
+            "success_rate": wins / max(n, 1), "success_ci95": wilson_interval(wins, n),
+            "length": summarise(r["length"] for r in episodes),
+            "length_success": summarise(r["length"] for r in episodes if r["success"]),
+            "boundary_jerk": summarise(r["boundary_jerk"] for r in episodes if r["boundary_jerk"] is not None),
+            "per_placement_set": {str(run["placement_seed"]): {k: run[k] for k in ("successes", "episodes",
+                                                                                  "success_rate", "success_ci95")}
+                                  for run in runs},
+            "per_episode": episodes, "rollouts": [x for run in runs for x in run["rollouts"]]}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

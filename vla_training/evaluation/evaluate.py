@@ -22,6 +22,7 @@ from vla_models.constants import OBS_IMAGES, OBS_INSTRUCTION, OBS_SENSOR, OBS_SE
 from ..data.episodes import list_episodes
 from ..data.samples import ChunkDataset, collate
 from ..data.sim import task_instruction
+from .chunk_execution import DelayedChunks
 
 # Meta-World moves the mocap by action x 1/100 m per step: 1 action unit = 10 mm of hand motion.
 SIM_MM_PER_UNIT = 10.0
@@ -64,11 +65,14 @@ def sampling_options(policy, sampler: str | None = None, steps: int | None = Non
 def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, max_steps: int = 300,
                 sampler: str | None = None, steps: int | None = None, sample_seed: int = 0,
                 save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int | None = None,
-                progress: bool = True, episode_log: str | Path | None = None, image_size: int = 96) -> dict:
+                progress: bool = True, episode_log: str | Path | None = None, image_size: int = 96,
+                chunk_execution: str = "switch", delay: int = 0) -> dict:
     """Success rate (+ 95 % Wilson interval) and episode lengths on `episodes` placements of MT1 seed `seed`.
 
     episode_log: a file that gets one JSON line per finished episode (progress of a separate process).
     image_size: the cameras' resolution (square), as the training demonstrations were rendered.
+    chunk_execution, delay: switch | ensemble | rtc, with each chunk arriving `delay` control steps after its
+    observation while the simulator runs on (chunk_execution.py); switch with delay 0 = the receding horizon.
     """
     from ..data.sim import SimEnv
 
@@ -78,6 +82,8 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
     env = SimEnv(task, seed=seed, views=recorded if save_rollouts else tuple(cfg.views), image_size=image_size,
                  render=bool(cfg.views) or save_rollouts > 0)
     overrides = sampling_options(policy, sampler, steps)
+    spec = policy.expert.sampling(**overrides)
+    DelayedChunks(chunk_execution, delay, execute, cfg.horizon, spec.stochastic)  # a bad setting stops here
     instruction = task_instruction(task)
     generator_seed = sample_seed
     results, saved = [], []
@@ -90,23 +96,28 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             sensor_hist = [record.sensor]
             frames = [_rollout_frame(record, recorded)] if ep < save_rollouts else None
             success, steps, chunks = False, 0, 0
+            runner = DelayedChunks(chunk_execution, delay, execute, cfg.horizon, spec.stochastic)
             while steps < max_steps and not success:
-                obs = _sim_observation(cfg, record, sensor_hist, sensor_window or cfg.sensor.window, instruction,
-                                       columns)
-                chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides)[0].cpu().numpy()
-                generator_seed += 1
-                chunks += 1
-                for action in chunk[:execute]:
-                    record = env.step(action)
-                    sensor_hist.append(record.sensor)
-                    steps += 1
-                    if frames is not None:
-                        frames.append(_rollout_frame(record, recorded))
-                    if record.success or steps >= max_steps:
-                        success = record.success
-                        break
+                if runner.due(steps):  # an inference starts from this step's observation
+                    obs = _sim_observation(cfg, record, sensor_hist, sensor_window or cfg.sensor.window, instruction,
+                                           columns)
+                    inpaint = runner.inpaint(steps)
+                    chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides,
+                                                        **({"inpaint": inpaint} if inpaint else {}))
+                    runner.submit(steps, chunk[0].cpu().numpy())
+                    generator_seed += 1
+                    chunks += 1
+                action = runner.action(steps)  # the sim runs on while the policy infers
+                record = env.step(action if action is not None else np.zeros(cfg.action_dim, np.float32))
+                sensor_hist.append(record.sensor)
+                steps += 1
+                if frames is not None:
+                    frames.append(_rollout_frame(record, recorded))
+                success = record.success
+            jumps = runner.boundary_jumps()
             results.append({"placement": ep, "success": bool(success), "length": steps, "chunks": chunks,
-                            "final_hand": [float(v) for v in record.state[:3]]})
+                            "final_hand": [float(v) for v in record.state[:3]],
+                            "boundary_jerk": float(np.mean(jumps)) if jumps else None})
             if episode_log is not None:
                 with open(episode_log, "a") as fh:
                     fh.write(json.dumps(results[-1]) + "\n")
@@ -120,6 +131,8 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             "length": summarise(r["length"] for r in results),
             "length_success": summarise(r["length"] for r in results if r["success"]),
             "execute": execute, "max_steps": max_steps, "sampler": overrides,
+            "chunk_execution": chunk_execution, "delay": delay,
+            "boundary_jerk": summarise(r["boundary_jerk"] for r in results if r["boundary_jerk"] is not None),
             "sampling": policy.expert.sampling(**overrides).label, "sample_seed": sample_seed,
             "per_episode": results, "rollouts": saved}
 
