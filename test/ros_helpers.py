@@ -16,14 +16,28 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.time import Time
 
 _domains = itertools.count()
+# ids a test reserved for a child process it starts (a bench script, a stand-in interop run): the child takes
+# these rather than counting from its worker's first id again, where the parent's earlier children (their
+# processes still shutting down) or its own harnesses may be
+CHILD_DOMAINS = "VLA_TEST_DOMAIN_IDS"
 
 
 def next_domain_id() -> int:
     """A ROS domain id no other test of this run uses at the same time: each pytest-xdist worker draws from a
     range of its own (gw0: 20-59, gw1: 60-99, ...; one process without xdist: 20-59), so parallel tests never
-    discover each other's nodes."""
+    discover each other's nodes; a child process draws from the ids its parent reserved (reserve_domain_ids)."""
+    reserved = os.environ.get(CHILD_DOMAINS)
+    if reserved:
+        ids = [int(v) for v in reserved.split(",")]
+        return ids[next(_domains) % len(ids)]
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     return 20 + 40 * (worker % 5) + next(_domains) % 40
+
+
+def reserve_domain_ids(count: int = 4) -> dict[str, str]:
+    """Environment for a child process: `count` fresh domain ids of this process's range (ROS_DOMAIN_ID the first)."""
+    ids = [next_domain_id() for _ in range(count)]
+    return {CHILD_DOMAINS: ",".join(map(str, ids)), "ROS_DOMAIN_ID": str(ids[0])}
 
 
 class RosHarness:
@@ -128,7 +142,8 @@ def build_standin(package: str, tmp: Path) -> Path:
 def run_with_standins(prefix: Path, test_file: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """pytest on test/<test_file> in a process that imports the stand-ins installed under `prefix`."""
     site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT / "test"), os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, **reserve_domain_ids(8),
+               PYTHONPATH=os.pathsep.join([str(site), str(ROOT / "test"), os.environ.get("PYTHONPATH", "")]),
                LD_LIBRARY_PATH=os.pathsep.join([str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH", "")]),
                AMENT_PREFIX_PATH=os.pathsep.join([str(prefix), os.environ.get("AMENT_PREFIX_PATH", sys.prefix)]))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from ros_helpers import next_domain_id
+from ros_helpers import reserve_domain_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, args: list[str], tmp_path: Path, **env_vars: str) -> dict:
     out = tmp_path / f"{Path(script).stem}.json"
-    env = dict(os.environ, ROS_DOMAIN_ID=str(next_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", **env_vars)
+    env = dict(os.environ, **reserve_domain_ids(), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", **env_vars)
     proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--json", str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

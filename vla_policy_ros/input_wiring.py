@@ -25,10 +25,13 @@ from .servo_setup import ServoSetup
 from .trajectory_action import TrajectoryAction
 
 
-# Joint states, the sensor and the ee pose arrive at up to ~1 kHz: best effort (as sensor data; a reliable
-# publisher such as joint_state_broadcaster matches it) with 100 ms of messages queued, not 5 (the sensor profile's
-# depth: 5 ms at 1 kHz, dropped whenever a callback waits behind image decoding)
-HIGH_RATE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+# Joint states, the sensor and the ee pose arrive at up to ~1 kHz, best effort (as sensor data; a reliable publisher
+# such as joint_state_broadcaster matches it). The sensor keeps 100 ms of messages (every sample belongs in its
+# window). Joint states and the pose keep 10 (10 ms at 1 kHz: only the newest of each publisher matters): with 100
+# queued, an executor that falls behind a 500 Hz stream works through all of them and starves the command tick
+# (bench/jtc_timing.py: 10 inferences in 15 s instead of 10 a second).
+SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+HIGH_RATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
 class WiringMixin:
@@ -90,7 +93,7 @@ class WiringMixin:
                                          qos_profile_sensor_data))
         if spec.sensor_channels:
             kind = {"wrench": WrenchStamped, "packet": SensorPacket, "array": Float32MultiArray}[p.sensor_type]
-            add(self.create_subscription(kind, p.sensor_topic, self.inputs.on_sensor, HIGH_RATE_QOS))
+            add(self.create_subscription(kind, p.sensor_topic, self.inputs.on_sensor, SENSOR_QOS))
         state_is_pose = p.state_type == "pose"
         if spec.state_dim and state_is_pose:
             add(self.create_subscription(PoseStamped, p.state_topic, lambda m: self.inputs.on_pose(m, True), 50))
