@@ -7,6 +7,7 @@ from `demo_parameters`, so the launch file and the command run the same pair.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -40,7 +41,8 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
               "dry_run": True, "rate_hz": 0.0, "min_interval_s": 0.002, "input_timeout_s": 0.0,
               "future_stamp_tolerance_s": 1e6, "state_topic": "joint_states", "state_type": "joint_state",
               "sensor_topic": "sensor", "sensor_type": "packet", "max_sensor_lag_s": 0.0, "slop_s": 0.001,
-              "instruction": task_instruction(task), "seed": seed}
+              "instruction": task_instruction(task), "seed": seed,
+              "servo_node": ""}  # the sim is the controller whatever the interface: no MoveIt Servo to set up
     if command_interface != "chunk":
         from ..data.sim import SimEnv
 
@@ -54,7 +56,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
                        # that many more of each chunk (its receding limit counts from the observation)
                        "execute_steps": execute_steps + int(round(latency_s / dt)),
                        "action_roles": ["dx", "dy", "dz", "gripper"],
-                       "gripper_topic": "gripper_command", "servo_node": "",  # the sim is the controller
+                       "gripper_topic": "gripper_command",
                        # the sim's own limits: |action| <= 1 per axis, the mocap box, and the speed of a full
                        # action on all three axes
                        "max_delta": [1.0] * 4, "workspace_min": low.tolist(), "workspace_max": high.tolist(),
@@ -78,11 +80,17 @@ def write_params_file(params: dict, path: Path) -> Path:
     return path
 
 
+_RUNS = itertools.count()
+
+
 def run_ros_demo(checkpoint: str | Path, timeout_s: float = 3600.0, log_dir: str | Path | None = None,
                  **kwargs) -> dict:
     """Start policy_node and sim_robot_node as processes on a private ROS domain; the sim's summary."""
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100), PYTHONUNBUFFERED="1")
+    # a domain of its own for every run: the nodes of the previous run in this process (a policy node killed after
+    # 10 s, its discovery entries) must not meet this run's
+    domain = 100 + (os.getpid() + 37 * next(_RUNS)) % 100
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
     with tempfile.TemporaryDirectory(prefix="vla-ros-demo-") as tmp:
         params_file = write_params_file(demo_parameters(checkpoint, **kwargs), Path(tmp) / "params.yaml")
         logs = Path(log_dir) if log_dir else Path(tmp)
