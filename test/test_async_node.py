@@ -114,10 +114,10 @@ def test_async_stops_on_stale_features(ros, checkpoints):
     assert _stamp_s(chunks[-1]) <= frames[-1] + 0.3 + 1e-3
 
 
-@pytest.mark.parametrize("mode", ["receding", "temporal"])
+@pytest.mark.parametrize("mode", ["switch", "ensemble"])
 def test_action_stream_at_the_control_period(ros, checkpoints, mode):
     node, actions = _start(ros, checkpoints, topic="action", rate_hz=5.0, stream_actions=True,
-                           execution_mode=mode, execute_steps=0 if mode == "temporal" else 4)
+                           chunk_execution=mode, execute_steps=0 if mode == "ensemble" else 4)
     _arm(ros)
     Robot(ros, camera_hz=10.0, sensor_hz=50.0)
     ros.wait_for(lambda: len(actions) >= 15, timeout=30, what="15 streamed actions")

@@ -188,3 +188,69 @@ def test_param_client_switches_and_reports_rejections(ros, checkpoints):
         "'ddpm'], got 'euler'" in bad.stdout
     got = subprocess.run([exe, "get", "sampler"], env=env, capture_output=True, text=True, timeout=60)
     assert got.stdout.strip() == "sampler:"  # unchanged: '' = the expert's own
+
+
+def test_chunk_execution_switches_live_and_rtc_freezes_the_rows_that_execute(ros, checkpoints):
+    """`chunk_execution` is live like policy_type: the executors follow it, and with rtc each chunk's first
+    rtc_delay_steps rows are the previous chunk's rows at the same times (what executes during inference)."""
+    node, client, pubs, chunks = _start(ros, checkpoints, policy_type="flow", stream_actions=True,
+                                        control_period_s=0.05)  # the feed's 0.05 s: rows on the stamps' grid
+    _feed_until(ros, pubs, chunks, 1)
+    setter = client.create_client(SetParameters, "/vla_policy/set_parameters")
+    assert setter.wait_for_service(timeout_sec=10.0)
+
+    def set_params(**values):
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        future = setter.call_async(request)
+        ros.wait_for(future.done, what=f"set {values}")
+        return future.result().results[0]
+
+    assert set_params(chunk_execution="ensemble").successful
+    assert node.action_executor.mode == "temporal"
+    assert set_params(policy_type="regression").successful
+    bad = set_params(chunk_execution="rtc")
+    assert not bad.successful and "regression" in bad.reason and "one pass" in bad.reason
+    assert set_params(policy_type="flow").successful
+    assert set_params(rtc_delay_steps=3).successful and set_params(chunk_execution="rtc").successful
+    assert node.action_executor.mode == "receding"
+    assert "chunk execution switched to rtc" in node.holding
+    bad = set_params(policy_type="regression")  # rtc serves no one-pass expert
+    assert not bad.successful and "chunk_execution" in bad.reason
+
+    def rows(msg):
+        return np.asarray(msg.actions).reshape(msg.horizon, msg.action_dim)
+
+    n = len(chunks)
+    _feed_in_real_time(ros, pubs, 2000.0, lambda: len(chunks) >= n + 5)
+    pairs = 0
+    for before, after in zip(chunks[n:], chunks[n + 1:]):
+        offset = round((_stamp(after) - _stamp(before)) / 0.05)
+        if offset + 3 <= before.horizon:
+            np.testing.assert_array_equal(rows(after)[:3], rows(before)[offset:offset + 3])
+            rest = rows(before)[offset + 3:]
+            assert len(rest) == 0 or not np.array_equal(rows(after)[3:3 + len(rest)], rest)  # guided, not copied
+            pairs += 1
+    assert pairs >= 2
+
+    assert set_params(chunk_execution="switch").successful
+    n = len(chunks)
+    _feed_in_real_time(ros, pubs, 3000.0, lambda: len(chunks) >= n + 4)
+    later = chunks[n + 1:]
+    assert any(not np.array_equal(rows(b)[:3], rows(a)[round((_stamp(b) - _stamp(a)) / 0.05):][:3])
+               for a, b in zip(later, later[1:]))  # switch: nothing frozen
+
+
+def _feed_in_real_time(ros, pubs, t0: float, predicate, period: float = 0.05, timeout: float = 30.0) -> None:
+    """Inputs stamped t0, t0 + period, ... published every `period` seconds of wall time."""
+    import time
+
+    rng, t, deadline = np.random.default_rng(0), t0, time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out feeding inputs"
+        t += period
+        publish_inputs(pubs, t, ["front", "wrist"], 8, rng)
+        time.sleep(period)
+
+
+def _stamp(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9

@@ -234,7 +234,7 @@ def test_switch_mid_chunk_resets_the_executor_and_features(ros, checkpoints):
     limits = {"workspace_min": [0.0, -1.0, -1.0], "workspace_max": [1.0, 1.0, 1.0], "max_speed": 5.0}
     node = start_policy_node(ros, {**_params(checkpoints["regression"]), "diffusion_checkpoint": checkpoints["diffusion"],
                                    "command_interface": "servo_twist", "pose_topic": "ee_pose", "async_inference": True,
-                                   "execution_mode": "temporal", **limits})
+                                   "chunk_execution": "ensemble", **limits})
     servo = ros.add(FakeServo(ros.context))
     robot = Robot(ros)
     robot.run_until(ros, lambda: len(robot.chunks) >= 2, "chunks")

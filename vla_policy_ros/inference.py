@@ -5,6 +5,11 @@ in flight), at `rate_hz` or adaptively. With `async_inference`, a second thread 
 each new camera frame and the expert samples at its own rate from the newest cached features plus
 the freshest sensor window and state. `reset()` (a policy switch, a deactivation) drops the cached
 features, so features of one policy never feed the other.
+
+`chunk_execution: rtc` (real-time chunking, vla_models/experts/guidance.py): each inference is given the
+last delivered chunk's actions from the new observation's stamp on; the first `delay` of them (what the
+robot executes while this inference runs: `rtc_delay_steps`, or the mean measured age of a chunk's
+observation when the chunk was handed on, / dt, rounded up) come back frozen, and the rest of the sample is guided toward them.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import threading
 import time
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 
 from vla_models.experts import Sampling
+from vla_models.experts.guidance import Inpaint
 from vla_models.runtime import WAITING_FOR_SENSOR, assemble, sensor_inputs
 
 from .inputs import Inputs
+from .params import rtc_reason
 
 
 @dataclass
@@ -43,17 +52,22 @@ class ChunkResult:
 
 
 class InferenceWorker:
-    def __init__(self, policies: dict, inputs: Inputs, snapshot, on_chunk, logger, on_fault=None) -> None:
+    def __init__(self, policies: dict, inputs: Inputs, snapshot, on_chunk, logger, on_fault=None,
+                 dt: float = 0.1) -> None:
         """snapshot() -> (NodeParams, instruction); on_chunk(ChunkResult) publishes; on_fault(reason) is told when
-        an inference gives no chunk because the model failed (an exception, non-finite actions)."""
+        an inference gives no chunk because the model failed (an exception, non-finite actions); dt: the
+        control period (seconds per chunk row)."""
         self.policies, self.inputs, self.snapshot, self.on_chunk, self.logger = policies, inputs, snapshot, on_chunk, logger
         self.on_fault = on_fault or (lambda reason: None)
         self.stats = inputs.stats
         self.latencies: collections.deque[float] = collections.deque(maxlen=10)
+        self.ages: collections.deque[float] = collections.deque(maxlen=10)  # observation -> chunk handed on (s)
         self.event_times = {k: collections.deque(maxlen=50) for k in ("backbone", "chunk")}
         self.last_error = ""
         self._features: CachedFeatures | None = None
         self._last_stamp: float | None = None
+        self.dt = dt
+        self.previous: ChunkResult | None = None  # the last chunk handed on (rtc guides the next one toward it)
         self._generation = 0  # bumped by reset(): a chunk from an observation taken before it is dropped
         self._lock = threading.Lock()
         self._delivery = threading.Lock()  # reset() waits for a chunk being handed on: none follows a reset
@@ -87,6 +101,7 @@ class InferenceWorker:
         with self._delivery, self._lock:
             self._features = None
             self._last_stamp = None
+            self.previous = None
             self._generation += 1
 
     # -- observations ------------------------------------------------------------------------------
@@ -168,6 +183,20 @@ class InferenceWorker:
             self.stats["backbone_runs"] += 1
             self.event_times["backbone"].append(time.monotonic())
 
+    def rtc_inpaint(self, params, stamp: float, sampler: str) -> Inpaint | None:
+        """rtc: the previous chunk's rows from `stamp` on and how many execute during this inference; None
+        without a previous chunk of this policy that still covers `stamp` (or when rtc does not apply)."""
+        previous = self.previous
+        if (params.chunk_execution != "rtc" or previous is None or previous.policy_type != params.policy_type
+                or rtc_reason("rtc", params.policy_type, sampler)):
+            return None
+        rows = previous.chunk[max(0, round((stamp - previous.stamp) / self.dt)):]
+        if not len(rows):
+            return None
+        measured = sum(self.ages) / len(self.ages) if self.ages else 0.0
+        delay = params.rtc_delay_steps or math.ceil(measured / self.dt - 1e-9)
+        return Inpaint(rows.astype(np.float32), min(delay, len(rows)))
+
     def _interval(self, params) -> float:
         if params.rate_hz > 0:
             return 1.0 / params.rate_hz
@@ -213,9 +242,10 @@ class InferenceWorker:
         stamp, obs = assembled
         policy = self.policies[params.policy_type]
         options = policy.expert.options_for(sampler=params.sampler, steps=params.ddim_steps)  # the ones it takes
+        inpaint = self.rtc_inpaint(params, stamp, policy.expert.sampling(**options).sampler)
         start = time.perf_counter()
         chunk = policy.predict_action_chunk(obs, seed=params.seed if params.seed >= 0 else None, vl_features=features,
-                                            **options)
+                                            inpaint=inpaint, **options)
         latency = (time.perf_counter() - start) * 1e3
         self.latencies.append(latency / 1e3)
         with self._lock:
@@ -238,6 +268,9 @@ class InferenceWorker:
                 self.stats["discarded_after_reset"] += 1
                 return False
             self.event_times["chunk"].append(time.monotonic())
-            self.on_chunk(ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest,
-                                      policy.expert.sampling(**options)))
+            result = ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest,
+                                 policy.expert.sampling(**options))
+            self.previous = result
+            self.ages.append(max(0.0, self.inputs.now() - stamp))
+            self.on_chunk(result)
         return True

@@ -2,7 +2,7 @@
 
 Checked before acceptance (params.validate): types and ranges, a policy type with a loaded checkpoint,
 the sampler / steps the serving expert takes, and `dry_run` switched off only by the node's own
-arming. After a change: the typed params view is re-read; a policy switch resets inference and holds;
+arming. After a change: the typed params view is re-read; a policy or chunk-execution switch resets inference and holds;
 `dry_run: true` holds (disarms).
 
 A mixin of PolicyNode: it uses the node's params, _lock, _arming, policies, worker, instruction and
@@ -34,13 +34,17 @@ class ParametersMixin:
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         after = {c.name: c.value for c in changes}
-        if self.policies and {"policy_type", "sampler", "ddim_steps"} & set(after):  # the expert that will serve
-            kind = after.get("policy_type", self.params.policy_type)  # says whether it takes these options
+        if self.policies and {"policy_type", "sampler", "ddim_steps", "chunk_execution"} & set(after):
+            kind = after.get("policy_type", self.params.policy_type)  # the expert that will serve says whether
+            sampler = after.get("sampler", self.params.sampler)  # it takes these options
             try:
-                self.sampling_options(kind, after.get("sampler", self.params.sampler),
-                                      after.get("ddim_steps", self.params.ddim_steps))
+                self.sampling_options(kind, sampler, after.get("ddim_steps", self.params.ddim_steps))
             except (TypeError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f"{kind}: {exc}")
+            resolved = self.policies[kind].expert.sampling(**self.sampling_options(kind, sampler, 1)).sampler
+            reason = P.rtc_reason(after.get("chunk_execution", self.params.chunk_execution), kind, resolved)
+            if reason:
+                return SetParametersResult(successful=False, reason=f"chunk_execution: {reason}")
         if self.apply_on_validation:  # Humble: no post-set callback; apply the values about to be set
             fields = {f.name for f in dataclasses.fields(P.NodeParams)}
             self._apply_parameters(changes, {k: v for k, v in after.items() if k in fields})
@@ -61,9 +65,13 @@ class ParametersMixin:
             for executor in (self.command_executor, self.action_executor):
                 if executor is not None:
                     executor.execute_steps = self.params.execute_steps
-        if "policy_type" in names and self.params.policy_type != before.policy_type and self.worker is not None:
-            self.worker.reset()
-            self._hold(f"policy switched to {self.params.policy_type}")
+                    executor.mode = P.EXECUTOR_MODE[self.params.chunk_execution]
+        for name in ("policy_type", "chunk_execution"):  # a switch: inference afresh, and a hold until its chunk
+            if name in names and getattr(self.params, name) != getattr(before, name) and self.worker is not None:
+                self.worker.reset()
+                if name == "chunk_execution" and self.action_executor is not None:
+                    self.action_executor.reset()
+                self._hold(f"{name.replace('_', ' ')} switched to {getattr(self.params, name)}")
         if "dry_run" in names and self.params.dry_run and not before.dry_run and not self.holding:
             self._hold("disarmed: dry_run set")  # (a fault that disarms has held already, and says why)
         self.get_logger().info("parameters: " + ", ".join(f"{c.name}={c.value}" for c in changes))

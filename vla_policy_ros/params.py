@@ -83,7 +83,8 @@ class NodeParams:
     async_inference: bool = False  # backbone on new frames in its own thread; expert at rate_hz on cached features
     max_feature_age_s: float = 1.0  # async: backbone features older than this (vs the newest input) are not used
     stream_actions: bool = False  # publish one action per control period (1 / the checkpoint's dt) on ~/action
-    execution_mode: str = "receding"  # receding | temporal (ensembling of overlapping chunks)
+    chunk_execution: str = "switch"  # switch (newest chunk) | ensemble (temporal ensembling) | rtc (real-time chunking)
+    rtc_delay_steps: int = 0  # rtc: actions frozen per inference (0 = the measured inference time / dt, rounded up)
     ensemble_decay: float = 0.01  # temporal: weight exp(-decay * k), k = 0 for the oldest chunk
     # -- safety (docs/safety.md) --
     max_delta: tuple = ()  # per action dimension, in action units; () = unlimited
@@ -104,17 +105,19 @@ class NodeParams:
 
 
 LIVE = ("policy_type", "sampler", "ddim_steps", "seed", "rate_hz", "min_interval_s", "instruction", "dry_run",
-        "execute_steps")
+        "execute_steps", "chunk_execution", "rtc_delay_steps")
 # Numeric ranges announced in the parameter descriptors (ros2 param describe) and enforced by rcl.
 RANGES = {"ddim_steps": (1, 1000), "seed": (-1, 2**31 - 1), "rate_hz": (0.0, 1000.0), "min_interval_s": (0.0, 10.0),
-          "execute_steps": (0, 1000), "slop_s": (0.0, 1.0), "max_sensor_lag_s": (0.0, 10.0),
+          "execute_steps": (0, 1000), "rtc_delay_steps": (0, 1000), "slop_s": (0.0, 1.0), "max_sensor_lag_s": (0.0, 10.0),
           "state_history_s": (0.1, 60.0), "command_rate_hz": (1.0, 2000.0), "control_period_s": (0.0, 10.0),
           "max_command_age_s": (0.0, 10.0), "heartbeat_timeout_s": (0.01, 10.0), "max_feature_age_s": (0.001, 60.0),
           "ensemble_decay": (0.0, 10.0), "max_speed": (0.0, 10.0), "max_chunk_motion": (0.0, 10.0),
           "max_angular_speed": (0.0, 20.0), "max_chunk_rotation": (0.0, 6.3),
           "input_timeout_s": (0.0, 60.0), "camera_timeout_s": (0.0, 60.0), "sensor_timeout_s": (0.0, 60.0),
           "joint_state_timeout_s": (0.0, 60.0), "gripper_min": (-1e6, 1e6), "gripper_max": (-1e6, 1e6), "future_stamp_tolerance_s": (0.0, 1e9), "max_message_bytes": (1, 2**31 - 1)}
-EXECUTION_MODES = ("receding", "temporal")
+CHUNK_EXECUTIONS = ("switch", "ensemble", "rtc")
+EXECUTOR_MODE = {"switch": "receding", "ensemble": "temporal", "rtc": "receding"}  # ChunkExecutor's mode for each
+RTC_SAMPLERS = {"flow": ("euler",), "diffusion": ("ddim",)}  # the samplers real-time chunking guides
 
 DESCRIPTIONS = {
     "policy_type": f"expert serving the next inference: one of {list(EXPERT_TYPES)}",
@@ -151,7 +154,10 @@ DESCRIPTIONS = {
     "async_inference": "run the backbone on new frames in its own thread and the expert at rate_hz on cached features",
     "max_feature_age_s": "async: backbone features older than this (vs the newest input) are not used (s)",
     "stream_actions": "publish one action per control period (the checkpoint's dt) on ~/action (not in dry_run)",
-    "execution_mode": f"how chunks become the action stream: one of {list(EXECUTION_MODES)}",
+    "chunk_execution": f"how chunks are executed while the next is inferred: one of {list(CHUNK_EXECUTIONS)} (switch: "
+                       "the newest chunk; ensemble: temporal ensembling; rtc: real-time chunking, flow and diffusion "
+                       "ddim: the rows that execute during inference frozen, the rest guided toward the current chunk)",
+    "rtc_delay_steps": "rtc: actions frozen per inference (0 = the measured inference time / control period, rounded up)",
     "ensemble_decay": "temporal ensembling: weight exp(-decay * k), k = 0 for the oldest chunk",
     "regression_checkpoint": "checkpoint directory of the regression expert",
     "diffusion_checkpoint": "checkpoint directory of the diffusion expert",
@@ -236,8 +242,24 @@ def validate(name: str, value, loaded: set[str], configured: set[str]) -> str | 
         return f"{name}: expected a number >= 0, got {value!r}"
     if name == "execute_steps" and (not isinstance(value, int) or value < 0):
         return f"execute_steps: expected an integer >= 0 (0 = the whole chunk), got {value!r}"
+    if name == "chunk_execution" and value not in CHUNK_EXECUTIONS:
+        return f"chunk_execution: expected one of {list(CHUNK_EXECUTIONS)}, got {value!r}"
+    if name == "rtc_delay_steps" and (not isinstance(value, int) or value < 0):
+        return f"rtc_delay_steps: expected an integer >= 0 (0 = measured), got {value!r}"
     if name == "dry_run" and value is False:
         return "dry_run: cannot be switched off by a parameter; arm through the ~/enable service (std_srvs/SetBool)"
+    return None
+
+
+def rtc_reason(chunk_execution: str, policy_type: str, sampler: str) -> str | None:
+    """Why `rtc` cannot serve this expert and sampler ('' sampler = the expert's default), or None."""
+    if chunk_execution != "rtc":
+        return None
+    if policy_type not in RTC_SAMPLERS:
+        return (f"rtc guides an iterative sampler (flow, diffusion ddim); the {policy_type} expert predicts a chunk in "
+                f"one pass: use switch or ensemble")
+    if sampler and sampler not in RTC_SAMPLERS[policy_type]:
+        return f"rtc guides the {policy_type} expert's {RTC_SAMPLERS[policy_type][0]} sampler, not {sampler!r}"
     return None
 
 
@@ -246,12 +268,15 @@ def validate_static(params: NodeParams) -> None:
     for name, allowed in (("sensor_type", SENSOR_TYPES), ("state_type", STATE_TYPES),
                           ("command_interface", COMMAND_INTERFACES), ("pose_reference", ("measured", "setpoint")),
                           ("policy_type", EXPERT_TYPES), ("limit_mode", LIMIT_MODES),
-                          ("execution_mode", EXECUTION_MODES)):
+                          ("chunk_execution", CHUNK_EXECUTIONS)):
         if getattr(params, name) not in allowed:
             raise ValueError(f"parameter {name}: expected one of {list(allowed)}, got {getattr(params, name)!r}")
     if not getattr(params, f"{params.policy_type}_checkpoint"):
         raise ValueError(f"parameter {params.policy_type}_checkpoint: expected a checkpoint directory for the "
                          f"starting policy_type {params.policy_type!r}, got ''")
+    reason = rtc_reason(params.chunk_execution, params.policy_type, params.sampler)
+    if reason:
+        raise ValueError(f"parameter chunk_execution: {reason}")
     if params.max_feature_age_s <= 0:
         raise ValueError(f"parameter max_feature_age_s: expected > 0, got {params.max_feature_age_s}")
     if not params.gripper_min < params.gripper_max:

@@ -166,13 +166,13 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             if p.command_interface in ("servo_twist", "pose_target") else ""
         pose = p.command_interface in ("servo_twist", "pose_target") and bool(self.pose_source or p.state_type == "pose")
         self.inputs = Inputs(spec, p, self._now, self.get_logger(), watch_joints=bool(joints), watch_pose=pose)
-        self.command_executor = ChunkExecutor(self.dt, p.execution_mode, p.execute_steps, p.ensemble_decay) \
+        mode = P.EXECUTOR_MODE[p.chunk_execution]
+        self.command_executor = ChunkExecutor(self.dt, mode, p.execute_steps, p.ensemble_decay) \
             if getattr(self.command, "streaming", False) else None
-        self.action_executor = ChunkExecutor(self.dt, p.execution_mode, p.execute_steps, p.ensemble_decay) \
-            if p.stream_actions else None
+        self.action_executor = ChunkExecutor(self.dt, mode, p.execute_steps, p.ensemble_decay) if p.stream_actions else None
         self.setpoints = StateHistory(horizon_s=max(2.0, 4 * self.dt), tolerance_s=self.dt)  # pose_target: sent targets
         self.worker = InferenceWorker(self.policies, self.inputs, self.snapshot, self._on_chunk, self.get_logger(),
-                                     self._on_worker_fault)
+                                     self._on_worker_fault, dt=self.dt)
         self._create_entities(spec)
 
     def on_activate(self, state) -> TransitionCallbackReturn:

@@ -22,6 +22,9 @@ import numpy as np
 
 from vla_models import ConfigError
 
+from .obstacle import (BASE_TASK, OBSTACLE_TASK, DetourExpert, obstacle_env_class, passed_side, placement_layout,
+                       post_position, touches)
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 # The scripted experts ask for actions beyond [-1, 1]; we clip them ourselves (ViaPointExpert).
 warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
@@ -53,6 +56,7 @@ def scripted_policy(task: str):
     """Meta-World's scripted expert for a task, or an error naming the tasks that have one."""
     from metaworld.policies import ENV_POLICY_MAP
 
+    task = BASE_TASK if task == OBSTACLE_TASK else task
     if task not in ENV_POLICY_MAP:
         raise ConfigError(f"task {task!r}: no scripted policy in metaworld.policies to record demonstrations with; "
                          f"expected one of {sorted(ENV_POLICY_MAP)}")
@@ -61,7 +65,7 @@ def scripted_policy(task: str):
 
 def task_instruction(task: str) -> str:
     """The instruction recorded with a task's demonstrations (and given to the policy in closed loop)."""
-    return task.replace("-v3", "").replace("-", " ")
+    return task.replace("-v3", "").replace("-", " ")  # peg-insert-side-obstacle-v3: "peg insert side obstacle"
 
 
 @dataclass
@@ -82,9 +86,12 @@ class SimEnv:
         import mujoco
 
         self._mujoco = mujoco
-        self.task = task
-        self.benchmark = metaworld.MT1(task, seed=seed)
-        self.env = self.benchmark.train_classes[task]()
+        self.task, self.seed = task, seed
+        self.obstacle = task == OBSTACLE_TASK  # peg-insert-side + a post (data/obstacle.py)
+        base = BASE_TASK if self.obstacle else task
+        self.benchmark = metaworld.MT1(base, seed=seed)
+        env_cls = self.benchmark.train_classes[base]
+        self.env = (obstacle_env_class(env_cls) if self.obstacle else env_cls)()
         self.placements = self.benchmark.train_tasks
         self.views = tuple(views) if render else ()
         self.image_size = image_size
@@ -101,6 +108,8 @@ class SimEnv:
             self._renderer = mujoco.Renderer(model, image_size, image_size)
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         self._object = manipulated_body(model, task)
+        self._post = model.geom("obstacle").id if self.obstacle else -1
+        self.touched_obstacle = False
         self._gripper = {model.body(n).id for n in GRIPPER_BODIES}
         self._bodies = np.array([self._object, *self._gripper])
         self._force = np.zeros(6)
@@ -120,6 +129,8 @@ class SimEnv:
                 self.t += self.physics_dt
                 self._samples.append(self._wrench())
                 self._sample_t.append(self.t)
+                if self.obstacle and not self.touched_obstacle:
+                    self.touched_obstacle = touches(env.model, env.data, self._post)
             mujoco.mj_rnePostConstraint(env.model, env.data)
 
         env._step_mujoco_simulation = step_mujoco
@@ -152,7 +163,12 @@ class SimEnv:
     # -- episode API -------------------------------------------------------------------------------
     def reset(self, placement: int) -> StepRecord:
         self.env.set_task(self.placements[placement % len(self.placements)])
+        if self.obstacle:  # our own placements (the hole on the near side, the peg on the far side) and the post
+            layout = placement_layout(self.seed, placement)
+            self.env._last_rand_vec = layout
+            self.env.model.body("obstacle").pos = post_position(layout[3:])
         obs, _ = self.env.reset()
+        self.touched_obstacle, self.crossing_x = False, None
         self.t = 0.0
         self._samples, self._sample_t = [self._wrench()], [0.0]
         return self._record(obs, {})
@@ -160,8 +176,14 @@ class SimEnv:
     def step(self, action: np.ndarray) -> StepRecord:
         self._samples, self._sample_t = [], []
         obs, _, _, truncated, info = self.env.step(np.clip(np.asarray(action, np.float64), -1.0, 1.0))
+        if self.obstacle:
+            info["obstacle_contact"] = self.touched_obstacle
+            post_y = self.env.model.body("obstacle").pos[1]
+            if self.crossing_x is None and obs[1] < post_y:  # the hand crossed the post's line: where?
+                self.crossing_x = float(obs[0])
+            info["passed"] = passed_side(self.crossing_x)
         record = self._record(obs, info)
-        record.success = bool(info.get("success", 0.0))
+        record.success = bool(info.get("success", 0.0)) and not self.touched_obstacle
         return record
 
     @property
@@ -238,9 +260,12 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
 
     if modes not in (1, 2):
         raise ConfigError(f"--modes: expected 1 or 2, got {modes}")
-    if modes == 2 and task != "peg-insert-side-v3":
-        raise ConfigError(f"--modes 2: the two detours are defined for peg-insert-side-v3 (its hole's approach), not "
-                         f"{task!r}; use --modes 1")
+    if modes == 2 and task not in (BASE_TASK, OBSTACLE_TASK):
+        raise ConfigError(f"--modes 2: the two detours are defined for {BASE_TASK} (its hole's approach) and "
+                          f"{OBSTACLE_TASK}, not {task!r}; use --modes 1")
+    if task == OBSTACLE_TASK and modes != 2:
+        raise ConfigError(f"--modes {modes}: {OBSTACLE_TASK}'s demonstrations pass the post in front or behind, at "
+                          f"random (two modes); use --modes 2")
     scripted_policy(task)  # a task without a scripted expert stops here, before any file is written
     env = SimEnv(task, seed=seed, views=views, image_size=image_size, render=bool(views))
     rng = np.random.default_rng(seed)
@@ -251,7 +276,7 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
             placement = attempts
             attempts += 1
             mode = int(rng.choice([-1, 1])) if modes == 2 else 0
-            expert = ViaPointExpert(task, mode)
+            expert = DetourExpert(mode) if task == OBSTACLE_TASK else ViaPointExpert(task, mode)
             record = env.reset(placement)
             states, actions, times, sensor, sensor_t = [], [], [], [record.sensor], [record.sensor_t]
             frames = {v: [record.images[v]] for v in env.views}

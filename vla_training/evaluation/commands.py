@@ -77,7 +77,7 @@ def _placement_seeds(text: str) -> list[int]:
 def pool_placement_sets(runs: list[dict]) -> dict:
     """Several placement sets' closed-loop results -> one pooled result (successes over every episode, Wilson
     interval of the pool) with each set's own figures under `per_placement_set`."""
-    from .evaluate import summarise, wilson_interval
+    from .evaluate import obstacle_summary, summarise, wilson_interval
 
     episodes = [r for run in runs for r in run["per_episode"]]
     wins, n = sum(run["successes"] for run in runs), sum(run["episodes"] for run in runs)
@@ -91,7 +91,7 @@ def pool_placement_sets(runs: list[dict]) -> dict:
             "per_placement_set": {str(run["placement_seed"]): {k: run[k] for k in ("successes", "episodes",
                                                                                   "success_rate", "success_ci95")}
                                   for run in runs},
-            "per_episode": episodes, "rollouts": [x for run in runs for x in run["rollouts"]]}
+            **obstacle_summary(episodes), "per_episode": episodes, "rollouts": [x for run in runs for x in run["rollouts"]]}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -114,10 +114,14 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                 if frames is not None:
                     frames.append(_rollout_frame(record, recorded))
                 success = record.success
+                if record.info.get("obstacle_contact"):  # touched the post: failed, whatever follows
+                    break
             jumps = runner.boundary_jumps()
             results.append({"placement": ep, "success": bool(success), "length": steps, "chunks": chunks,
                             "final_hand": [float(v) for v in record.state[:3]],
-                            "boundary_jerk": float(np.mean(jumps)) if jumps else None})
+                            "boundary_jerk": float(np.mean(jumps)) if jumps else None,
+                            **({"obstacle_contact": bool(record.info["obstacle_contact"]),
+                                "passed": record.info["passed"]} if "obstacle_contact" in record.info else {})})
             if episode_log is not None:
                 with open(episode_log, "a") as fh:
                     fh.write(json.dumps(results[-1]) + "\n")
@@ -134,7 +138,18 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             "chunk_execution": chunk_execution, "delay": delay,
             "boundary_jerk": summarise(r["boundary_jerk"] for r in results if r["boundary_jerk"] is not None),
             "sampling": policy.expert.sampling(**overrides).label, "sample_seed": sample_seed,
-            "per_episode": results, "rollouts": saved}
+            **obstacle_summary(results), "per_episode": results, "rollouts": saved}
+
+
+def obstacle_summary(results: list[dict]) -> dict:
+    """The obstacle task's episodes: how many touched the post, and where each passed it."""
+    if not results or "obstacle_contact" not in results[0]:
+        return {}
+    passed = {}
+    for r in results:
+        key = r["passed"] + (" (success)" if r["success"] else "")
+        passed[key] = passed.get(key, 0) + 1
+    return {"obstacle_contacts": sum(r["obstacle_contact"] for r in results), "passed": dict(sorted(passed.items()))}
 
 
 def sim_state_columns(cfg) -> list[int] | slice:
