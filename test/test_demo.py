@@ -4,6 +4,7 @@ figures. Plus `vla eval` / `vla compare` on its runs, and the statistics helpers
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,27 @@ def test_mode_classifier_uses_the_farthest_point_of_the_path():
     assert _classify(hooked, refs) == "-1"
     assert _classify(-hooked, refs) == "+1"
     assert _classify(np.array([[10.0, 5.0], [40.0, 10.0]]), refs) == "between"  # straight on, between the two
+
+
+def test_modes_demo_quick(tmp_path):
+    """`vla demo --modes --quick`: obstacle demos, three experts, closed loops under delay in two lanes, the
+    report's tables, contact sheets and plot."""
+    assert vla(["demo", "--modes", "--quick", "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data")]) == 0
+    report = tmp_path / "runs" / "report"
+    text = (report / "modes.md").read_text()
+    for expected in ("touched the post", "| regression | ensemble | 2 |", "| diffusion | rtc | 2 |", "modes.png",
+                     "Contact sheets"):
+        assert expected in text
+    cells = json.loads((report / "modes.json").read_text())["cells"]
+    assert set(cells) == {"regression/switch/d0", "regression/ensemble/d2", "diffusion/switch/d0", "diffusion/rtc/d2",
+                          "flow/switch/d0"}
+    assert all(c["episodes"] == 1 and c["boundary_jerk"] is not None for c in cells.values())
+    assert (report / "modes.png").stat().st_size > 10_000
+    for cell in ("regression/switch/d0", "diffusion/switch/d0", "flow/switch/d0"):
+        (rollout,) = cells[cell]["rollouts"]
+        assert Path(rollout["contact_sheet"]).exists()
+
+
+def test_modes_demo_refuses_the_vision_options(capsys):
+    assert vla(["demo", "--modes", "--vision", "--quick"]) == 2
+    assert "--modes" in capsys.readouterr().err

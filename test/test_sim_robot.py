@@ -13,7 +13,7 @@ from ros_helpers import RosHarness
 
 from vla_policy_ros.bag_recorder import BagRecorder  # noqa: E402
 from vla_policy_ros.msg import ActionChunk  # noqa: E402
-from vla_training.demos.ros_demo import run_ros_demo  # noqa: E402
+from vla_training.demos.ros_demo import demo_parameters, run_ros_demo  # noqa: E402
 from vla_policy_ros.sim_robot_node import PAD_SAMPLES, SimRobotNode  # noqa: E402
 from vla_training.data.episodes import list_episodes  # noqa: E402
 from vla_training.evaluation.evaluate import closed_loop  # noqa: E402
@@ -132,3 +132,13 @@ def test_injected_latency_drops_the_due_rows_and_still_commands_every_step(tmp_p
     with pytest.raises(ValueError, match="latency_s"):
         SimRobotNode(context=ros.context, parameter_overrides=[Parameter("latency_s", value=0.05),
                                                                Parameter("lockstep", value=False)])
+
+
+def test_chunk_execution_reaches_both_nodes_and_the_sim_refuses_what_it_cannot_do(tmp_path, ros):
+    checkpoint = make_policy("cpu", "flow").save(tmp_path / "ckpt")
+    params = demo_parameters(checkpoint, chunk_execution="rtc", latency_s=0.05)
+    assert params["vla_policy"]["chunk_execution"] == params["sim_robot"]["chunk_execution"] == "rtc"
+    with pytest.raises(ValueError, match="chunk_execution"):  # lockstep ActionChunks: nothing to ensemble in the sim
+        SimRobotNode(context=ros.context, parameter_overrides=[Parameter("chunk_execution", value="ensemble")])
+    with pytest.raises(ValueError, match="chunk_execution"):
+        SimRobotNode(context=ros.context, parameter_overrides=[Parameter("chunk_execution", value="average")])

@@ -28,6 +28,10 @@ taken latency_s of simulated time before the step it is published at (stamped wi
 the node's chunk and commands start latency_s late, as on a robot whose camera and inference take that
 long (the chunk interface skips the actions already due; the streamed ones get the node's command due
 now). An episode starts with the arm at rest for latency_s.
+`chunk_execution` (switch | ensemble | rtc), as the policy node's: in real time the sim's own executor
+plays the newest ActionChunk (switch; rtc, whose guidance the policy node does) or ensembles them
+(ensemble); in lockstep the chunk interface plays the newest chunk's due rows (ensemble is refused there:
+with a streamed interface the policy node ensembles before it commands).
 `expert: true` drives the robot with the scripted expert instead (to record demonstrations).
 The sensor history restarts at each episode: zero samples precede the first reading, as the
 in-process evaluation pads its window.
@@ -54,6 +58,7 @@ from vla_models.runtime import ChunkExecutor
 from vla_training.data.sim import STATE_NAMES, SimEnv, ViaPointExpert
 
 from .image_conversion import rgb_to_image_msg
+from .params import CHUNK_EXECUTIONS, EXECUTOR_MODE
 from .msg import ActionChunk, SensorPacket
 
 PAD_SAMPLES = 64  # zero samples before an episode's first reading (the evaluation's window)
@@ -73,13 +78,18 @@ class SimRobotNode(Node):
             ("chunk_topic", "/vla_policy/action_chunk"), ("chunk_timeout_s", 30.0), ("expert", False),
             ("start_time", 1000.0), ("command_interface", "chunk"), ("twist_topic", "/servo_node/delta_twist_cmds"),
             ("pose_target_topic", "/target_frame"), ("gripper_topic", "gripper_command"), ("frame", "world"),
-            ("enable_service", "/vla_policy/enable"), ("latency_s", 0.0))}
+            ("enable_service", "/vla_policy/enable"), ("latency_s", 0.0), ("chunk_execution", "switch"))}
         if p["command_interface"] not in COMMAND_INTERFACES:
             raise ValueError(f"parameter command_interface: expected one of {list(COMMAND_INTERFACES)}, "
                              f"got {p['command_interface']!r}")
         if p["latency_s"] < 0 or (p["latency_s"] > 0 and not p["lockstep"]):
             raise ValueError(f"parameter latency_s: expected >= 0, and lockstep: true when > 0, got {p['latency_s']} "
                              f"with lockstep {p['lockstep']}")
+        if p["chunk_execution"] not in CHUNK_EXECUTIONS or (
+                p["chunk_execution"] == "ensemble" and p["lockstep"] and p["command_interface"] == "chunk"):
+            raise ValueError(f"parameter chunk_execution: expected one of {list(CHUNK_EXECUTIONS)} (ensemble of "
+                             f"ActionChunks in the sim: lockstep false; with a streamed interface the policy node "
+                             f"ensembles), got {p['chunk_execution']!r} with lockstep {p['lockstep']}")
         self.p = p
         views = tuple(v for v in p["views"] if v)
         self.env = SimEnv(p["task"], seed=p["placement_seed"], views=views, image_size=p["image_size"],
@@ -294,7 +304,8 @@ class SimRobotNode(Node):
         expert = None
         if self.p["expert"]:
             expert = ViaPointExpert(self.p["task"])
-        executor = None if self.p["lockstep"] else ChunkExecutor(self.dt, "receding", self.p["execute_steps"])
+        executor = None if self.p["lockstep"] else ChunkExecutor(self.dt, EXECUTOR_MODE[self.p["chunk_execution"]],
+                                                                 self.p["execute_steps"])
         latency = self.p["latency_s"]
         history = [self._snapshot(record)]  # observations, oldest first (latency_s: the one published is older)
         if latency:  # the arm at rest while the first observation is processed: the same observation every step

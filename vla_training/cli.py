@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a 2-3 minute smoke version with tiny budgets")
     p.add_argument("--vision", action="store_true", help="the vision experiment instead: a blind policy vs one that sees "
                                                          "through the tiny Qwen-VL (runs/vision/report.md)")
+    p.add_argument("--modes", action="store_true", help="the multimodal experiment instead: the three experts on "
+                                                        "peg-insert-side-obstacle-v3, and chunk execution under delay "
+                                                        "(runs/modes/report/modes.md; not in make demo)")
     p.add_argument("--minutes", type=float, default=60.0, help="--vision: training budget of the seeing policy in "
                                                                "minutes of this machine (default: %(default)s)")
     p.add_argument("--placement-seeds", type=int, help="--vision: MT1 placement seeds of training demos, 48 demos "
@@ -159,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "armed node commands the sim as MoveIt Servo / a cartesian controller")
     p.add_argument("--latency-ms", type=float, default=0.0,
                    help="camera-to-command latency injected by the sim: each observation is this old when published")
+    p.add_argument("--chunk-execution", choices=["switch", "ensemble", "rtc"], default="switch",
+                   help="both nodes' chunk_execution (ensemble: a streamed --command-interface; rtc: flow, diffusion "
+                        "ddim) (default switch)")
     p.add_argument("--logs", help="directory for the two nodes' logs")
     p.add_argument("--json", help="write the summary to this file")
     p.set_defaults(func=demos.cmd_ros_demo)

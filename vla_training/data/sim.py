@@ -275,7 +275,10 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
         while kept < episodes and attempts < episodes * max_attempts_factor:
             placement = attempts
             attempts += 1
-            mode = int(rng.choice([-1, 1])) if modes == 2 else 0
+            if task == OBSTACLE_TASK:  # sides alternate: exactly half each (no majority side to learn)
+                mode = -1 if kept % 2 == 0 else 1
+            else:
+                mode = int(rng.choice([-1, 1])) if modes == 2 else 0
             expert = DetourExpert(mode) if task == OBSTACLE_TASK else ViaPointExpert(task, mode)
             record = env.reset(placement)
             states, actions, times, sensor, sensor_t = [], [], [], [record.sensor], [record.sensor_t]

@@ -12,6 +12,14 @@ from ..files import write_json_atomic
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.modes:
+        if args.vision or args.set or args.placement_seeds is not None or args.image_size is not None:
+            raise ConfigError("--modes: a state-only experiment of its own; --vision, --placement-seeds, --image-size "
+                              "and -o do not apply")
+        from .modes_demo import run_modes_demo
+
+        run_modes_demo(args.out or "runs/modes", args.data or "data/modes", quick=args.quick)
+        return 0
     if not args.vision and (args.set or args.placement_seeds is not None or args.image_size is not None):
         raise ConfigError("--placement-seeds, --image-size and -o apply to --vision only")
     if args.vision:
@@ -46,7 +54,7 @@ def cmd_ros_demo(args: argparse.Namespace) -> int:
     summary = run_ros_demo(resolve_checkpoint(args.checkpoint), episodes=args.episodes, placement_seed=args.seed,
                            execute_steps=args.execute, task=args.task, max_steps=args.max_steps, sampler=args.sampler,
                            steps=args.steps, log_dir=args.logs, command_interface=args.command_interface,
-                           latency_s=args.latency_ms / 1000.0)
+                           latency_s=args.latency_ms / 1000.0, chunk_execution=args.chunk_execution)
     lo, hi = wilson_interval(summary["successes"], summary["episodes"])
     summary["success_ci95"] = [lo, hi]
     print(f"through ROS 2: {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "

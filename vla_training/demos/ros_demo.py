@@ -24,13 +24,15 @@ from vla_models import PolicyConfig
 def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: int = 1, execute_steps: int = 8,
                     task: str = "peg-insert-side-v3", max_steps: int = 300, sampler: str | None = None,
                     steps: int | None = None, seed: int = 0, image_size: int = 96, lockstep: bool = True,
-                    first_placement: int = 0, command_interface: str = "chunk", latency_s: float = 0.0) -> dict:
+                    first_placement: int = 0, command_interface: str = "chunk", latency_s: float = 0.0,
+                    chunk_execution: str = "switch") -> dict:
     """{'vla_policy': {...}, 'sim_robot': {...}} node parameters for one checkpoint directory.
 
     command_interface: `chunk` (the sim executes the ActionChunks; the node stays in dry run), or
     `servo_twist` / `pose_target`: the node is armed and commands the sim as it would a Cartesian
     controller (MoveIt Servo / a cartesian controller), one command per simulated control period.
-    latency_s: camera-to-command latency injected by the sim (each observation is that old when published)."""
+    latency_s: camera-to-command latency injected by the sim (each observation is that old when published).
+    chunk_execution: switch | ensemble | rtc, for both nodes (the policy node's parameter, the sim's)."""
     from ..data.sim import task_instruction
 
     checkpoint = Path(checkpoint)
@@ -42,7 +44,8 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
               "future_stamp_tolerance_s": 1e6, "state_topic": "joint_states", "state_type": "joint_state",
               "sensor_topic": "sensor", "sensor_type": "packet", "max_sensor_lag_s": 0.0, "slop_s": 0.001,
               "instruction": task_instruction(task), "seed": seed,
-              "servo_node": ""}  # the sim is the controller whatever the interface: no MoveIt Servo to set up
+              "servo_node": "",  # the sim is the controller whatever the interface: no MoveIt Servo to set up
+              "chunk_execution": chunk_execution}
     if command_interface != "chunk":
         from ..data.sim import SimEnv
 
@@ -71,7 +74,7 @@ def demo_parameters(checkpoint: str | Path, episodes: int = 10, placement_seed: 
     sim = {"task": task, "placement_seed": placement_seed, "episodes": episodes, "views": views or [""],
            "image_size": image_size, "execute_steps": execute_steps, "max_steps": max_steps, "lockstep": lockstep,
            "first_placement": first_placement, "use_sim_time": False, "command_interface": command_interface,
-           "latency_s": float(latency_s)}
+           "latency_s": float(latency_s), "chunk_execution": chunk_execution}
     return {"vla_policy": policy, "sim_robot": sim}
 
 
