@@ -92,8 +92,11 @@ def test_demonstrations_pass_on_both_sides(tmp_path):
     summary = generate_demos(tmp_path / "demos", OBSTACLE_TASK, episodes=4, seed=1, views=(), image_size=32,
                              modes=2, progress=False)
     assert summary["kept"] == 4
-    modes = [ep.meta["mode"] for ep in list_episodes(tmp_path / "demos")]
-    assert set(modes) == {-1, 1}, modes
+    episodes = list_episodes(tmp_path / "demos")
+    assert [(ep.meta["placement"], ep.meta["mode"]) for ep in episodes] == [(0, -1), (0, 1), (1, -1), (1, 1)]
+    first, second = (np.asarray(ep.array("state")) for ep in episodes[:2])
+    np.testing.assert_array_equal(first[0], second[0])  # the same start, answered both ways
+    assert first[:, 0].min() < 0.05 and second[:, 0].max() > 0.3  # in front of the post / behind it
     with pytest.raises(ConfigError, match="--modes 2"):
         generate_demos(tmp_path / "other", OBSTACLE_TASK, episodes=1, seed=1, views=(), image_size=32, modes=1,
                        progress=False)

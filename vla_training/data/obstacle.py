@@ -15,7 +15,9 @@ Success = Meta-World's insertion success and no contact with the post during the
 physics substep's MuJoCo contacts, any geom against the post: peg, gripper, arm).
 
 `DetourExpert` is the scripted demonstrator: grasp, lift, pass in front (mode -1) or behind (+1),
-align with the hole, insert.
+align with the hole, insert. `vla data sim --task peg-insert-side-obstacle-v3 --modes 2` demonstrates
+every placement both ways (data/sim.py): the same observation is answered both ways, half each, so a
+policy cannot learn a side per placement; it has to pick one.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ and torque, 12 channels (peg fx fy fz tx ty tz, gripper fx fy fz tx ty tz).
 
 `generate_demos` runs the package's scripted expert and keeps successful episodes only; with
 `modes=2` each episode first passes through one of two via-points (left or right of the straight
-approach, chosen at random), so the demonstrations have two distinct modes.
+approach, chosen at random), so the demonstrations have two distinct modes. For the obstacle task
+(data/obstacle.py) every placement is demonstrated twice, passing the post in front and behind.
 """
 
 from __future__ import annotations
@@ -273,12 +274,11 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
     bar = tqdm(total=episodes, desc=f"sim demos {task}", disable=not progress, unit="ep")
     try:
         while kept < episodes and attempts < episodes * max_attempts_factor:
-            placement = attempts
-            attempts += 1
-            if task == OBSTACLE_TASK:  # sides alternate: exactly half each (no majority side to learn)
-                mode = -1 if kept % 2 == 0 else 1
+            if task == OBSTACLE_TASK:  # each placement twice, once in front of the post and once behind: the
+                placement, mode = attempts // 2, (-1, 1)[attempts % 2]  # same state, both answers, half each
             else:
-                mode = int(rng.choice([-1, 1])) if modes == 2 else 0
+                placement, mode = attempts, int(rng.choice([-1, 1])) if modes == 2 else 0
+            attempts += 1
             expert = DetourExpert(mode) if task == OBSTACLE_TASK else ViaPointExpert(task, mode)
             record = env.reset(placement)
             states, actions, times, sensor, sensor_t = [], [], [], [record.sensor], [record.sensor_t]

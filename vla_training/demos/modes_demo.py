@@ -137,7 +137,8 @@ def run_modes_demo(out_dir: str | Path = "runs/modes", data_dir: str | Path = "d
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; two lanes of one-thread processes",
         "task": f"Meta-World {OBSTACLE_TASK} (data/obstacle.py); success = inserted without touching the post",
-        "data": f"{budget['demos']} scripted demonstrations, placement seed {TRAIN_SEED}, sides alternating",
+        "data": f"{budget['demos']} scripted demonstrations (placement seed {TRAIN_SEED}): {budget['demos'] // 2} "
+                f"placements, each passed in front and behind",
         "training": "; ".join(f"{n}: {budget[f'{n}_steps']} steps x batch {budget['batch_size']} "
                               f"({train[n].seconds:.0f} s)" for n in EXPERTS) + " (config/train_cpu.yaml, seed 0)",
         "closed loop": f"{budget['eval_episodes']} held-out placements (seed {HELDOUT_SEED}), <= {budget['max_steps']} "
