@@ -88,3 +88,21 @@ def test_rtc_with_a_one_pass_expert_stops_before_any_episode(tmp_path, capsys):
     assert vla(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--sim", "peg-insert-side-v3", "--episodes", "1",
                 "--chunk-execution", "rtc", "--delay", "2", "--no-progress"]) == 2
     assert "predicts a chunk in one pass" in capsys.readouterr().err
+
+
+def test_absolute_targets_without_delay_move_the_hand_as_the_deltas_do(tmp_path):
+    """--targets absolute (the pose_target interface's execution): with nothing skipped, a chunk's targets are
+    where its deltas lead, so the closed loop is the delta loop; under delay the targets keep the displacement of
+    the rows that were skipped, and the hand ends elsewhere. rtc cannot guide absolute targets: a named error."""
+    from vla_training.evaluation.evaluate import closed_loop
+
+    policy = make_policy("cpu", "regression")
+    runs = {(targets, delay): closed_loop(policy, "peg-insert-side-v3", 1, 1, execute=4, max_steps=12, progress=False,
+                                          targets=targets, delay=delay)["per_episode"][0]["final_hand"]
+            for targets in ("delta", "absolute") for delay in (0, 2)}
+    np.testing.assert_allclose(runs["absolute", 0], runs["delta", 0], atol=1e-6)
+    assert not np.allclose(runs["absolute", 2], runs["delta", 2], atol=1e-4)
+    for bad in ({"targets": "absolute", "chunk_execution": "rtc"}, {"targets": "relative"}):
+        with pytest.raises(ConfigError, match="targets"):
+            closed_loop(make_policy("cpu", "flow"), "peg-insert-side-v3", 1, 1, max_steps=4, progress=False, delay=2,
+                        **bad)

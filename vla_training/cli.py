@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "real-time chunking (flow, diffusion ddim) (default %(default)s)")
     p.add_argument("--delay", type=int, default=0, help="control steps between an observation and its chunk's "
                                                         "arrival; the simulator runs on meanwhile (default 0)")
+    p.add_argument("--targets", choices=["delta", "absolute"], default="delta",
+                   help="absolute: each chunk's xyz deltas accumulated from the commanded pose at its observation into "
+                        "position targets, reached by the next step (as the ROS node's pose_target interface and a "
+                        "cartesian controller do); switch or ensemble (default delta)")
     _sampling_arguments(p)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--save-rollouts", type=int, default=0, help="save this many rollouts as GIF + contact sheet")

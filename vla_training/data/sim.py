@@ -188,6 +188,16 @@ class SimEnv:
         return record
 
     @property
+    def setpoint(self) -> np.ndarray:
+        """The hand's commanded position (the mocap body it follows; what the actions move), metres."""
+        return self.env.data.mocap_pos[0].copy()
+
+    @property
+    def action_scale(self) -> float:
+        """Metres of setpoint motion per unit of a position action."""
+        return float(self.env.action_scale)
+
+    @property
     def max_steps(self) -> int:
         return int(self.env.max_path_length)
 

@@ -39,11 +39,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             sampler=args.sampler, steps=args.steps, sample_seed=args.sample_seed,
             save_rollouts=args.save_rollouts, out_dir=Path(args.json).parent / "rollouts" if args.json else None,
             progress=not args.no_progress, episode_log=args.episode_log, image_size=args.image_size,
-            chunk_execution=args.chunk_execution, delay=args.delay) for seed in seeds]
+            chunk_execution=args.chunk_execution, delay=args.delay, targets=args.targets) for seed in seeds]
         result["closed_loop"] = {label: runs[0] if len(runs) == 1 else pool_placement_sets(runs)}
         for cl in [*runs, *([result["closed_loop"][label]] if len(runs) > 1 else [])]:
             print(f"closed loop {label} (placements {cl['placement_seed']}, {args.chunk_execution}, delay "
-                  f"{args.delay}): {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
+                  f"{args.delay}, {args.targets} targets): {cl['successes']}/{cl['episodes']} = {100 * cl['success_rate']:.0f} % "
                   f"(95 % CI {100 * cl['success_ci95'][0]:.0f}-{100 * cl['success_ci95'][1]:.0f} %), "
                   f"mean length {cl['length']['mean']:.0f}")
     if args.dataset:
@@ -82,7 +82,7 @@ def pool_placement_sets(runs: list[dict]) -> dict:
     episodes = [r for run in runs for r in run["per_episode"]]
     wins, n = sum(run["successes"] for run in runs), sum(run["episodes"] for run in runs)
     return {**{k: runs[0][k] for k in ("task", "execute", "max_steps", "sampler", "sampling", "sample_seed",
-                                        "chunk_execution", "delay")},
+                                        "chunk_execution", "delay", "targets")},
             "placement_seed": [run["placement_seed"] for run in runs], "episodes": n, "successes": wins,
             "success_rate": wins / max(n, 1), "success_ci95": wilson_interval(wins, n),
             "length": summarise(r["length"] for r in episodes),

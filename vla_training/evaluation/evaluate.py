@@ -66,13 +66,16 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                 sampler: str | None = None, steps: int | None = None, sample_seed: int = 0,
                 save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int | None = None,
                 progress: bool = True, episode_log: str | Path | None = None, image_size: int = 96,
-                chunk_execution: str = "switch", delay: int = 0) -> dict:
+                chunk_execution: str = "switch", delay: int = 0, targets: str = "delta") -> dict:
     """Success rate (+ 95 % Wilson interval) and episode lengths on `episodes` placements of MT1 seed `seed`.
 
     episode_log: a file that gets one JSON line per finished episode (progress of a separate process).
     image_size: the cameras' resolution (square), as the training demonstrations were rendered.
     chunk_execution, delay: switch | ensemble | rtc, with each chunk arriving `delay` control steps after its
     observation while the simulator runs on (chunk_execution.py); switch with delay 0 = the receding horizon.
+    targets: `delta` (each row moves the hand's setpoint by itself) or `absolute`: a chunk's xyz rows become
+    targets = the setpoint at its observation + the accumulated deltas, and each step moves the setpoint to
+    its row's target (what the ROS node's pose_target interface and a cartesian controller do).
     """
     from ..data.sim import SimEnv
 
@@ -84,6 +87,9 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
     overrides = sampling_options(policy, sampler, steps)
     spec = policy.expert.sampling(**overrides)
     DelayedChunks(chunk_execution, delay, execute, cfg.horizon, spec.stochastic)  # a bad setting stops here
+    if targets not in ("delta", "absolute") or (targets == "absolute" and chunk_execution == "rtc"):
+        raise ConfigError(f"targets: expected delta, or absolute with switch or ensemble (rtc guides the policy's own "
+                          f"delta actions), got {targets!r} with {chunk_execution}")
     instruction = task_instruction(task)
     generator_seed = sample_seed
     results, saved = [], []
@@ -104,10 +110,16 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                     inpaint = runner.inpaint(steps)
                     chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides,
                                                         **({"inpaint": inpaint} if inpaint else {}))
-                    runner.submit(steps, chunk[0].cpu().numpy())
+                    chunk = chunk[0].cpu().numpy()
+                    if targets == "absolute":  # xyz deltas -> setpoint targets from the setpoint at this observation
+                        chunk = np.hstack([env.setpoint + env.action_scale * np.cumsum(chunk[:, :3], axis=0),
+                                           chunk[:, 3:]])
+                    runner.submit(steps, chunk)
                     generator_seed += 1
                     chunks += 1
                 action = runner.action(steps)  # the sim runs on while the policy infers
+                if action is not None and targets == "absolute":
+                    action = np.r_[(action[:3] - env.setpoint) / env.action_scale, action[3:]].astype(np.float32)
                 record = env.step(action if action is not None else np.zeros(cfg.action_dim, np.float32))
                 sensor_hist.append(record.sensor)
                 steps += 1
@@ -135,7 +147,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             "length": summarise(r["length"] for r in results),
             "length_success": summarise(r["length"] for r in results if r["success"]),
             "execute": execute, "max_steps": max_steps, "sampler": overrides,
-            "chunk_execution": chunk_execution, "delay": delay,
+            "chunk_execution": chunk_execution, "delay": delay, "targets": targets,
             "boundary_jerk": summarise(r["boundary_jerk"] for r in results if r["boundary_jerk"] is not None),
             "sampling": policy.expert.sampling(**overrides).label, "sample_seed": sample_seed,
             **obstacle_summary(results), "per_episode": results, "rollouts": saved}
