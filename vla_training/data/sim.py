@@ -193,6 +193,11 @@ class SimEnv:
         return self.env.data.mocap_pos[0].copy()
 
     @property
+    def setpoint_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The box the setpoint is kept in (Meta-World's mocap_low / mocap_high), metres."""
+        return np.asarray(self.env.mocap_low, float), np.asarray(self.env.mocap_high, float)
+
+    @property
     def action_scale(self) -> float:
         """Metres of setpoint motion per unit of a position action."""
         return float(self.env.action_scale)

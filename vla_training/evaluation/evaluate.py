@@ -111,9 +111,8 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                     chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides,
                                                         **({"inpaint": inpaint} if inpaint else {}))
                     chunk = chunk[0].cpu().numpy()
-                    if targets == "absolute":  # xyz deltas -> setpoint targets from the setpoint at this observation
-                        chunk = np.hstack([env.setpoint + env.action_scale * np.cumsum(chunk[:, :3], axis=0),
-                                           chunk[:, 3:]])
+                    if targets == "absolute":
+                        chunk = np.hstack([setpoint_targets(env, chunk[:, :3]), chunk[:, 3:]])
                     runner.submit(steps, chunk)
                     generator_seed += 1
                     chunks += 1
@@ -151,6 +150,17 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             "boundary_jerk": summarise(r["boundary_jerk"] for r in results if r["boundary_jerk"] is not None),
             "sampling": policy.expert.sampling(**overrides).label, "sample_seed": sample_seed,
             **obstacle_summary(results), "per_episode": results, "rollouts": saved}
+
+
+def setpoint_targets(env, deltas: np.ndarray) -> np.ndarray:
+    """(H, 3) xyz deltas -> setpoint targets from the current setpoint, as the ROS node's pose_target interface
+    builds them: each delta within the action bound (the node's max_delta), accumulated with the workspace (the
+    setpoint's bounds) as a saturating bound."""
+    low, high = env.setpoint_bounds
+    point, out = env.setpoint, np.empty((len(deltas), 3))
+    for k, delta in enumerate(np.clip(deltas, -1.0, 1.0) * env.action_scale):
+        out[k] = point = np.clip(point + delta, low, high)
+    return out
 
 
 def obstacle_summary(results: list[dict]) -> dict:
