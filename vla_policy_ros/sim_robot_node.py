@@ -139,8 +139,8 @@ class SimRobotNode(Node):
                                       f"{self.p['frame']!r}) or with non-finite values", throttle_duration_sec=2.0)
             return
         ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        with self._chunk_lock:
-            self._commands[ns] = to_action(np.asarray(values, float))
+        with self._chunk_lock:  # converted when its step runs: a pose target is an error from the setpoint *then*
+            self._commands[ns] = (to_action, np.asarray(values, float))
             if len(self._commands) > 200:
                 self._commands.pop(min(self._commands))
             self._chunk_lock.notify_all()
@@ -169,7 +169,8 @@ class SimRobotNode(Node):
             while not self._stop.is_set():
                 match = [k for k in self._commands if abs(k - ns) <= 1000]
                 if match:
-                    xyz = self._commands.pop(match[0])
+                    to_action, values = self._commands.pop(match[0])
+                    xyz = to_action(values)  # as a controller does at its control cycle, from its state now
                     self.command_waits.append(time.monotonic() - t_start)
                     return np.r_[xyz, self.gripper].astype(np.float32)
                 left = deadline - time.monotonic()
