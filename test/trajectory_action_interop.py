@@ -101,7 +101,7 @@ def test_an_aborted_goal_disarms_and_holds_a_preempted_one_does_not(ros, checkpo
     server = ros.add(FakeTrajectoryActionServer(ros.context, abort_goal=4))
     node, robot = _run_armed(ros, checkpoint, server)
     robot.run_until(ros, lambda: node.trajectory_action.counts["aborted"] >= 1, "the 4th goal aborted")
-    robot.run_until(ros, lambda: node.params.dry_run, "disarmed on the abort")
+    robot.run_until(ros, lambda: node.params.dry_run and "aborted" in node.holding, "disarmed and held on the abort")
     assert "aborted" in node.holding and "error_code -4: path tolerance violated" in node.holding
     assert node.trajectory_action.counts["accepted"] >= 4  # goals 1-3 were preempted, not failures
     goals = len(server.goals)
@@ -112,5 +112,5 @@ def test_an_aborted_goal_disarms_and_holds_a_preempted_one_does_not(ros, checkpo
 def test_a_rejected_goal_disarms_and_holds(ros, checkpoint):  # noqa: F811
     server = ros.add(FakeTrajectoryActionServer(ros.context, reject_from=2))
     node, robot = _run_armed(ros, checkpoint, server)
-    robot.run_until(ros, lambda: node.params.dry_run, "disarmed on the rejection")
+    robot.run_until(ros, lambda: node.params.dry_run and "rejected" in node.holding, "disarmed and held on the rejection")
     assert node.trajectory_action.counts["rejected"] >= 1 and "rejected" in node.holding

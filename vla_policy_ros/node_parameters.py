@@ -72,6 +72,7 @@ class ParametersMixin:
                 if name == "chunk_execution" and self.action_executor is not None:
                     self.action_executor.reset()
                 self._hold(f"{name.replace('_', ' ')} switched to {getattr(self.params, name)}")
-        if "dry_run" in names and self.params.dry_run and not before.dry_run and not self.holding:
+        own = self._arming == threading.get_ident()  # the node's own disarm: its caller holds next, saying why
+        if "dry_run" in names and self.params.dry_run and not before.dry_run and not self.holding and not own:
             self._hold("disarmed: dry_run set")  # (a fault that disarms has held already, and says why)
         self.get_logger().info("parameters: " + ", ".join(f"{c.name}={c.value}" for c in changes))
