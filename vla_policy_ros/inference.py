@@ -15,12 +15,11 @@ observation when the chunk was handed on, / dt, rounded up) come back frozen, an
 from __future__ import annotations
 
 import collections
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass
-
-import math
 
 import numpy as np
 import torch
@@ -242,7 +241,8 @@ class InferenceWorker:
         stamp, obs = assembled
         policy = self.policies[params.policy_type]
         options = policy.expert.options_for(sampler=params.sampler, steps=params.ddim_steps)  # the ones it takes
-        inpaint = self.rtc_inpaint(params, stamp, policy.expert.sampling(**options).sampler)
+        sampling = policy.expert.sampling(**options)
+        inpaint = self.rtc_inpaint(params, stamp, sampling.sampler)
         start = time.perf_counter()
         chunk = policy.predict_action_chunk(obs, seed=params.seed if params.seed >= 0 else None, vl_features=features,
                                             inpaint=inpaint, **options)
@@ -268,8 +268,7 @@ class InferenceWorker:
                 self.stats["discarded_after_reset"] += 1
                 return False
             self.event_times["chunk"].append(time.monotonic())
-            result = ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest,
-                                 policy.expert.sampling(**options))
+            result = ChunkResult(stamp, chunk, params.policy_type, params, latency, sensor_newest, sampling)
             self.previous = result
             self.ages.append(max(0.0, self.inputs.now() - stamp))
             self.on_chunk(result)

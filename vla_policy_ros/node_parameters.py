@@ -38,10 +38,10 @@ class ParametersMixin:
             kind = after.get("policy_type", self.params.policy_type)  # the expert that will serve says whether
             sampler = after.get("sampler", self.params.sampler)  # it takes these options
             try:
-                self.sampling_options(kind, sampler, after.get("ddim_steps", self.params.ddim_steps))
+                options = self.sampling_options(kind, sampler, after.get("ddim_steps", self.params.ddim_steps))
             except (TypeError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f"{kind}: {exc}")
-            resolved = self.policies[kind].expert.sampling(**self.sampling_options(kind, sampler, 1)).sampler
+            resolved = self.policies[kind].expert.sampling(**options).sampler
             reason = P.rtc_reason(after.get("chunk_execution", self.params.chunk_execution), kind, resolved)
             if reason:
                 return SetParametersResult(successful=False, reason=f"chunk_execution: {reason}")
