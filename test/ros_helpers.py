@@ -15,6 +15,8 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.time import Time
 
+from vla_policy_ros.spinning import spin
+
 _domains = itertools.count()
 # ids a test reserved for a child process it starts (a bench script, a stand-in interop run): the child takes
 # these rather than counting from its worker's first id again, where the parent's earlier children (their
@@ -54,8 +56,8 @@ class RosHarness:
 
     def _spin(self) -> None:
         while self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
+            try:  # as the node's main() spins: a node's cleanup destroying its entities does not end the spinning
+                spin(self.executor, self.context)
             except Exception:  # noqa: BLE001 - shutting down
                 if not self.context.ok():
                     return

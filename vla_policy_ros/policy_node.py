@@ -50,6 +50,7 @@ from .input_wiring import WiringMixin
 from .inputs import Inputs
 from .node_parameters import ParametersMixin
 from .robot_limits import JointBounds
+from .spinning import spin
 from .status import diagnostics
 
 class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, LifecycleNode):
@@ -270,7 +271,8 @@ def main(args=None) -> int:
         node = PolicyNode()
         executor = MultiThreadedExecutor()
         executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
+        # not executor.spin: a cleanup destroying the node's topics must not end the spinning (spinning.py)
+        spinner = threading.Thread(target=spin, args=(executor, node.context), daemon=True)
         spinner.start()
         while rclpy.ok() and not node.failed and spinner.is_alive():
             spinner.join(timeout=0.1)
