@@ -8,7 +8,6 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.waitable import NumberOfEntities, Waitable
 from ros_helpers import next_domain_id
-from std_msgs.msg import String
 
 from vla_policy_ros.spinning import InvalidHandle, spin
 

@@ -137,10 +137,8 @@ class DiffusionExpert(DenoisingExpert):
             plan.select(i)
             if guide is not None and guide.active:
                 a, b, a_prev, b_prev = coefficients[i].unbind(-1)
-                x0, eps = guided_ddim(guide, x, a, b, lambda xg: step(xg, plan))
-                if self.config.clip_sample:
-                    bound = self.train_scheduler.config.clip_sample_range
-                    x0 = x0.clamp(-bound, bound)
+                clip = self.train_scheduler.config.clip_sample_range if self.config.clip_sample else None
+                x0, eps = guided_ddim(guide, x, a, b, lambda xg: step(xg, plan), clip)
                 x = a_prev * x0 + b_prev * eps
             else:
                 x = self.ddim_update(x, step(x, plan), coefficients[i])

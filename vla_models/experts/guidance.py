@@ -81,15 +81,26 @@ def guided_velocity(guide: ChunkGuide, x: torch.Tensor, t: float, velocity: Call
     return v - _weight(1.0 - t, guide.beta) * g
 
 
-def guided_ddim(guide: ChunkGuide, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, noise_of: Callable):
+def guided_ddim(guide: ChunkGuide, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, noise_of: Callable,
+                clip: float | None = None):
     """DDIM (x_t = a x0 + b eps): guided (x0, eps). In the flow coordinates y = x / (a + b), t_f = b / (a + b), a DDIM
     step is an Euler step of v_y = eps - x0; the guidance is applied to v_y as in `guided_velocity`, and x0, eps
-    are read back from y and the guided velocity."""
-    eps, x0, g = _pull(guide, x, lambda xg: (lambda e: (e, (xg - b * e) / a))(noise_of(xg)))
+    are read back from y and the guided velocity.
+
+    clip: the sampler's clip of x0 (actions normalised to [-clip, clip]). The clean estimate of an epsilon
+    network, x0 = (x - b eps) / a, divides by a, which is ~5e-4 at the first step of DDIM-10 on the cosine
+    schedule: its errors and its Jacobian are amplified ~2000x there (a trained denoiser's x0 reached |x0| ~ 400
+    and the guided sample blew up). So the guidance error is taken against the *clipped* estimate (what the
+    sampler uses; a saturated row gives no gradient), and the guided x0 is clipped with eps read back from it,
+    eps = (x - a x0) / b, so that the step stays on DDIM's line through x (clipping x0 alone after a large
+    guided move left eps carrying the opposite move)."""
+    bound = float("inf") if clip is None else clip
+    eps, x0, g = _pull(guide, x, lambda xg: (lambda e: (e, ((xg - b * e) / a).clamp(-bound, bound)))(noise_of(xg)))
     s = a + b
     y, t_f = x / s, b / s
     v = eps - x0 - _weight(float(1.0 - t_f), guide.beta) * s * g  # d x0 / d y = s x d x0 / d x
-    return y - t_f * v, y + (1 - t_f) * v
+    x0 = (y - t_f * v).clamp(-bound, bound)
+    return x0, (x - a * x0) / b
 
 
 @dataclass
