@@ -120,15 +120,21 @@ def test_recorded_scripted_session_imports_as_an_episode(tmp_path):
 
 @pytest.mark.parametrize("interface", ["servo_twist", "pose_target"])
 def test_injected_latency_drops_the_due_rows_and_still_commands_every_step(tmp_path, ros, interface):
-    """latency_s: the sim publishes each observation 4 steps (50 ms) late; the node's chunks start that late
-    and every step still gets its command (the rows already due are skipped), none refused."""
-    checkpoint = make_policy("cpu", "regression").save(tmp_path / "ckpt")
-    summary = run_ros_demo(checkpoint, episodes=1, placement_seed=1, execute_steps=4, max_steps=12, timeout_s=240,
+    """latency_s: the sim publishes each observation 4 steps (50 ms) late; the arm holds until the first one is
+    out, the node's chunks start that late and every step still gets its command (the rows already due are
+    skipped), none refused; the hand ends where the in-process loop with the same delay leaves it (twists move
+    by each row's delta, pose targets go to the accumulated targets: `--targets absolute`)."""
+    policy = make_policy("cpu", "regression")
+    checkpoint = policy.save(tmp_path / "ckpt")
+    summary = run_ros_demo(checkpoint, episodes=1, placement_seed=1, execute_steps=4, max_steps=16, timeout_s=240,
                            log_dir=tmp_path / "logs", command_interface=interface, latency_s=0.05)
     (episode,) = summary["per_episode"]
     assert "error" not in episode, (episode, (tmp_path / "logs" / "policy_node.log").read_text()[-2000:])
-    assert episode["length"] == 12 and episode["chunks"] == 3 and episode["refused_commands"] == 0
-    assert np.isfinite(episode["final_hand"]).all()
+    assert episode["length"] == 16 and episode["chunks"] == 3 and episode["refused_commands"] == 0
+    ref = closed_loop(policy, "peg-insert-side-v3", 1, seed=1, execute=4, max_steps=16, progress=False, delay=4,
+                      targets="absolute" if interface == "pose_target" else "delta")["per_episode"][0]
+    assert ref["length"] == episode["length"]
+    np.testing.assert_allclose(episode["final_hand"], ref["final_hand"], atol=1e-4)
     with pytest.raises(ValueError, match="latency_s"):
         SimRobotNode(context=ros.context, parameter_overrides=[Parameter("latency_s", value=0.05),
                                                                Parameter("lockstep", value=False)])

@@ -22,12 +22,14 @@ stamped at the simulated time of that step, after the chunk of the observation h
 Clock: in `lockstep` (default) the simulation advances only when the chunk answering the current
 observation has arrived, so the loop runs as fast as the policy allows (faster than real time when
 the policy is fast) and is the same loop as the in-process `vla eval --sim`; otherwise it steps in
-real time at the control rate and holds (zero action) while no fresh chunk covers the current step.
+real time at the control rate and holds (`SimEnv.hold_action`: the setpoint where it is, the gripper at its
+command) while no fresh chunk covers the current step.
 `latency_s` (lockstep only) injects camera-to-command latency: each observation published is the one
 taken latency_s of simulated time before the step it is published at (stamped with its own time), so
 the node's chunk and commands start latency_s late, as on a robot whose camera and inference take that
 long (the chunk interface skips the actions already due; the streamed ones get the node's command due
-now). An episode starts with the arm at rest for latency_s.
+now). An episode starts with the arm holding for latency_s (simulated, counted in max_steps), as the
+in-process loop holds until its first chunk arrives.
 `chunk_execution` (switch | ensemble | rtc), as the policy node's: in real time the sim's own executor
 plays the newest ActionChunk (switch; rtc, whose guidance the policy node does) or ensembles them
 (ensemble); in lockstep the chunk interface plays the newest chunk's due rows (ensemble is refused there:
@@ -309,16 +311,18 @@ class SimRobotNode(Node):
                                                                  self.p["execute_steps"])
         latency = self.p["latency_s"]
         history = [self._snapshot(record)]  # observations, oldest first (latency_s: the one published is older)
-        if latency:  # the arm at rest while the first observation is processed: the same observation every step
-            rest = history[0]
-            history = [(rest[0] + k * self.dt, *rest[1:]) for k in range(int(np.ceil(latency / self.dt - 1e-9)) + 1)]
-            self.clock_t += latency
-            self._publish_clock()
         steps, success, chunks, holds = 0, False, 0, 0
         wall_start = time.monotonic()
         while steps < self.p["max_steps"] and not success and not self._stop.is_set():
             history = [h for h in history if h[0] >= self.clock_t - latency - 1.0]
-            observed = [h for h in history if h[0] <= self.clock_t - latency + 1e-9][-1]
+            observed = [h for h in history if h[0] <= self.clock_t - latency + 1e-9]
+            if not observed:  # latency_s: the episode's first observation is not out yet; the arm holds (in-process:
+                record = self._step(self.env.hold_action())  # the steps before the first chunk arrives)
+                history.append(self._snapshot(record))
+                steps += 1
+                holds += 1
+                continue
+            observed = observed[-1]
             obs_t = observed[0]
             self._flush_sensor()
             self._publish_observation(record, observed)
@@ -350,7 +354,7 @@ class SimRobotNode(Node):
                     self._chunks.clear()
                 due = executor.action_at(obs_t)
                 holds += due is None
-                actions = [np.zeros(4, np.float32) if due is None else due.action]
+                actions = [self.env.hold_action() if due is None else due.action]
             for action in actions:
                 if action is None:
                     return {"placement": placement, "success": False, "length": steps, "chunks": chunks,

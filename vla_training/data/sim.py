@@ -187,6 +187,13 @@ class SimEnv:
         record.success = bool(info.get("success", 0.0)) and not self.touched_obstacle
         return record
 
+    def hold_action(self) -> np.ndarray:
+        """The action that holds: the hand's setpoint where it is, the gripper at its current command (Meta-World
+        drives the fingers with ctrl = [a, -a]; a zero action would move them to half closed)."""
+        hold = np.zeros(self.env.action_space.shape[0], np.float32)
+        hold[3] = float(self.env.data.ctrl[0])
+        return hold
+
     @property
     def setpoint(self) -> np.ndarray:
         """The hand's commanded position (the mocap body it follows; what the actions move), metres."""

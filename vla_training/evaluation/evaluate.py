@@ -119,7 +119,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                 action = runner.action(steps)  # the sim runs on while the policy infers
                 if action is not None and targets == "absolute":
                     action = np.r_[(action[:3] - env.setpoint) / env.action_scale, action[3:]].astype(np.float32)
-                record = env.step(action if action is not None else np.zeros(cfg.action_dim, np.float32))
+                record = env.step(action if action is not None else env.hold_action())  # no chunk yet: hold
                 sensor_hist.append(record.sensor)
                 steps += 1
                 if frames is not None:
