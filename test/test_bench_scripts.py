@@ -114,3 +114,10 @@ def test_lerobot_bag_memory_smoke(tmp_path):
                                                    str(tmp_path / "work")], tmp_path)
     export = figures["export_lerobot"]
     assert export["frames"] >= 5 and export["sensor_window"][1] == 1026 and 0 < export["peak_rss_mb"] < 1024
+
+
+def test_demonstrator_chunks_smoke(tmp_path):
+    figures = _run("bench/demonstrator_chunks.py", ["--episodes", "1", "--delays", "2", "--max-steps", "12",
+                                                    "--strategies", "switch"], tmp_path)
+    (result,) = figures["results"]
+    assert result["delay"] == 2 and result["episodes"] == 1 and result["per_episode"][0]["length"] == 12

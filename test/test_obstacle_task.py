@@ -116,3 +116,28 @@ def test_closed_loop_reports_contacts_and_sides(tmp_path):
     assert result["obstacle_contacts"] == sum(e["obstacle_contact"] for e in result["per_episode"])
     assert sum(result["passed"].values()) == 2
     assert all(e["passed"] == "not yet" and e["length"] == 10 for e in result["per_episode"])
+
+
+def test_a_twin_set_to_the_state_steps_alike_and_a_hold_keeps_the_gripper(env):
+    """get_state / set_state carry the physics to a twin of the same placement (the look-ahead of
+    bench/demonstrator_chunks.py): the same actions give the same states. hold_action keeps the setpoint and
+    the gripper's command (a zero action would move the fingers toward half closed)."""
+    record = env.reset(3)
+    expert = DetourExpert(1)
+    for _ in range(30):
+        record = env.step(expert(record.state))
+    twin = SimEnv(OBSTACLE_TASK, seed=5, render=False)
+    try:
+        twin.reset(3)
+        twin.set_state(env.get_state())
+        for _ in range(5):
+            action = expert(record.state)
+            record, mirrored = env.step(action), twin.step(action)
+            np.testing.assert_allclose(mirrored.state[:18], record.state[:18], atol=1e-9)
+    finally:
+        twin.close()
+    hold = env.hold_action()
+    assert hold[3] == env.env.data.ctrl[0] and not hold[:3].any()
+    setpoint = env.setpoint
+    env.step(hold)
+    np.testing.assert_allclose(env.setpoint, setpoint)

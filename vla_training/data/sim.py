@@ -187,6 +187,23 @@ class SimEnv:
         record.success = bool(info.get("success", 0.0)) and not self.touched_obstacle
         return record
 
+    def get_state(self) -> np.ndarray:
+        """The physics state (MuJoCo's integration state: time, positions, velocities, actuators, mocap), for
+        `set_state` on this env or another of the same task and placement (a look-ahead on a twin)."""
+        import mujoco
+
+        model, data = self.env.model, self.env.data
+        state = np.empty(mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(model, data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return state
+
+    def set_state(self, state: np.ndarray) -> None:
+        import mujoco
+
+        model, data = self.env.model, self.env.data
+        mujoco.mj_setState(model, data, np.asarray(state, np.float64), mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(model, data)
+
     def hold_action(self) -> np.ndarray:
         """The action that holds: the hand's setpoint where it is, the gripper at its current command (Meta-World
         drives the fingers with ctrl = [a, -a]; a zero action would move them to half closed)."""
