@@ -50,7 +50,7 @@ from .input_wiring import WiringMixin
 from .inputs import Inputs
 from .node_parameters import ParametersMixin
 from .robot_limits import JointBounds
-from .spinning import spin
+from .spinning import InvalidHandle, spin
 from .status import diagnostics
 
 class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, LifecycleNode):
@@ -196,6 +196,8 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             if setup is not None:
                 level = "info" if setup.start() else "warning"
                 getattr(self.get_logger(), level)(f"MoveIt Servo: {setup.state}")
+        except InvalidHandle:  # the node's clients were destroyed while Servo was awaited: the node went
+            return
         except Exception as exc:  # noqa: BLE001 - the node went (cleanup, shutdown) while Servo was awaited
             if self.servo_setup is setup:
                 self.get_logger().error(f"MoveIt Servo setup: {exc}")
