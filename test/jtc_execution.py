@@ -101,6 +101,7 @@ class TrajectoryExecution:
         if tr is None:
             return self.position
         if t < tr.times[0]:  # before the first point: from the state the trajectory arrived in
+            t = max(t, tr.time_before)  # (never extrapolated back before its arrival)
             p0, v0, t0 = tr.position_before, tr.velocity_before, tr.time_before
             p1, t1 = tr.positions[0], tr.times[0]
             v1 = tr.velocities[0] if tr.velocities is not None else None
@@ -150,8 +151,8 @@ class KinematicArm(Node):
     def _run(self) -> None:
         next_t = time.time()
         while not self._stop.is_set():
-            now = time.time()
-            with self._lock:
+            with self._lock:  # the time read under the lock: a trajectory received in between starts later than it
+                now = time.time()
                 position = self.execution.step(now, self.period if not self.log else now - self.log[-1][0]).copy()
             self.log.append((now, position))
             msg = JointState(name=list(self.execution.joints), position=position.tolist())
@@ -206,7 +207,8 @@ def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
         ros.wait_for(future.done, what="~/enable")
         assert future.result().success, future.result().message
         armed_at = time.time()
-        ros.wait_for(lambda: arm.received >= 10, timeout=60, what="10 trajectories at the arm")
+        ros.wait_for(lambda: arm.received >= 10 and node.stats.get("commands", 0) >= 10, timeout=60,
+                     what="10 trajectories commanded and at the arm")
         time.sleep(seconds - min(seconds, time.time() - armed_at))
     finally:
         stop.set()
