@@ -10,18 +10,24 @@ What the real controller does with a trajectory message, reproduced here:
   first points are already due makes the arm *jump* into the middle of it;
 - after the last point it holds the last point; a new message replaces the running trajectory.
 The arm follows the sampled position exactly (a perfect position loop), so what the arm does is
-what the controller commands: its speed is what a real joint would be asked for.
+what the controller commands: its speed is what a real joint would be asked for. It runs in a process of
+its own (`ArmProcess`), as the controller runs in controller_manager's: in the test's process the policy
+node's inference and callbacks would delay its receipt of a trajectory while it executes the last one.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from geometry_msgs.msg import WrenchStamped
 from rclpy.node import Node
 from ros_helpers import stamp, start_policy_node
@@ -42,6 +48,8 @@ URDF = "<robot name='arm6'><link name='base'/>" + "".join(
 
 def arm_policy_checkpoint(directory: Path) -> str:
     """A tiny policy whose joint deltas ask for up to 0.3 rad per 0.1 s step: 3x the URDF's 1 rad/s."""
+    import torch
+
     from vla_models import build_policy, preset
     from vla_models.testing import fit_fake_statistics
 
@@ -161,23 +169,79 @@ class KinematicArm(Node):
             next_t += self.period
             self._stop.wait(max(0.0, next_t - time.time()))
 
-    def speeds(self, since: float = 0.0) -> np.ndarray:
-        """(N, J) |joint velocity| between consecutive updates after `since` (s since the epoch)."""
-        log = [(t, p) for t, p in self.log if t >= since]
-        times = np.array([t for t, _ in log])
-        positions = np.array([p for _, p in log])
-        return np.abs(np.diff(positions, axis=0)) / np.diff(times)[:, None]
-
     def destroy_node(self) -> None:
         self._stop.set()
         self._thread.join(timeout=1.0)
         super().destroy_node()
 
 
-def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
-    """The armed node commanding the kinematic arm through the JTC's topic while its camera frames are
-    `latency_s` old on arrival; the arm's joint speeds / URDF limit, from arming on."""
-    arm = ros.add(KinematicArm(ros.context, JOINTS, np.zeros(6)))
+def speeds(times: np.ndarray, positions: np.ndarray, since: float = 0.0) -> np.ndarray:
+    """(N, J) |joint velocity| between consecutive arm updates after `since` (s since the epoch)."""
+    keep = times >= since
+    return np.abs(np.diff(positions[keep], axis=0)) / np.diff(times[keep])[:, None]
+
+
+class ArmProcess:
+    """`KinematicArm` in a child process on the harness's domain; `stop()` returns its log (times (N,),
+    positions (N, J)) and how many trajectories it received."""
+
+    def __init__(self, ros, joints: list[str], start: np.ndarray) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="kinematic-arm-")
+        self.log_path = Path(self._dir.name) / "log.npz"
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--domain", str(ros.domain_id), "--log", str(self.log_path),
+             "--joints", *joints, "--start", *map(str, start)], stdin=subprocess.PIPE)
+
+    def stop(self) -> tuple[np.ndarray, np.ndarray, int]:
+        try:
+            self.process.communicate(timeout=20)  # stdin closed: the arm stops and writes its log
+            if self.process.returncode != 0 or not self.log_path.exists():
+                raise AssertionError(f"the kinematic arm process failed (exit {self.process.returncode})")
+            with np.load(self.log_path) as log:
+                return log["times"], log["positions"], int(log["received"])
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._dir.cleanup()
+
+
+def _arm_main(argv: list[str] | None = None) -> int:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from vla_policy_ros.spinning import spin
+
+    parser = argparse.ArgumentParser(description="the kinematic arm for the JTC tests (runs until stdin closes)")
+    parser.add_argument("--domain", type=int, required=True)
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--joints", nargs="+", required=True)
+    parser.add_argument("--start", type=float, nargs="+", required=True)
+    args = parser.parse_args(argv)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=args.domain)
+    arm = KinematicArm(context, args.joints, np.array(args.start))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(arm)
+    done = threading.Event()
+    spinner = threading.Thread(target=spin, args=(executor, context), kwargs={"until": done.is_set}, daemon=True)
+    spinner.start()
+    sys.stdin.read()  # until the parent closes it
+    done.set()
+    spinner.join(timeout=5.0)
+    arm.destroy_node()
+    executor.shutdown()
+    rclpy.try_shutdown(context=context)
+    times = np.array([t for t, _ in arm.log])
+    positions = np.array([p for _, p in arm.log])
+    partial = args.log + ".partial.npz"
+    np.savez(partial, times=times, positions=positions, received=arm.received)
+    os.replace(partial, args.log)
+    return 0
+
+
+def _drive(ros, checkpoint, latency_s, seconds):
+    """Start the node, feed it frames `latency_s` old, arm it, wait for 10 trajectories and `seconds`;
+    returns (node, the time it was armed)."""
     node = start_policy_node(ros, {"regression_checkpoint": checkpoint, "sensor_topic": "sensor", "rate_hz": 10.0,
                                    "slop_s": 0.02, "input_timeout_s": 1.0, "max_command_age_s": 1.0,
                                    "sensor_timeout_s": 1.0, "joint_state_timeout_s": 1.0,
@@ -185,6 +249,8 @@ def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
     camera = ros.add(Node("camera", context=ros.context))
     pubs = {v: camera.create_publisher(Image, f"camera/{v}/image_raw", 10) for v in ("front", "wrist")}
     sensor = camera.create_publisher(WrenchStamped, "sensor", 10)
+    sent = []  # the trajectories on the controller's topic
+    camera.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", sent.append, 100)
     rng, stop = np.random.default_rng(0), threading.Event()
 
     def frames():
@@ -207,12 +273,27 @@ def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
         ros.wait_for(future.done, what="~/enable")
         assert future.result().success, future.result().message
         armed_at = time.time()
-        ros.wait_for(lambda: arm.received >= 10 and node.stats.get("commands", 0) >= 10, timeout=60,
-                     what="10 trajectories commanded and at the arm")
+        ros.wait_for(lambda: len(sent) >= 10 and node.stats.get("commands", 0) >= 10, timeout=60,
+                     what="10 trajectories commanded")
         time.sleep(seconds - min(seconds, time.time() - armed_at))
     finally:
         stop.set()
         thread.join()
-    speeds = arm.speeds(since=armed_at)
-    travelled = float(np.abs(arm.log[-1][1]).max())
-    return float(speeds.max() / VELOCITY), travelled, node
+    return node, armed_at
+
+
+def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
+    """The armed node commanding the kinematic arm through the JTC's topic while its camera frames are
+    `latency_s` old on arrival; the arm's joint speeds / URDF limit, from arming on."""
+    arm = ArmProcess(ros, JOINTS, np.zeros(6))
+    try:
+        node, armed_at = _drive(ros, checkpoint, latency_s, seconds)
+    finally:
+        times, positions, received = arm.stop()
+    assert received >= 10, f"the arm received {received} trajectories"
+    travelled = float(np.abs(positions[-1]).max())
+    return float(speeds(times, positions, since=armed_at).max() / VELOCITY), travelled, node
+
+
+if __name__ == "__main__":
+    sys.exit(_arm_main())

@@ -153,6 +153,10 @@ def test_timed_trajectory_starts_on_receipt_drops_due_points_and_slows_the_first
     # a stale joint state: the hold goes where the last trajectory has the joints now, not to the old sample
     hold = command.hold(RobotState(joints=None), now=100.25 + 0.085, frame="")
     assert np.allclose(hold.points[0].positions, [0.075, 0.075])  # halfway to the first point (0.15)
+    # a joint sample 80 ms old (a loaded machine): the arm may be 80 ms of motion further away on receipt
+    late = command.timed(planned, RobotState(joints={"shoulder": 0.0, "elbow": 0.0}, joints_stamp=100.17),
+                         now=100.25)[0]
+    assert late.points[0].time_from_start.nanosec * 1e-9 == pytest.approx(0.25)
 
 
 def test_rotation_is_bounded_per_step_and_per_chunk_and_required_to_arm():

@@ -107,6 +107,9 @@ class RobotState:
     # pose_target with pose_reference `setpoint`: the target the controller was last given for this time
     # (position, xyzw); None = start from the measured pose
     setpoint: tuple[np.ndarray, np.ndarray] | None = None
+    # the stamp of the joint sample `joints` holds (the oldest stream's newest sample for the newest state):
+    # how far the arm may have moved since, for the first segment of a trajectory
+    joints_stamp: float | None = None
 
 
 @dataclass
@@ -129,6 +132,7 @@ def duration(seconds: float) -> Duration:
 # time from the joint state sample the node saw to the controller's update with the new trajectory (the
 # sample's age + the message's way, loopback or a LAN)
 TRANSPORT_S = 0.01
+MAX_SAMPLE_AGE_S = 1.0  # beyond this the clocks disagree (a stale stream holds by its own timeout)
 
 
 def _seconds(t) -> float:
@@ -206,9 +210,11 @@ class JointTrajectoryCommand:
         current = self.current(robot)
         first = np.asarray(msg.points[keep[0]].positions, float)
         velocity = self.bounds.velocity if self.bounds is not None else np.full(len(first), np.inf)
-        # the controller starts from where the arm is on receipt, up to TRANSPORT_S after `current` was sampled
-        # and possibly further away by velocity x TRANSPORT_S: time for that distance, then the transport itself
-        needed = float(np.max(np.abs(first - current) / velocity)) + 2 * TRANSPORT_S  # 0 where velocity is inf
+        # the controller starts from where the arm is on receipt: the joint sample is `age` old (a loaded
+        # machine delivers joint states late) and the message takes TRANSPORT_S, so the arm may be up to
+        # velocity x (age + TRANSPORT_S) further away: time for that distance, then the transport itself
+        age = 0.0 if robot.joints_stamp is None else min(max(now - robot.joints_stamp, 0.0), MAX_SAMPLE_AGE_S)
+        needed = float(np.max(np.abs(first - current) / velocity)) + age + 2 * TRANSPORT_S  # 0 where velocity is inf
         delay = max(0.0, needed - (due[keep[0]] - now))
         out = JointTrajectory(joint_names=list(msg.joint_names))  # stamp 0: the controller starts on receipt
         for i in keep:

@@ -184,13 +184,16 @@ class Inputs:
         def look(history):
             if stamp is None:
                 newest = history.newest()
-                return None if newest is None else newest[1]
-            return history.at(stamp)
+                return (None, None) if newest is None else newest
+            return stamp, history.at(stamp)
 
         joints: dict[str, float] = {}
+        stamps = []
         for names, history in self.joint_histories.items():
-            values = look(history)
+            sampled_at, values = look(history)
             if values is not None:
                 joints.update(zip(names, values.tolist()))
-        pose = look(self.pose)
-        return RobotState(joints=joints or None, pose=None if pose is None else (pose[:3], pose[3:], self.pose_frame))
+                stamps.append(sampled_at)
+        pose = look(self.pose)[1]
+        return RobotState(joints=joints or None, pose=None if pose is None else (pose[:3], pose[3:], self.pose_frame),
+                          joints_stamp=min(stamps) if stamps else None)
