@@ -8,7 +8,8 @@ What the real controller does with a trajectory message, reproduced here:
 - between two points it interpolates between them (linear with positions only, cubic Hermite when
   the points carry velocities); points whose time has passed are skipped, so a trajectory whose
   first points are already due makes the arm *jump* into the middle of it;
-- after the last point it holds the last point; a new message replaces the running trajectory.
+- after the last point it holds the last point; a new message replaces the running trajectory; a message
+  without points is rejected (`validate_trajectory_msg`: "Empty trajectory received."), the running one goes on.
 The arm follows the sampled position exactly (a perfect position loop), so what the arm does is
 what the controller commands: its speed is what a real joint would be asked for. It runs in a process of
 its own (`ArmProcess`), as the controller runs in controller_manager's: in the test's process the policy
@@ -93,8 +94,7 @@ class TrajectoryExecution:
 
     def receive(self, msg: JointTrajectory, now: float) -> None:
         """A new trajectory replaces the running one, starting from the state now."""
-        if not msg.points:
-            self.trajectory = None  # hold where it is
+        if not msg.points:  # the real controller rejects it ("Empty trajectory received.") and runs on
             return
         order = [list(msg.joint_names).index(n) for n in self.joints]
         start = _seconds(msg.header.stamp) or now
@@ -144,6 +144,8 @@ class KinematicArm(Node):
         self.period = 1.0 / rate_hz
         self.log: list[tuple[float, np.ndarray]] = []
         self.received = 0
+        # per trajectory: receipt time, points, first point's time from start, position on receipt, first point
+        self.receipts: list[np.ndarray] = []
         self._lock = threading.Lock()
         self.states = self.create_publisher(JointState, "joint_states", 100)
         self.create_subscription(JointTrajectory, topic, self._on_trajectory, 100)
@@ -153,8 +155,14 @@ class KinematicArm(Node):
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         with self._lock:
-            self.execution.receive(msg, time.time())
+            now = time.time()
+            before = self.execution.position.copy()
+            self.execution.receive(msg, now)
             self.received += 1
+            if msg.points:
+                first = self.execution.trajectory.positions[0]
+                self.receipts.append(np.concatenate([[now, len(msg.points), _seconds(msg.points[0].time_from_start)],
+                                                     before, first]))
 
     def _run(self) -> None:
         next_t = time.time()
@@ -192,12 +200,15 @@ class ArmProcess:
             [sys.executable, __file__, "--domain", str(ros.domain_id), "--log", str(self.log_path),
              "--joints", *joints, "--start", *map(str, start)], stdin=subprocess.PIPE)
 
+    receipts: np.ndarray | None = None  # after stop(): KinematicArm.receipts as rows
+
     def stop(self) -> tuple[np.ndarray, np.ndarray, int]:
         try:
             self.process.communicate(timeout=20)  # stdin closed: the arm stops and writes its log
             if self.process.returncode != 0 or not self.log_path.exists():
                 raise AssertionError(f"the kinematic arm process failed (exit {self.process.returncode})")
             with np.load(self.log_path) as log:
+                self.receipts = log["receipts"]
                 return log["times"], log["positions"], int(log["received"])
         finally:
             if self.process.poll() is None:
@@ -234,7 +245,8 @@ def _arm_main(argv: list[str] | None = None) -> int:
     times = np.array([t for t, _ in arm.log])
     positions = np.array([p for _, p in arm.log])
     partial = args.log + ".partial.npz"
-    np.savez(partial, times=times, positions=positions, received=arm.received)
+    np.savez(partial, times=times, positions=positions, received=arm.received,
+             receipts=np.array(arm.receipts).reshape(len(arm.receipts), 3 + 2 * len(args.joints)))
     os.replace(partial, args.log)
     return 0
 
@@ -292,7 +304,25 @@ def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
         times, positions, received = arm.stop()
     assert received >= 10, f"the arm received {received} trajectories"
     travelled = float(np.abs(positions[-1]).max())
-    return float(speeds(times, positions, since=armed_at).max() / VELOCITY), travelled, node
+    ratio = float(speeds(times, positions, since=armed_at).max() / VELOCITY)
+    if ratio > 1.05:  # what the arm was doing then, for the failure's message
+        node.diagnosis = _diagnose(times, positions, arm.receipts, armed_at)
+    return ratio, travelled, node
+
+
+def _diagnose(times, positions, receipts, since) -> str:
+    keep = times >= since
+    times, positions = times[keep], positions[keep]
+    v = np.abs(np.diff(positions, axis=0)) / np.diff(times)[:, None]
+    k = int(v.max(axis=1).argmax())
+    t = times[k + 1]
+    lines = [f"fastest between t={times[k] - since:.4f} and {t - since:.4f} s after arming: "
+             f"{np.round(positions[k], 4).tolist()} -> {np.round(positions[k + 1], 4).tolist()}"]
+    for r in receipts[(receipts[:, 0] > t - 0.5) & (receipts[:, 0] < t + 0.1)]:
+        j = (len(r) - 3) // 2
+        lines.append(f"trajectory received at {r[0] - since:.4f} s: {int(r[1])} points, first at +{r[2]:.4f} s, "
+                     f"arm {np.round(r[3:3 + j], 4).tolist()} -> first point {np.round(r[3 + j:], 4).tolist()}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -234,13 +234,28 @@ class JointTrajectoryCommand:
         return np.array([np.interp(t, times, positions[:, j]) for j in range(positions.shape[1])])
 
     def hold(self, robot: RobotState, now: float, frame: str) -> JointTrajectory:
-        """One point at the current positions; stamp zero = start now (JTC semantics). Without a joint state
-        (stale: the node passes none), where the last trajectory has the joints now, within the joint bounds:
-        a stale sample would pull the arm back to an old position within dt."""
-        commanded = self.commanded_at(now) if robot.joints is None else None
-        positions = self.current(robot) if commanded is None else finite(commanded, "commanded position")
-        if commanded is not None and self.bounds is not None:
-            positions = np.clip(positions, self.bounds.lower, self.bounds.upper)
+        """One point where the joints are now, velocity 0, due in dt; stamp zero = start now (JTC semantics).
+
+        Where the joints are now: the newest joint sample, moved on by what the last trajectory commanded since
+        the sample's stamp. A sample is `age` old (on a loaded machine joint states reach the node late, and
+        a hold for stale camera inputs comes exactly then): a moving arm asked to be back at the sample within dt
+        reverses at several times its velocity limit (measured: 5.9x in CI). The controller then decelerates
+        from its own state to rest at that point. Without a joint state (stale: the node passes none), where the
+        last trajectory has the joints now. Within the joint bounds."""
+        sample = None
+        if robot.joints is None:
+            commanded = self.commanded_at(now)
+            positions = self.current(robot) if commanded is None else finite(commanded, "commanded position")
+        else:
+            positions = sample = self.current(robot)
+            if self.sent is not None and robot.joints_stamp is not None:
+                positions = sample + finite(self.commanded_at(now) - self.commanded_at(robot.joints_stamp),
+                                            "commanded motion")
+        if self.bounds is not None:  # (a measured position already outside is not pulled in within dt)
+            lower, upper = self.bounds.lower, self.bounds.upper
+            if sample is not None:
+                lower, upper = np.minimum(lower, sample), np.maximum(upper, sample)
+            positions = np.clip(positions, lower, upper)
         point = JointTrajectoryPoint(positions=positions.tolist(), velocities=[0.0] * len(positions),
                                      time_from_start=duration(self.dt))
         return JointTrajectory(joint_names=list(self.names), points=[point])
