@@ -128,3 +128,61 @@ def test_guidance_holds_with_an_imperfect_noise_estimate():
         return (chunk.abs() > 0.999 * policy.expert.train_scheduler.config.clip_sample_range).float().mean()
 
     assert saturated(guided) <= saturated(plain)
+
+
+# -- training-time RTC (expert.prefix_max): the executed rows as the expert's input --------------------------------
+
+EXPERTS = [("regression", {}), ("flow", {}), ("diffusion", {"sampler": "ddim", "steps": 10}),
+           ("diffusion", {"sampler": "ddpm"})]
+
+
+@pytest.mark.parametrize("expert, options", EXPERTS)
+def test_a_prefix_trained_expert_returns_the_executed_rows_and_conditions_on_them(expert, options):
+    policy = make_policy("cpu", expert, **{"expert.prefix_max": 4})
+    obs = fake_observation(policy.config, 2)
+    previous = torch.randn(2, 10, policy.config.action_dim) * 0.3
+    chunk = policy.predict_action_chunk(obs, seed=3, inpaint=Inpaint(previous, delay=4), **options)
+    assert torch.equal(chunk[:, :4], previous[:, :4])
+    other = policy.predict_action_chunk(obs, seed=3, inpaint=Inpaint(-previous, delay=4), **options)
+    assert not torch.allclose(chunk[:, 4:], other[:, 4:]), "the given rows did not reach the network"
+    plain = policy.predict_action_chunk(obs, seed=3, **options)
+    assert torch.equal(policy.predict_action_chunk(obs, seed=3, inpaint=Inpaint(previous, delay=0), **options), plain)
+    with pytest.raises(ValueError, match="trained with up to expert.prefix_max=4"):
+        policy.predict_action_chunk(obs, seed=3, inpaint=Inpaint(previous, delay=5), **options)
+
+
+def test_prefix_max_is_checked_against_the_horizon():
+    from vla_models import ConfigError, preset
+
+    with pytest.raises(ConfigError, match="expert.prefix_max: expected fewer rows than the horizon"):
+        preset("cpu", **{"expert.prefix_max": 99})
+    with pytest.raises(ConfigError, match="expert.prefix_max: expected an int >= 0"):
+        preset("cpu", **{"expert.prefix_max": -1})
+
+
+@pytest.mark.parametrize("expert", ["regression", "flow"])
+def test_training_with_given_rows_learns_to_continue_them(expert):
+    """Chunks whose level is drawn per sample, unseen in the observation: only the given rows tell it. After a short
+    training the rows after the given ones follow them; without them the expert can only guess the mean."""
+    from vla_models.testing import fake_batch
+
+    torch.manual_seed(0)
+    policy = make_policy("cpu", expert, **{"expert.prefix_max": 2}).train()
+    optimiser = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    horizon, dim = policy.config.horizon, policy.config.action_dim
+    unnormalize = policy.normalizer["action"].unnormalize
+    for step in range(150):
+        batch = fake_batch(policy.config, 32, seed=step)
+        level = torch.rand(32, 1, 1) * 2 - 1
+        batch["action"] = unnormalize(level.expand(-1, horizon, dim))
+        loss, _ = policy(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    policy.eval()
+    obs = fake_observation(policy.config, 16, seed=999)
+    level = unnormalize((torch.rand(16, 1, 1) * 2 - 1).expand(-1, horizon, dim))
+    given = policy.predict_action_chunk(obs, seed=0, inpaint=Inpaint(level, delay=2))
+    blind = policy.predict_action_chunk(obs, seed=0)
+    err_given, err_blind = (given[:, 2:] - level[:, 2:]).abs().mean(), (blind[:, 2:] - level[:, 2:]).abs().mean()
+    assert err_given < 0.5 * err_blind, f"given rows: error {err_given:.3f}; without: {err_blind:.3f}"

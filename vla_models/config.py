@@ -199,6 +199,10 @@ class ExpertConfig:
     clip_sample: bool = True  # actions are normalised to [-1, 1]
     # flow (shares the denoiser's layers/heads/feedforward and timestep_embed_dim)
     flow_steps: int = 10
+    # training-time real-time chunking (every expert): each training chunk's first d ~ U{0..prefix_max} rows
+    # are given as input (the actions that execute while the next chunk is inferred) and not scored; `rtc`
+    # execution then conditions on the executed rows instead of guiding toward them. 0 = off.
+    prefix_max: int = 0
 
     def validate(self, path: str) -> None:
         _choice(f"{path}.type", self.type, EXPERT_TYPES)
@@ -220,6 +224,9 @@ class ExpertConfig:
             )
         if not isinstance(self.flow_steps, int) or not 1 <= self.flow_steps <= 1000:
             raise ConfigError(f"{path}.flow_steps: expected an int in [1, 1000], got {self.flow_steps!r}")
+        if not isinstance(self.prefix_max, int) or isinstance(self.prefix_max, bool) or self.prefix_max < 0:
+            raise ConfigError(f"{path}.prefix_max: expected an int >= 0 (rows given as input in training; 0 = off), "
+                              f"got {self.prefix_max!r}")
 
 
 @dataclass
@@ -284,6 +291,9 @@ class PolicyConfig:
                 "backbone.type: the policy has no input; expected a backbone ('qwen_vl'), "
                 "sensor.channels > 0 or state.dim > 0"
             )
+        if self.expert.prefix_max >= self.horizon:
+            raise ConfigError(f"expert.prefix_max: expected fewer rows than the horizon ({self.horizon}), "
+                              f"got {self.expert.prefix_max}")
         if self.hidden_dim % self.expert.heads:
             raise ConfigError(f"expert.heads: expected a divisor of hidden_dim={self.hidden_dim}, got {self.expert.heads}")
         if self.sensor.channels and self.hidden_dim % self.sensor.heads:

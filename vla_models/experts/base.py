@@ -94,20 +94,45 @@ class ActionExpert(nn.Module, ABC):
         """The samplings the report times (the default first)."""
         return [self.sampling()]
 
+    @property
+    def takes_prefix(self) -> bool:
+        """Trained with given rows (training-time RTC): real-time chunking conditions on the executed rows."""
+        return self.config.prefix_max > 0
+
+    def training_prefix(self, actions: torch.Tensor) -> torch.Tensor | None:
+        """(B, H) bool, True on each training chunk's first d ~ U{0..prefix_max} rows (given as input, not
+        scored); None when the expert is not trained so."""
+        if not self.takes_prefix:
+            return None
+        d = torch.randint(0, self.config.prefix_max + 1, (actions.shape[0],), device=actions.device)
+        return torch.arange(self.horizon, device=actions.device)[None] < d[:, None]
+
     def sample(self, cond: Condition, num_samples: int = 1, generator: torch.Generator | None = None,
                guide=None, **options) -> torch.Tensor:
         """Normalised chunks (B, num_samples, H, A) from condition tokens (B, L, D). guide: a ChunkGuide (real-time
-        chunking: inpainting toward the previous chunk), for the experts that sample from noise."""
+        chunking): an expert trained with `prefix_max` takes its frozen rows as input (`prefix`); the experts that
+        sample from noise otherwise inpaint toward the previous chunk (`guide`)."""
+        from .guidance import given_rows
+
         spec = self.sampling(**options)
         b = cond.tokens.shape[0]
+        active = guide is not None and guide.active
+        if active and self.takes_prefix and guide.delay > self.config.prefix_max:
+            raise ValueError(f"real-time chunking with {guide.delay} frozen rows: this {self.config.type} expert was "
+                             f"trained with up to expert.prefix_max={self.config.prefix_max} given rows")
         if not spec.stochastic:  # one chunk per observation: every "sample" is the same
-            if guide is not None and guide.active:
+            if active and not self.takes_prefix:
                 raise ValueError(f"real-time chunking guides an iterative sampler; the {self.config.type} expert "
-                                 "predicts a chunk in one pass (use chunk_execution switch or ensemble)")
-            return self.sample_from(cond, None, spec).unsqueeze(1).expand(-1, num_samples, -1, -1)
+                                 "predicts a chunk in one pass (use chunk_execution switch or ensemble, or train it "
+                                 "with expert.prefix_max)")
+            extra = {"prefix": given_rows(guide, self.horizon)} if active else {}
+            return self.sample_from(cond, None, spec, **extra).unsqueeze(1).expand(-1, num_samples, -1, -1)
         cond = cond.repeat_interleave(num_samples)  # (B*N, L, D): all samples in one batched call
         noise = self.initial_noise(b * num_samples, generator, cond.tokens)
-        extra = {"guide": guide.repeat(num_samples)} if guide is not None and guide.active else {}
+        extra = {}
+        if active:
+            guide = guide.repeat(num_samples)
+            extra = {"prefix": given_rows(guide, self.horizon)} if self.takes_prefix else {"guide": guide}
         return self.sample_from(cond, noise, spec, generator, **extra).view(b, num_samples, self.horizon,
                                                                              self.action_dim)
 

@@ -30,6 +30,13 @@ class DenoisingExpert(ActionExpert):
         self.cond_in = nn.Linear(d, d)
         self.decoder = self._decoder()
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, self.action_dim))
+        if self.takes_prefix:  # training-time RTC: marks the rows given clean (the executed prefix)
+            self.prefix_embed = nn.Parameter(torch.zeros(1, 1, d))
+            nn.init.normal_(self.prefix_embed, std=0.02)
+
+    def prefix_tokens(self, given: torch.Tensor | None) -> torch.Tensor | float:
+        """(B, H, D) marks of the given rows (mask (B, H) bool), or 0."""
+        return 0.0 if given is None else given[..., None].to(self.prefix_embed.dtype) * self.prefix_embed
 
     def time_tokens(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Noise levels (N,) (integer DDPM timesteps, or flow time x 1000) -> their tokens (N, D)."""
@@ -37,13 +44,16 @@ class DenoisingExpert(ActionExpert):
                                        downscale_freq_shift=0)  # (N, 128)
         return self.time_mlp(t_emb.to(dtype))
 
-    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Condition) -> torch.Tensor:
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Condition,
+                given: torch.Tensor | None = None) -> torch.Tensor:
         """noisy actions (B, H, A), noise levels (B,), condition (B, L, D) -> the network's output (B, H, A).
+        given: (B, H) bool, rows that hold clean actions (training-time RTC), marked by `prefix_embed`.
 
         The training path; sampling runs the same arithmetic as `denoise_step` on a `ChunkPlan`.
         """
         t_tok = self.time_tokens(timesteps, noisy.dtype).unsqueeze(1)  # (B, 1, D)
         x = self.action_in(noisy) + self.pos_embed + t_tok + self.cond_in(pooled_condition(cond))  # (B, H, D)
+        x = x + self.prefix_tokens(given)
         memory_tokens = torch.cat([t_tok, cond.tokens], dim=1)  # (B, 1+L, D)
         memory_mask = torch.cat([torch.ones_like(cond.mask[:, :1]), cond.mask], dim=1)  # (B, 1+L)
         x = self.decoder(x, memory_tokens, memory_key_padding_mask=~memory_mask)  # (B, H, D)
@@ -73,10 +83,14 @@ class ChunkPlan:
     them. All buffers keep their addresses, so a compiled step runs the same code at every level.
     """
 
-    def __init__(self, expert: DenoisingExpert, cond: Condition, timesteps: torch.Tensor) -> None:
-        """cond (B, L, D); timesteps (T,), in the order they will be selected."""
+    def __init__(self, expert: DenoisingExpert, cond: Condition, timesteps: torch.Tensor,
+                 given: torch.Tensor | None = None) -> None:
+        """cond (B, L, D); timesteps (T,), in the order they will be selected; given (B, H) bool: the rows that
+        hold clean actions (training-time RTC)."""
         self.memory = MemoryKV(expert.decoder, cond.tokens, cond.mask, extra=1)
         self.base = expert.pos_embed + expert.cond_in(pooled_condition(cond))  # (B, H, D)
+        if given is not None:
+            self.base = self.base + expert.prefix_tokens(given)
         self.time_tokens = expert.time_tokens(timesteps, cond.tokens.dtype)[:, None, None]  # (T, 1, 1, D)
         self.time_keys_values = self.memory.project(self.time_tokens[:, 0])  # (layers, 2, T, heads, 1, hd)
         self.time_token = torch.empty_like(self.time_tokens[0])  # (1, 1, D): the selected level's

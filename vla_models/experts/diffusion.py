@@ -41,7 +41,10 @@ class DiffusionExpert(DenoisingExpert):
         noise = torch.randn_like(actions)  # (B, H, A)
         t = torch.randint(0, self.config.num_train_timesteps, (b,), device=actions.device)
         noisy = self.train_scheduler.add_noise(actions, noise, t)
-        pred = self.denoise(noisy, t, cond)
+        given = self.training_prefix(actions)
+        if given is not None:  # the executed rows, clean, as input; not scored
+            noisy, pad_mask = torch.where(given[..., None], actions, noisy), pad_mask | given
+        pred = self.denoise(noisy, t, cond, given)
         loss = masked_mean(F.mse_loss(pred, noise, reduction="none"), pad_mask, dim_weight, sample_weight)
         return loss, {"diffusion_loss": loss.item(), "timestep_mean": t.float().mean().item()}
 
@@ -92,14 +95,15 @@ class DiffusionExpert(DenoisingExpert):
             self._timestep_tensors[key, device] = torch.tensor(self._timesteps[key], device=device)
         return self._timestep_tensors[key, device]
 
-    def sample_from(self, cond, noise, spec, generator=None, step=None, guide=None):
-        """guide: a ChunkGuide (real-time chunking), DDIM only."""
+    def sample_from(self, cond, noise, spec, generator=None, step=None, guide=None, prefix=None):
+        """guide: a ChunkGuide (real-time chunking), DDIM only; prefix: (mask (B, H), actions (B, H, A)) rows given
+        clean (an expert trained with prefix_max), any sampler."""
         if spec.sampler == "ddim":  # deterministic: the update as tensor arithmetic, no scheduler call in the loop
-            return self.ddim_loop(cond, noise, spec.steps, step, guide)
+            return self.ddim_loop(cond, noise, spec.steps, step, guide, prefix)
         if guide is not None and guide.active:
             raise ValueError("real-time chunking guides a deterministic sampler; the diffusion expert's is ddim, got "
                              f"sampler {spec.sampler!r}")
-        return self.denoise_loop(cond, noise, spec.sampler, spec.steps, generator, step)
+        return self.denoise_loop(cond, noise, spec.sampler, spec.steps, generator, step, prefix)
 
     def ddim_coefficients(self, steps: int, device: torch.device) -> torch.Tensor:
         """(steps, 4) float32 on `device`: per visited timestep sqrt(alpha_t), sqrt(1 - alpha_t) and the same
@@ -126,15 +130,19 @@ class DiffusionExpert(DenoisingExpert):
             x0 = x0.clamp(-bound, bound)
         return a_prev * x0 + b_prev * eps
 
-    def ddim_loop(self, cond, x: torch.Tensor, steps: int, step=None, guide=None) -> torch.Tensor:
+    def ddim_loop(self, cond, x: torch.Tensor, steps: int, step=None, guide=None, prefix=None) -> torch.Tensor:
         """The whole DDIM loop with its coefficients as device tensors: no Python scheduler and no host
         copy inside, so a CUDA graph captures it whole (equal to `denoise_loop(..., 'ddim', ...)`).
-        guide: a ChunkGuide (real-time chunking: x0 and the noise guided toward the previous chunk)."""
+        guide: a ChunkGuide (real-time chunking: x0 and the noise guided toward the previous chunk); prefix:
+        (mask, actions) rows given clean at every step (training-time RTC)."""
         step = step or self.denoise_step
+        given, rows = prefix if prefix is not None else (None, None)
         coefficients = self.ddim_coefficients(steps, x.device)
-        plan = ChunkPlan(self, cond, self.timesteps("ddim", steps, x.device))
+        plan = ChunkPlan(self, cond, self.timesteps("ddim", steps, x.device), given)
         for i in range(steps):
             plan.select(i)
+            if given is not None:
+                x = torch.where(given[..., None], rows.to(x.dtype), x)
             if guide is not None and guide.active:
                 a, b, a_prev, b_prev = coefficients[i].unbind(-1)
                 clip = self.train_scheduler.config.clip_sample_range if self.config.clip_sample else None
@@ -142,21 +150,24 @@ class DiffusionExpert(DenoisingExpert):
                 x = a_prev * x0 + b_prev * eps
             else:
                 x = self.ddim_update(x, step(x, plan), coefficients[i])
-        return x
+        return x if given is None else torch.where(given[..., None], rows.to(x.dtype), x)
 
     def denoise_loop(self, cond, x: torch.Tensor, sampler: str, steps: int,
-                     generator: torch.Generator | None = None, step=None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, step=None, prefix=None) -> torch.Tensor:
         """Run the sampler from noise x (B, H, A) to a clean chunk. Shapes are fixed throughout (CUDA-graph safe).
 
         step: a stand-in for `self.denoise_step` with its signature (e.g. a torch.compile'd one).
         """
         step = step or self.denoise_step
         sched = self.inference_scheduler(sampler, steps)
-        plan = ChunkPlan(self, cond, self.timesteps(sampler, steps, x.device))
+        given, rows = prefix if prefix is not None else (None, None)
+        plan = ChunkPlan(self, cond, self.timesteps(sampler, steps, x.device), given)
         for i, t in enumerate(self.timesteps(sampler, steps)):
             plan.select(i)
+            if given is not None:
+                x = torch.where(given[..., None], rows.to(x.dtype), x)
             x = sched.step(step(x, plan), t, x, generator=generator).prev_sample
-        return x
+        return x if given is None else torch.where(given[..., None], rows.to(x.dtype), x)
 
 
 __all__ = ["ChunkPlan", "DiffusionExpert", "pooled_condition"]

@@ -37,7 +37,10 @@ class FlowExpert(DenoisingExpert):
         noise = torch.randn_like(actions)  # (B, H, A)
         t = (0.999 * self.time_distribution.sample((b,)) + 0.001).to(actions.device, actions.dtype)  # (B,)
         noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        pred = self.denoise(noisy, t * TIME_SCALE, cond)
+        given = self.training_prefix(actions)
+        if given is not None:  # the executed rows, clean, as input; not scored
+            noisy, pad_mask = torch.where(given[..., None], actions, noisy), pad_mask | given
+        pred = self.denoise(noisy, t * TIME_SCALE, cond, given)
         loss = masked_mean(F.mse_loss(pred, noise - actions, reduction="none"), pad_mask, dim_weight, sample_weight)
         return loss, {"flow_loss": loss.item(), "time_mean": t.mean().item()}
 
@@ -59,15 +62,19 @@ class FlowExpert(DenoisingExpert):
             self._times[steps, device] = torch.linspace(1.0, 0.0, steps + 1, device=device)[:-1]
         return self._times[steps, device]
 
-    def sample_from(self, cond, noise, spec, generator=None, step=None, guide=None):
-        """guide: a ChunkGuide (real-time chunking: the velocity guided toward the previous chunk)."""
+    def sample_from(self, cond, noise, spec, generator=None, step=None, guide=None, prefix=None):
+        """guide: a ChunkGuide (real-time chunking: the velocity guided toward the previous chunk); prefix:
+        (mask (B, H), actions (B, H, A)) rows given clean (an expert trained with prefix_max)."""
         step = step or self.denoise_step
-        plan = ChunkPlan(self, cond, self.times(spec.steps, noise.device) * TIME_SCALE)
+        given, rows = prefix if prefix is not None else (None, None)
+        plan = ChunkPlan(self, cond, self.times(spec.steps, noise.device) * TIME_SCALE, given)
         x, dt = noise, 1.0 / spec.steps
         for i in range(spec.steps):
             plan.select(i)
+            if given is not None:
+                x = torch.where(given[..., None], rows.to(x.dtype), x)
             if guide is not None and guide.active:
                 x = x - dt * guided_velocity(guide, x, 1.0 - i * dt, lambda xg: step(xg, plan))
             else:
                 x = x - dt * step(x, plan)
-        return x
+        return x if given is None else torch.where(given[..., None], rows.to(x.dtype), x)

@@ -10,6 +10,10 @@ target through a vector-Jacobian product (pseudo-inverse guidance, clipped at `b
 
 The experts call `guided_velocity` (flow, Euler) and `guided_ddim` (diffusion, DDIM as an Euler step
 in the equivalent flow coordinates); with zero delay no guidance is applied (a plain sample).
+
+An expert trained with `expert.prefix_max` > 0 (training-time RTC; Black et al. 2025, "Training-Time
+Action Conditioning for Efficient Real-Time Chunking") takes the frozen rows as input instead
+(`given_rows`): no guidance, no backward pass, and the regression expert can chunk in real time too.
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ class ChunkGuide:
     def repeat(self, n: int) -> "ChunkGuide":
         """For n samples per observation (the expert batches them as B*n)."""
         return ChunkGuide(self.target.repeat_interleave(n, dim=0), self.weights, self.delay, self.beta)
+
+
+def given_rows(guide: ChunkGuide, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time RTC: the guide's frozen rows as the expert's input: (mask (B, H) bool, True on the first `delay`
+    rows; their actions (B, H, A), normalised)."""
+    mask = torch.arange(horizon, device=guide.target.device)[None] < guide.delay
+    return mask.expand(guide.target.shape[0], -1), guide.target
 
 
 def _pull(guide: ChunkGuide, x: torch.Tensor, estimate: Callable[[torch.Tensor], tuple]) -> tuple:

@@ -6,7 +6,8 @@ A new inference starts every `execute` steps. Strategies:
 - `switch`: the newest chunk from its row `delay` on (its first rows are already in the past);
 - `ensemble`: temporal ensembling (ACT) of every chunk that covers the step (ChunkExecutor `temporal`);
 - `rtc`: real-time chunking (experts/guidance.py): the next chunk is sampled with the rows that execute
-  during inference frozen and the rest guided toward the current chunk, then switched to as `switch` does.
+  during inference frozen and the rest guided toward the current chunk (or, an expert trained with
+  `expert.prefix_max`, given those rows as input), then switched to as `switch` does.
 With delay 0, `switch` is the plain receding horizon (execute rows 0..execute-1, infer again).
 The executed actions' jumps where the source chunk changes are kept (`boundary_jerk`: the mean |second
 difference| of the executed path at chunk boundaries).
@@ -26,12 +27,14 @@ STRATEGIES = ("switch", "ensemble", "rtc")
 
 
 class DelayedChunks:
-    def __init__(self, strategy: str, delay: int, execute: int, horizon: int, stochastic: bool = True) -> None:
+    def __init__(self, strategy: str, delay: int, execute: int, horizon: int, rtc_capable: bool = True) -> None:
+        """rtc_capable: the expert samples iteratively (guided) or was trained with given rows (expert.prefix_max)."""
         if strategy not in STRATEGIES:
             raise ConfigError(f"chunk_execution: expected one of {list(STRATEGIES)}, got {strategy!r}")
-        if strategy == "rtc" and not stochastic:
+        if strategy == "rtc" and not rtc_capable:
             raise ConfigError("chunk_execution rtc: real-time chunking guides an iterative sampler (flow, diffusion "
-                              "ddim); this expert predicts a chunk in one pass; use switch or ensemble")
+                              "ddim), or needs an expert trained with expert.prefix_max; this one predicts a chunk in "
+                              "one pass; use switch or ensemble")
         if not isinstance(delay, int) or delay < 0:
             raise ConfigError(f"delay: expected control steps >= 0, got {delay!r}")
         if execute < 1 or execute + delay > horizon:

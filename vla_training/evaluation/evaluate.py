@@ -86,7 +86,8 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                  render=bool(cfg.views) or save_rollouts > 0)
     overrides = sampling_options(policy, sampler, steps)
     spec = policy.expert.sampling(**overrides)
-    DelayedChunks(chunk_execution, delay, execute, cfg.horizon, spec.stochastic)  # a bad setting stops here
+    rtc_capable = spec.stochastic or policy.expert.takes_prefix  # guided sampling, or trained with given rows
+    DelayedChunks(chunk_execution, delay, execute, cfg.horizon, rtc_capable)  # a bad setting stops here
     if targets not in ("delta", "absolute") or (targets == "absolute" and chunk_execution == "rtc"):
         raise ConfigError(f"targets: expected delta, or absolute with switch or ensemble (rtc guides the policy's own "
                           f"delta actions), got {targets!r} with {chunk_execution}")
@@ -102,7 +103,7 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
             sensor_hist = [record.sensor]
             frames = [_rollout_frame(record, recorded)] if ep < save_rollouts else None
             success, steps, chunks = False, 0, 0
-            runner = DelayedChunks(chunk_execution, delay, execute, cfg.horizon, spec.stochastic)
+            runner = DelayedChunks(chunk_execution, delay, execute, cfg.horizon, rtc_capable)
             while steps < max_steps and not success:
                 if runner.due(steps):  # an inference starts from this step's observation
                     obs = _sim_observation(cfg, record, sensor_hist, sensor_window or cfg.sensor.window, instruction,
