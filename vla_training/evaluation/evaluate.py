@@ -62,6 +62,14 @@ def sampling_options(policy, sampler: str | None = None, steps: int | None = Non
 
 
 # -- closed loop -------------------------------------------------------------------------------------
+def chunk_seed(sample_seed: int, episode: int, chunk: int) -> int:
+    """The noise seed of one chunk of a closed loop: independent draws per (sampling seed, episode, chunk).
+    (A counter from the sampling seed, as before 2026-12-07, gave seed 1 the draws of seed 0 shifted by one
+    chunk: once the two runs' chunk counts differed by one they drew the same noise and ran the same episodes,
+    49 of 50 in one demo run, so "two seeds pooled" was one draw.)"""
+    return int(np.random.SeedSequence([sample_seed, episode, chunk]).generate_state(1)[0])
+
+
 def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, max_steps: int = 300,
                 sampler: str | None = None, steps: int | None = None, sample_seed: int = 0,
                 save_rollouts: int = 0, out_dir: str | Path | None = None, sensor_window: int | None = None,
@@ -92,7 +100,6 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
         raise ConfigError(f"targets: expected delta, or absolute with switch or ensemble (rtc guides the policy's own "
                           f"delta actions), got {targets!r} with {chunk_execution}")
     instruction = task_instruction(task)
-    generator_seed = sample_seed
     results, saved = [], []
     if episode_log is not None:  # a bad path fails here, not after the first episode
         Path(episode_log).parent.mkdir(parents=True, exist_ok=True)
@@ -109,13 +116,12 @@ def closed_loop(policy, task: str, episodes: int, seed: int, execute: int = 8, m
                     obs = _sim_observation(cfg, record, sensor_hist, sensor_window or cfg.sensor.window, instruction,
                                            columns)
                     inpaint = runner.inpaint(steps)
-                    chunk = policy.predict_action_chunk(obs, seed=generator_seed, **overrides,
+                    chunk = policy.predict_action_chunk(obs, seed=chunk_seed(sample_seed, ep, chunks), **overrides,
                                                         **({"inpaint": inpaint} if inpaint else {}))
                     chunk = chunk[0].cpu().numpy()
                     if targets == "absolute":
                         chunk = np.hstack([setpoint_targets(env, chunk[:, :3]), chunk[:, 3:]])
                     runner.submit(steps, chunk)
-                    generator_seed += 1
                     chunks += 1
                 action = runner.action(steps)  # the sim runs on while the policy infers
                 if action is not None and targets == "absolute":
