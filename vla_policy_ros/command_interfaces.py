@@ -8,7 +8,7 @@ One class per `command_interface` parameter value:
   message arrives (header stamp 0), so at publication the points whose time has passed are dropped,
   times are relative to now, and the first segment - from the joints now to the first point kept -
   is given at least the time the velocity limits need (later points shift with it). Hold: one point
-  at the current positions.
+  where the joints are now (the newest sample moved on by the commanded motion since its stamp).
 - `servo_twist`: geometry_msgs/TwistStamped for MoveIt Servo: velocity = delta / dt, streamed one
   per control period. Hold: a zero twist.
 - `servo_joint_jog`: control_msgs/JointJog for MoveIt Servo's joint-space input: joint velocity = delta /
