@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         for latency in args.latency:
             ros = RosHarness()
             try:
-                ratio, travelled, node = drive_arm(ros, checkpoint, latency, args.seconds)
+                run = drive_arm(ros, checkpoint, latency, args.seconds)
+                ratio, travelled, node = run.ratio, run.travelled, run.node
                 results.append({"latency_s": latency, "max_speed_ratio": round(ratio, 4),
                                 "travelled_rad": round(travelled, 3), "commands": node.stats["commands"],
                                 "points_due_before_publication": node.stats["points_due_before_publication"]})

@@ -143,7 +143,6 @@ class KinematicArm(Node):
         self.execution = TrajectoryExecution(joints, start)
         self.period = 1.0 / rate_hz
         self.log: list[tuple[float, np.ndarray]] = []
-        self.received = 0
         # per trajectory: receipt time, points, first point's time from start, position on receipt, first point
         self.receipts: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -158,7 +157,6 @@ class KinematicArm(Node):
             now = time.time()
             before = self.execution.position.copy()
             self.execution.receive(msg, now)
-            self.received += 1
             if msg.points:
                 first = self.execution.trajectory.positions[0]
                 self.receipts.append(np.concatenate([[now, len(msg.points), _seconds(msg.points[0].time_from_start)],
@@ -189,9 +187,29 @@ def speeds(times: np.ndarray, positions: np.ndarray, since: float = 0.0) -> np.n
     return np.abs(np.diff(positions[keep], axis=0)) / np.diff(times[keep])[:, None]
 
 
+@dataclass
+class ArmLog:
+    """What the kinematic arm did: every update (times (N,), positions (N, J)) and every trajectory it received
+    (rows of KinematicArm.receipts)."""
+
+    times: np.ndarray
+    positions: np.ndarray
+    receipts: np.ndarray
+
+
+@dataclass
+class ArmRun:
+    """drive_arm's result: the largest executed joint speed over the URDF limit, how far the arm went, the node,
+    and, when the speed was over the limit, what the arm was doing then."""
+
+    ratio: float
+    travelled: float
+    node: object
+    diagnosis: str = ""
+
+
 class ArmProcess:
-    """`KinematicArm` in a child process on the harness's domain; `stop()` returns its log (times (N,),
-    positions (N, J)) and how many trajectories it received."""
+    """`KinematicArm` in a child process on the harness's domain; `stop()` returns its ArmLog."""
 
     def __init__(self, ros, joints: list[str], start: np.ndarray) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="kinematic-arm-")
@@ -200,16 +218,13 @@ class ArmProcess:
             [sys.executable, __file__, "--domain", str(ros.domain_id), "--log", str(self.log_path),
              "--joints", *joints, "--start", *map(str, start)], stdin=subprocess.PIPE)
 
-    receipts: np.ndarray | None = None  # after stop(): KinematicArm.receipts as rows
-
-    def stop(self) -> tuple[np.ndarray, np.ndarray, int]:
+    def stop(self) -> ArmLog:
         try:
             self.process.communicate(timeout=20)  # stdin closed: the arm stops and writes its log
             if self.process.returncode != 0 or not self.log_path.exists():
                 raise AssertionError(f"the kinematic arm process failed (exit {self.process.returncode})")
             with np.load(self.log_path) as log:
-                self.receipts = log["receipts"]
-                return log["times"], log["positions"], int(log["received"])
+                return ArmLog(log["times"], log["positions"], log["receipts"])
         finally:
             if self.process.poll() is None:
                 self.process.kill()
@@ -245,7 +260,7 @@ def _arm_main(argv: list[str] | None = None) -> int:
     times = np.array([t for t, _ in arm.log])
     positions = np.array([p for _, p in arm.log])
     partial = args.log + ".partial.npz"
-    np.savez(partial, times=times, positions=positions, received=arm.received,
+    np.savez(partial, times=times, positions=positions,
              receipts=np.array(arm.receipts).reshape(len(arm.receipts), 3 + 2 * len(args.joints)))
     os.replace(partial, args.log)
     return 0
@@ -301,23 +316,22 @@ def drive_arm(ros, checkpoint, latency_s, seconds=3.0):
     try:
         node, armed_at = _drive(ros, checkpoint, latency_s, seconds)
     finally:
-        times, positions, received = arm.stop()
-    assert received >= 10, f"the arm received {received} trajectories"
-    travelled = float(np.abs(positions[-1]).max())
-    ratio = float(speeds(times, positions, since=armed_at).max() / VELOCITY)
-    if ratio > 1.05:  # what the arm was doing then, for the failure's message
-        node.diagnosis = _diagnose(times, positions, arm.receipts, armed_at)
-    return ratio, travelled, node
+        log = arm.stop()
+    assert len(log.receipts) >= 10, f"the arm received {len(log.receipts)} trajectories"
+    ratio = float(speeds(log.times, log.positions, since=armed_at).max() / VELOCITY)
+    return ArmRun(ratio, float(np.abs(log.positions[-1]).max()), node,
+                  _diagnose(log, armed_at) if ratio > 1.05 else "")
 
 
-def _diagnose(times, positions, receipts, since) -> str:
-    keep = times >= since
-    times, positions = times[keep], positions[keep]
-    v = np.abs(np.diff(positions, axis=0)) / np.diff(times)[:, None]
-    k = int(v.max(axis=1).argmax())
+def _diagnose(log: ArmLog, since: float) -> str:
+    """The fastest update after `since` and the trajectories received around it."""
+    keep = log.times >= since
+    times, positions = log.times[keep], log.positions[keep]
+    k = int(speeds(times, positions).max(axis=1).argmax())
     t = times[k + 1]
     lines = [f"fastest between t={times[k] - since:.4f} and {t - since:.4f} s after arming: "
              f"{np.round(positions[k], 4).tolist()} -> {np.round(positions[k + 1], 4).tolist()}"]
+    receipts = log.receipts
     for r in receipts[(receipts[:, 0] > t - 0.5) & (receipts[:, 0] < t + 0.1)]:
         j = (len(r) - 3) // 2
         lines.append(f"trajectory received at {r[0] - since:.4f} s: {int(r[1])} points, first at +{r[2]:.4f} s, "

@@ -80,11 +80,11 @@ def arm_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("latency_s", [0.05, 0.15])
 def test_executed_joint_speed_stays_within_the_urdf_limit(ros, arm_checkpoint, latency_s):
-    ratio, travelled, node = drive_arm(ros, arm_checkpoint, latency_s)
-    assert travelled > 0.3, "the arm did not move: the test would prove nothing"
-    assert ratio <= 1.05, (f"executed joint speed {ratio:.2f} x the URDF limit (latency {latency_s} s); node "
-                           f"{dict(node.stats)}, holding {node.holding!r}\n{getattr(node, 'diagnosis', '')}")
-    assert node.stats["commands"] >= 10
+    run = drive_arm(ros, arm_checkpoint, latency_s)
+    assert run.travelled > 0.3, "the arm did not move: the test would prove nothing"
+    assert run.ratio <= 1.05, (f"executed joint speed {run.ratio:.2f} x the URDF limit (latency {latency_s} s); node "
+                               f"{dict(run.node.stats)}, holding {run.node.holding!r}\n{run.diagnosis}")
+    assert run.node.stats["commands"] >= 10
 
 
 def _hold_count(jtc):

@@ -84,13 +84,13 @@ class ChunkPlan:
     """
 
     def __init__(self, expert: DenoisingExpert, cond: Condition, timesteps: torch.Tensor,
-                 given: torch.Tensor | None = None) -> None:
-        """cond (B, L, D); timesteps (T,), in the order they will be selected; given (B, H) bool: the rows that
-        hold clean actions (training-time RTC)."""
+                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """cond (B, L, D); timesteps (T,), in the order they will be selected; prefix: (mask (B, H), actions) rows
+        given clean (training-time RTC), marked in the action tokens."""
         self.memory = MemoryKV(expert.decoder, cond.tokens, cond.mask, extra=1)
         self.base = expert.pos_embed + expert.cond_in(pooled_condition(cond))  # (B, H, D)
-        if given is not None:
-            self.base = self.base + expert.prefix_tokens(given)
+        if prefix is not None:
+            self.base = self.base + expert.prefix_tokens(prefix[0])
         self.time_tokens = expert.time_tokens(timesteps, cond.tokens.dtype)[:, None, None]  # (T, 1, 1, D)
         self.time_keys_values = self.memory.project(self.time_tokens[:, 0])  # (layers, 2, T, heads, 1, hd)
         self.time_token = torch.empty_like(self.time_tokens[0])  # (1, 1, D): the selected level's

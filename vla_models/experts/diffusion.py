@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from .base import Sampling, masked_mean
 from .denoiser import ChunkPlan, DenoisingExpert, pooled_condition
-from .guidance import guided_ddim
+from .guidance import guided_ddim, with_given_rows
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -43,7 +43,7 @@ class DiffusionExpert(DenoisingExpert):
         noisy = self.train_scheduler.add_noise(actions, noise, t)
         given = self.training_prefix(actions)
         if given is not None:  # the executed rows, clean, as input; not scored
-            noisy, pad_mask = torch.where(given[..., None], actions, noisy), pad_mask | given
+            noisy, pad_mask = with_given_rows(noisy, (given, actions)), pad_mask | given
         pred = self.denoise(noisy, t, cond, given)
         loss = masked_mean(F.mse_loss(pred, noise, reduction="none"), pad_mask, dim_weight, sample_weight)
         return loss, {"diffusion_loss": loss.item(), "timestep_mean": t.float().mean().item()}
@@ -136,13 +136,11 @@ class DiffusionExpert(DenoisingExpert):
         guide: a ChunkGuide (real-time chunking: x0 and the noise guided toward the previous chunk); prefix:
         (mask, actions) rows given clean at every step (training-time RTC)."""
         step = step or self.denoise_step
-        given, rows = prefix if prefix is not None else (None, None)
         coefficients = self.ddim_coefficients(steps, x.device)
-        plan = ChunkPlan(self, cond, self.timesteps("ddim", steps, x.device), given)
+        plan = ChunkPlan(self, cond, self.timesteps("ddim", steps, x.device), prefix)
         for i in range(steps):
             plan.select(i)
-            if given is not None:
-                x = torch.where(given[..., None], rows.to(x.dtype), x)
+            x = with_given_rows(x, prefix)
             if guide is not None and guide.active:
                 a, b, a_prev, b_prev = coefficients[i].unbind(-1)
                 clip = self.train_scheduler.config.clip_sample_range if self.config.clip_sample else None
@@ -150,7 +148,7 @@ class DiffusionExpert(DenoisingExpert):
                 x = a_prev * x0 + b_prev * eps
             else:
                 x = self.ddim_update(x, step(x, plan), coefficients[i])
-        return x if given is None else torch.where(given[..., None], rows.to(x.dtype), x)
+        return with_given_rows(x, prefix)
 
     def denoise_loop(self, cond, x: torch.Tensor, sampler: str, steps: int,
                      generator: torch.Generator | None = None, step=None, prefix=None) -> torch.Tensor:
@@ -160,14 +158,12 @@ class DiffusionExpert(DenoisingExpert):
         """
         step = step or self.denoise_step
         sched = self.inference_scheduler(sampler, steps)
-        given, rows = prefix if prefix is not None else (None, None)
-        plan = ChunkPlan(self, cond, self.timesteps(sampler, steps, x.device), given)
+        plan = ChunkPlan(self, cond, self.timesteps(sampler, steps, x.device), prefix)
         for i, t in enumerate(self.timesteps(sampler, steps)):
             plan.select(i)
-            if given is not None:
-                x = torch.where(given[..., None], rows.to(x.dtype), x)
+            x = with_given_rows(x, prefix)
             x = sched.step(step(x, plan), t, x, generator=generator).prev_sample
-        return x if given is None else torch.where(given[..., None], rows.to(x.dtype), x)
+        return with_given_rows(x, prefix)
 
 
 __all__ = ["ChunkPlan", "DiffusionExpert", "pooled_condition"]

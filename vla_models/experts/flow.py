@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .base import Sampling, masked_mean
 from .denoiser import ChunkPlan, DenoisingExpert
-from .guidance import guided_velocity
+from .guidance import guided_velocity, with_given_rows
 
 SAMPLERS = ("euler",)
 TIME_SCALE = 1000.0  # t in [0, 1] -> the embedding's range (the diffusion timesteps' order of magnitude)
@@ -39,7 +39,7 @@ class FlowExpert(DenoisingExpert):
         noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         given = self.training_prefix(actions)
         if given is not None:  # the executed rows, clean, as input; not scored
-            noisy, pad_mask = torch.where(given[..., None], actions, noisy), pad_mask | given
+            noisy, pad_mask = with_given_rows(noisy, (given, actions)), pad_mask | given
         pred = self.denoise(noisy, t * TIME_SCALE, cond, given)
         loss = masked_mean(F.mse_loss(pred, noise - actions, reduction="none"), pad_mask, dim_weight, sample_weight)
         return loss, {"flow_loss": loss.item(), "time_mean": t.mean().item()}
@@ -66,15 +66,13 @@ class FlowExpert(DenoisingExpert):
         """guide: a ChunkGuide (real-time chunking: the velocity guided toward the previous chunk); prefix:
         (mask (B, H), actions (B, H, A)) rows given clean (an expert trained with prefix_max)."""
         step = step or self.denoise_step
-        given, rows = prefix if prefix is not None else (None, None)
-        plan = ChunkPlan(self, cond, self.times(spec.steps, noise.device) * TIME_SCALE, given)
+        plan = ChunkPlan(self, cond, self.times(spec.steps, noise.device) * TIME_SCALE, prefix)
         x, dt = noise, 1.0 / spec.steps
         for i in range(spec.steps):
             plan.select(i)
-            if given is not None:
-                x = torch.where(given[..., None], rows.to(x.dtype), x)
+            x = with_given_rows(x, prefix)
             if guide is not None and guide.active:
                 x = x - dt * guided_velocity(guide, x, 1.0 - i * dt, lambda xg: step(xg, plan))
             else:
                 x = x - dt * step(x, plan)
-        return x if given is None else torch.where(given[..., None], rows.to(x.dtype), x)
+        return with_given_rows(x, prefix)

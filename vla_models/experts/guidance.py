@@ -67,6 +67,14 @@ def given_rows(guide: ChunkGuide, horizon: int) -> tuple[torch.Tensor, torch.Ten
     return mask.expand(guide.target.shape[0], -1), guide.target
 
 
+def with_given_rows(x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """x (B, H, A) with the given rows of `prefix` (mask (B, H), actions (B, H, A)) put in place; x without one."""
+    if prefix is None:
+        return x
+    given, rows = prefix
+    return torch.where(given[..., None], rows.to(x.dtype), x)
+
+
 def _pull(guide: ChunkGuide, x: torch.Tensor, estimate: Callable[[torch.Tensor], tuple]) -> tuple:
     """Run `estimate(x) -> (network output, clean chunk estimate)` with autograd on x and return (output, estimate,
     g = (target - estimate)^T diag(W) d estimate / d x), the vector-Jacobian product of the guidance."""

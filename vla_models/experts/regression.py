@@ -14,6 +14,7 @@ from torch import nn
 
 from ..fusion import Condition
 from .base import ActionExpert, masked_mean
+from .guidance import with_given_rows
 
 
 class RegressionExpert(ActionExpert):
@@ -37,8 +38,7 @@ class RegressionExpert(ActionExpert):
             marks = given[..., None].to(queries.dtype)
             queries = queries + marks * (self.action_in(rows.to(queries.dtype)) + self.prefix_embed)
         x = self.decoder(queries, cond.tokens, memory_key_padding_mask=~cond.mask)  # (B, H, D)
-        out = self.head(x)
-        return out if prefix is None else torch.where(prefix[0][..., None], prefix[1].to(out.dtype), out)
+        return with_given_rows(self.head(x), prefix)
 
     def loss(self, cond, actions, pad_mask, dim_weight, sample_weight=None):
         given = self.training_prefix(actions)
