@@ -1,6 +1,6 @@
 """Asynchronous inference in policy_node: backbone rate vs expert rate, and sensor -> action latency.
 
-    .venv/bin/python bench/async_node.py [--seconds 10] [--json runs/bench/async_node.json]
+    .venv/bin/python bench/async_node.py [--seconds 10] [--configs diffusion:async] [--json runs/bench/async_node.json]
 
 The node runs as its own process (as deployed) with `tiny` checkpoints; this process plays the robot:
 two cameras at 10 Hz, a 6-channel sensor at 650 Hz (SensorPacket batches of 13 at 50 Hz) and joint
@@ -137,17 +137,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--state-hz", type=float, default=100.0, help="joint state rate (default 100 Hz)")
+    parser.add_argument("--configs", default="regression:sync,regression:async,diffusion:sync,diffusion:async",
+                        help="POLICY:sync|async, comma-separated (default: all four)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    configs = []
+    for item in args.configs.split(","):
+        policy_type, _, mode = item.partition(":")
+        if policy_type not in ("regression", "diffusion") or mode not in ("sync", "async"):
+            parser.error(f"--configs: expected POLICY:MODE with POLICY regression|diffusion and MODE sync|async, "
+                         f"got {item!r}")
+        configs.append((policy_type, mode == "async"))
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = checkpoints(Path(tmp))
         results = []
         domain = int(os.environ.get("ROS_DOMAIN_ID", str(120 + os.getpid() % 50)))
-        for policy_type in ("regression", "diffusion"):
-            for async_mode in (False, True):
-                r = run_config(ckpts, policy_type, async_mode, args.seconds, domain, args.state_hz)
-                results.append(r)
-                print(json.dumps(r))
+        for policy_type, async_mode in configs:
+            r = run_config(ckpts, policy_type, async_mode, args.seconds, domain, args.state_hz)
+            results.append(r)
+            print(json.dumps(r))
     out = {"machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__}, "cameras_hz": 10,
            "sensor_hz": SENSOR_HZ, "sensor_packet_hz": SENSOR_HZ / PACKET,
            "state_hz": args.state_hz, "results": results}

@@ -196,6 +196,38 @@ def test_servo_twist_heartbeat_and_arming(ros, checkpoint):
     assert not refused.success and "heartbeat" in refused.message
 
 
+def test_a_hold_taken_while_armed_is_sent_when_another_thread_disarms_first(ros, checkpoint):
+    """Two threads find the same fault (the command tick and the worker's chunk): the first takes the hold, the
+    second finds it taken and disarms (a lost heartbeat). The zero twist must still go out (CI found it missing)."""
+    limits = {"workspace_min": [0.0, -1.0, -1.0], "workspace_max": [1.0, 1.0, 1.0], "max_speed": 5.0}
+    node = start_policy_node(ros, _params(checkpoint, command_interface="servo_twist", pose_topic="ee_pose",
+                                          translation_scale=0.01, **limits))
+    servo = ros.add(FakeServo(ros.context))
+    robot = Robot(ros)
+    robot.run_until(ros, lambda: len(robot.chunks) >= 1, "chunks")
+    assert _enable(ros, robot).success
+    robot.run_until(ros, lambda: len(servo.accepted) >= 3, "twists accepted by Servo")
+    entered, resume = threading.Event(), threading.Event()
+    status = node.publish_status
+
+    def slow_status():  # the first thread is descheduled right after taking the hold
+        if threading.current_thread() is first:
+            entered.set()
+            resume.wait(5.0)
+        status()
+
+    node.publish_status = slow_status
+    first = threading.Thread(target=node._hold, args=("a fault found twice",))
+    first.start()
+    assert entered.wait(5.0)
+    node._hold("a fault found twice")  # the second thread: the hold is taken already
+    node._disarm()
+    resume.set()
+    first.join(5.0)
+    ros.wait_for(lambda: FakeServo.is_zero(servo.accepted[-1]), what="the hold's zero twist")
+    assert node.params.dry_run and node.holding == "a fault found twice"
+
+
 @pytest.mark.parametrize("limits", [{}, {"workspace_min": [0.0, -1.0, -1.0], "workspace_max": [1.0, 1.0, 1.0],
                                          "max_speed": 5.0}])
 def test_the_params_file_cannot_arm(ros, checkpoint, limits):

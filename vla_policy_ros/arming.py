@@ -137,9 +137,12 @@ class ArmingMixin:
                 return
             self.holding, self.stream_end = reason, None
             self.inputs.stats["holds"] += 1
+            # decided with the hold: a thread that disarms meanwhile (after its own call here found this hold
+            # already taken) must not leave the arm without it
+            send = force or reason.startswith("disarmed") or not self.params.dry_run
         self.get_logger().warning(f"hold: {reason}", throttle_duration_sec=2.0)
         self.publish_status()  # the reason in /diagnostics now, not at the next 1 Hz status
-        if self.params.dry_run and not (force or reason.startswith("disarmed")):
+        if not send:
             return  # disarmed: nothing of ours is moving the arm
         if self.trajectory_action is not None and self.trajectory_action.cancel():
             return  # the controller holds where it is when its goal is cancelled
