@@ -127,17 +127,38 @@ def start_policy_node(ros, params: dict):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_standin(package: str, tmp: Path) -> Path:
-    """Build the stand-in interface package test/standin/<package> with rosidl into tmp/install (~10 s): the real
-    control_msgs / moveit_msgs are not installable here; the stand-ins have the same names and fields."""
-    prefix, env = tmp / "install", dict(os.environ, AMENT_PREFIX_PATH=sys.prefix)
-    build = tmp / f"build_{package}"
-    configure = ["cmake", "-S", str(ROOT / "test" / "standin" / package), "-B", str(build),
-                 f"-DCMAKE_INSTALL_PREFIX={prefix}", f"-DCMAKE_PREFIX_PATH={prefix};{sys.prefix}",
-                 f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"]
-    for cmd in (configure, ["cmake", "--build", str(build), "-j2"], ["cmake", "--install", str(build)]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+STANDINS = ("control_msgs", "moveit_msgs")  # built in this order (moveit's JointJog is control_msgs')
+
+
+def standins_prefix() -> Path:
+    """The stand-in interface packages test/standin/* built with rosidl into one install prefix (~25 s, the
+    first test to ask builds it, under a lock that the other pytest-xdist workers wait on; kept under build/
+    keyed by the stand-ins' sources): the real control_msgs / moveit_msgs are not installable here; the
+    stand-ins have the same names and fields."""
+    import fcntl
+    import hashlib
+
+    sources = sorted(p for name in STANDINS for p in (ROOT / "test" / "standin" / name).rglob("*") if p.is_file())
+    digest = hashlib.sha256(sys.executable.encode())
+    for path in sources:
+        digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+    root = ROOT / "build" / "standins"
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / digest.hexdigest()[:16]
+    prefix, done = work / "install", work / "built"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix)
+            for package in STANDINS:
+                build = work / f"build_{package}"
+                configure = ["cmake", "-S", str(ROOT / "test" / "standin" / package), "-B", str(build),
+                             f"-DCMAKE_INSTALL_PREFIX={prefix}", f"-DCMAKE_PREFIX_PATH={prefix};{sys.prefix}",
+                             f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"]
+                for cmd in (configure, ["cmake", "--build", str(build), "-j2"], ["cmake", "--install", str(build)]):
+                    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+                    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            done.touch()
     return prefix
 
 

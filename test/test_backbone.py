@@ -32,6 +32,25 @@ def test_lora_freezes_the_base_and_trains_the_adapters():
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
 
 
+def test_frozen_word_embeddings_train_everything_else(tmp_path):
+    """backbone.freeze_word_embeddings with a trained backbone: the table keeps its values (no gradient, so
+    no optimiser state either), every other backbone weight gets a gradient; kept through a checkpoint."""
+    from vla_models import load_policy
+
+    policy = make_policy("tiny", "regression", **{"backbone.freeze": False, "backbone.freeze_word_embeddings": True})
+    table = policy.backbone.model.get_input_embeddings().weight
+    trainable = [n for n, p in policy.backbone.model.named_parameters() if p.requires_grad]
+    assert not table.requires_grad and trainable
+    policy.train()
+    loss, _ = policy(fake_batch(policy.config, 2))
+    loss.backward()
+    assert table.grad is None
+    assert [n for n, p in policy.backbone.model.named_parameters() if p.requires_grad and p.grad is None] == []
+    loaded = load_policy(policy.save(tmp_path / "ckpt"))
+    assert not loaded.backbone.model.get_input_embeddings().weight.requires_grad
+    torch.testing.assert_close(loaded.backbone.model.get_input_embeddings().weight, table.detach())
+
+
 def test_lora_adapters_are_float32_over_a_bfloat16_base():
     """A bf16 base (a pretrained model's dtype, `backbone.dtype: bfloat16`) keeps its LoRA adapters in fp32:
     AdamW steps on bf16 weights round away."""

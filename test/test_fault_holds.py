@@ -5,10 +5,10 @@ reject and abort come through FollowJointTrajectory)."""
 import re
 
 from fault_holds_interop import FAULTS
-from ros_helpers import build_standin, run_with_standins
+from ros_helpers import run_with_standins, standins_prefix
 
 
-def test_every_fault_ends_in_a_hold(tmp_path):
-    run = run_with_standins(build_standin("control_msgs", tmp_path), "fault_holds_interop.py")
+def test_every_fault_ends_in_a_hold():
+    run = run_with_standins(standins_prefix(), "fault_holds_interop.py")
     passed = set(re.findall(r"PASSED \S+\[(\w+)\]", run.stdout))
     assert run.returncode == 0 and passed == set(FAULTS), run.stdout[-6000:] + run.stderr[-2000:]

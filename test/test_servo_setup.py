@@ -3,7 +3,7 @@ twists with its command timeout: Humble's services here (moveit_msgs is not impo
 in a process with the stand-in moveit_msgs (servo_interop.py)."""
 
 from conftest import make_policy  # noqa: F401
-from ros_helpers import build_standin, run_with_standins
+from ros_helpers import run_with_standins, standins_prefix
 from servo_interop import servo_scenario
 from test_robot_deployment import checkpoint  # noqa: F401
 
@@ -13,7 +13,6 @@ def test_servo_on_humble_is_started_read_and_stopped(ros, checkpoint):  # noqa: 
     assert node.servo_setup.state.startswith("stopped")
 
 
-def test_servo_on_jazzy(tmp_path):
-    build_standin("control_msgs", tmp_path)  # JointJog, into the same prefix
-    run = run_with_standins(build_standin("moveit_msgs", tmp_path), "servo_interop.py")
+def test_servo_on_jazzy():
+    run = run_with_standins(standins_prefix(), "servo_interop.py")
     assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-5000:] + run.stderr[-2000:]

@@ -82,6 +82,9 @@ class BackboneConfig:
     pretrained: str | None = None
     size: str = "tiny"
     freeze: bool = True
+    # Keep the word-embedding table as it is while the rest trains (freeze: false): with one fixed instruction
+    # its 151,936 rows are nearly all unused, yet AdamW updates every one of them each step.
+    freeze_word_embeddings: bool = False
     dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
     # Image resolution handed to the Qwen image processor (pixels per view, multiples of 28x28).
     min_pixels: int = 56 * 56

@@ -226,6 +226,8 @@ class QwenVLBackbone(nn.Module):
         self.hidden_size = text_config.hidden_size
         if config.freeze:
             self.model.requires_grad_(False)
+        if config.freeze_word_embeddings:
+            self.model.get_input_embeddings().requires_grad_(False)
         if config.lora.enabled:
             from peft import LoraConfig, inject_adapter_in_model
             from peft.tuners.tuners_utils import cast_adapter_dtype
