@@ -137,7 +137,8 @@ def end_to_end(ctx, node: PolicyNode, seconds: float, rate_hz: float) -> dict:
         js.header.stamp = stamp
         state_pub.publish(js)
         time.sleep(1.0 / rate_hz)
-    executor.shutdown(timeout_sec=2)
+    executor.shutdown(timeout_sec=10)
+    spinner.join(timeout=10)  # a spin thread still running at exit aborts the process (seen on a loaded machine)
     return {**percentiles(latencies), "camera_rate_hz": rate_hz}
 
 

@@ -234,7 +234,8 @@ class JointTrajectoryCommand:
         return np.array([np.interp(t, times, positions[:, j]) for j in range(positions.shape[1])])
 
     def hold(self, robot: RobotState, now: float, frame: str) -> JointTrajectory:
-        """One point where the joints are now, velocity 0, due in dt; stamp zero = start now (JTC semantics).
+        """One point where the joints are now, velocity 0, due in dt (or the time the velocity limits need from
+        the newest joint sample); stamp zero = start now (JTC semantics).
 
         Where the joints are now: the newest joint sample, moved on by what the last trajectory commanded since
         the sample's stamp. A sample is `age` old (on a loaded machine joint states reach the node late, and
@@ -251,13 +252,18 @@ class JointTrajectoryCommand:
             if self.sent is not None and robot.joints_stamp is not None:
                 positions = sample + finite(self.commanded_at(now) - self.commanded_at(robot.joints_stamp),
                                             "commanded motion")
+        due = self.dt
         if self.bounds is not None:  # (a measured position already outside is not pulled in within dt)
             lower, upper = self.bounds.lower, self.bounds.upper
             if sample is not None:
                 lower, upper = np.minimum(lower, sample), np.maximum(upper, sample)
             positions = np.clip(positions, lower, upper)
+            if sample is not None:  # the arm is between the sample and the commanded motion (it lags when its
+                # controller or the last trajectory ran late, measured 2.3x in a loaded CI run): reachable from
+                # either within the velocity limits (the controller's cubic from rest to rest peaks at 1.5x the mean)
+                due = max(due, 1.5 * float(np.max(np.abs(positions - sample) / self.bounds.velocity)) + 2 * TRANSPORT_S)
         point = JointTrajectoryPoint(positions=positions.tolist(), velocities=[0.0] * len(positions),
-                                     time_from_start=duration(self.dt))
+                                     time_from_start=duration(due))
         return JointTrajectory(joint_names=list(self.names), points=[point])
 
 
