@@ -15,7 +15,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from vla_policy_ros.bag_recorder import BagRecorder  # noqa: E402
 from vla_policy_ros.bag_replay import BagReplay  # noqa: E402
-from vla_training.evaluation.bag_eval import bag_eval  # noqa: E402
+from vla_training.evaluation.bag_eval import _live_chunks, bag_eval  # noqa: E402
 from vla_training.data.episodes import DatasetError  # noqa: E402
 from vla_training.data.import_bag import typestore  # noqa: E402
 
@@ -138,7 +138,7 @@ def test_live_replay_gives_one_chunk_per_frame_matching_the_offline_ones(setup, 
     # one chunk per synchronised set, never two: latest wins, so a frame that arrives while the worker is still
     # busy with an older one is superseded (CI's loaded 2-core machine lost 2 of 10 frames 0.4 s apart); most
     # frames get theirs
-    stamps = chunk_stamps(out, "/vla_policy/action_chunk")
+    stamps = [round(stamp, 6) for stamp, _, _ in _live_chunks(out, "/vla_policy/action_chunk")]
     frames = {round(100.0 + FRAME_DT * k, 6) for k in range(FRAMES)}
     assert len(stamps) == chunks and len(set(stamps)) == chunks, f"{stamps}; node: {dict(node.stats)}"
     assert set(stamps) <= frames and chunks >= FRAMES // 2, f"{stamps}; node: {dict(node.stats)}"
@@ -148,15 +148,6 @@ def test_live_replay_gives_one_chunk_per_frame_matching_the_offline_ones(setup, 
     assert len(live["predictions"]) >= chunks - 1  # the last frame has no next pose: no anchor
     for k in live["predictions"]:  # the same observations -> the same chunks (regression is deterministic)
         np.testing.assert_allclose(live["predictions"][k], offline["predictions"][k], atol=1e-4)
-
-
-def chunk_stamps(bag: Path, topic: str) -> list[float]:
-    from rosbags.highlevel import AnyReader
-
-    with AnyReader([bag], default_typestore=typestore()) as reader:
-        conns = [c for c in reader.connections if c.topic == topic]
-        return [round(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, 6) for m in
-                (reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages(connections=conns))]
 
 
 def test_bag_eval_cli(setup, tmp_path):
