@@ -123,8 +123,14 @@ def test_ridge_probe_finds_a_linear_map_and_not_noise():
     assert exact["hole"]["mae_mm"] == [0.0, 0.0, 0.0] and exact["peg"]["r2"] == [1.0, 1.0, 1.0]
 
 
-def test_quick_vision_demo_writes_the_whole_report(tmp_path):
-    assert vla(["demo", "--vision", "--quick", "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+@pytest.fixture(scope="module")
+def quick_data(tmp_path_factory):
+    """The quick demo's demonstrations at 56 px, made by the first test that runs and reused by the next."""
+    return tmp_path_factory.mktemp("vision_data")
+
+
+def test_quick_vision_demo_writes_the_whole_report(tmp_path, quick_data):
+    assert vla(["demo", "--vision", "--quick", "--out", str(tmp_path / "runs"), "--data", str(quick_data),
                 "--image-size", "56", "-o", "fusion.mode=gated"]) == 0
     text = (tmp_path / "runs" / "report.md").read_text()
     result = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())
@@ -145,10 +151,28 @@ def test_quick_vision_demo_writes_the_whole_report(tmp_path):
         assert all(math.isfinite(v) for v in values)
     assert len(result["probe"]["placements"]) == 2
     assert all(isinstance(row["success"], bool) for row in result["probe"]["placements"])
-    for line in ("| A blind | ddim-10 |", "| B sees | ddim-10 |", "## Targets", "B >= 60 %", "| trained |", "| initial |"):
+    for line in ("| A blind | ddim-10 |", "| B sees | ddim-10 |", "## Targets", "B >= 80 %", "| trained |", "| initial |"):
         assert line in text
     for image in ("vision_success.png", "vision_probe.png", "rollout_0_sheet.png"):
         assert (tmp_path / "runs" / "report" / image).stat().st_size > 0 and f"report/{image}" in text
+
+
+def test_a_lever_on_the_seeing_policy_alone_at_a_fixed_step_budget(tmp_path, quick_data):
+    """`--seeing-only --steps N`: B alone, N steps (no calibration), and an override A could not take
+    (augmentation of camera views) reaches B's training."""
+    assert vla(["demo", "--vision", "--quick", "--seeing-only", "--steps", "6", "--out", str(tmp_path / "runs"),
+                "--data", str(quick_data), "--image-size", "56", "-o", "train.augment={'*': {shift: 2}}"]) == 0
+    result = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())
+    assert result["variants"] == ["sees"] and set(result["configs"]) == {"sees"} and not (tmp_path / "runs" / "blind").exists()
+    assert result["budget"]["steps"] == 6 and result["budget"]["snapshots"] == [1, 3, 6]
+    assert result["budget"]["calibrated_steps_per_s"] is None and not list((tmp_path / "runs").glob("calibrate_*"))
+    assert all(set(row) == {"step", "sees"} for row in result["curve"]) and set(result["latency"]) == {"sees"}
+    assert result["command"] == ("vla demo --vision --quick --image-size 56 --seeing-only --steps 6 "
+                                 "-o train.augment={'*': {shift: 2}}")
+    run = tmp_path / "runs" / "sees"
+    assert json.loads((run / "train_config.json").read_text())["train"]["augment"] == {"*": {"shift": 2}}
+    text = (tmp_path / "runs" / "report.md").read_text()
+    assert "B (sees) alone" in text and "| A blind |" not in text and "B >= 80 %" in text
 
 
 def test_vision_demo_cli_refuses_another_task_or_no_minutes(capsys):
@@ -162,3 +186,7 @@ def test_vision_demo_cli_refuses_another_task_or_no_minutes(capsys):
     assert "--placement-seeds: expected at least 1" in capsys.readouterr().err
     assert vla(["demo", "-o", "fusion.mode=gated"]) == 2
     assert "apply to --vision only" in capsys.readouterr().err
+    assert vla(["demo", "--seeing-only"]) == 2
+    assert "apply to --vision only" in capsys.readouterr().err
+    assert vla(["demo", "--vision", "--steps", "3"]) == 2
+    assert "--steps: expected at least 4 training steps" in capsys.readouterr().err

@@ -65,8 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "each (default 6)")
     p.add_argument("--image-size", type=int, help="--vision: camera resolution, rendered and seen, a multiple of "
                                                   "28 (default 112)")
+    p.add_argument("--seeing-only", action="store_true", help="--vision: train and evaluate B alone (a lever measured "
+                                                               "against an earlier run's blind baseline; -o may then "
+                                                               "set what only B takes, e.g. train.augment)")
+    p.add_argument("--steps", type=int, help="--vision: a fixed step budget instead of --minutes calibrated on this "
+                                             "machine (levers compared at equal steps)")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="--vision: config overrides for both policies' training, e.g. backbone.size=3b (a GPU)")
+                   help="--vision: config overrides for the policies' training, e.g. backbone.size=3b (a GPU)")
     p.set_defaults(func=demos.cmd_demo)
 
     p = sub.add_parser("smoke-demo", help="model smoke test: every expert on the tiny Qwen-VL backbone")

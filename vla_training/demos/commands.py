@@ -12,16 +12,18 @@ from ..files import write_json_atomic
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    vision_only = args.set or args.placement_seeds is not None or args.image_size is not None or args.seeing_only \
+        or args.steps is not None
     if args.modes:
-        if args.vision or args.set or args.placement_seeds is not None or args.image_size is not None:
-            raise ConfigError("--modes: a state-only experiment of its own; --vision, --placement-seeds, --image-size "
-                              "and -o do not apply")
+        if args.vision or vision_only:
+            raise ConfigError("--modes: a state-only experiment of its own; --vision, --placement-seeds, --image-size, "
+                              "--seeing-only, --steps and -o do not apply")
         from .modes_demo import run_modes_demo
 
         run_modes_demo(args.out or "runs/modes", args.data or "data/modes", quick=args.quick)
         return 0
-    if not args.vision and (args.set or args.placement_seeds is not None or args.image_size is not None):
-        raise ConfigError("--placement-seeds, --image-size and -o apply to --vision only")
+    if not args.vision and vision_only:
+        raise ConfigError("--placement-seeds, --image-size, --seeing-only, --steps and -o apply to --vision only")
     if args.vision:
         from .vision_demo import TASK, run_vision_demo
 
@@ -31,7 +33,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.minutes <= 0:
             raise ConfigError(f"--minutes: expected a training budget > 0, got {args.minutes}")
         run_vision_demo(args.out or "runs/vision", args.data or "data/vision", minutes=args.minutes, quick=args.quick,
-                        placement_seeds=args.placement_seeds, overrides=args.set,
+                        placement_seeds=args.placement_seeds, overrides=args.set, seeing_only=args.seeing_only,
+                        steps=args.steps,
                         **({} if args.image_size is None else {"image_size": args.image_size}))
         return 0
     from .demo import run_demo

@@ -10,6 +10,8 @@ random weights trained end to end with the expert. The two differ only in `views
 2. B's training rate is measured (a short run, A training in the other lane as in the real runs), and
    `--minutes` becomes a step budget; A and B train the same steps with the same schedule, in two
    lanes, keeping snapshots at 1/4, 1/2 and all of it (about 15/30/60 minutes of B at `--minutes 60`).
+   A lever is measured with `--seeing-only --steps N`: B alone, at the step count of the run it is compared
+   with, and the overrides (`-o`) may then be ones only B can take (train.augment).
 3. Closed loop on the 50 held-out placements (MT1 seed 1) for every snapshot, DDIM-10; the last
    snapshots once per sampling seed, pooled.
 4. Per-stage latency, a rollout contact sheet of B, and a linear probe of B's image features for the
@@ -177,14 +179,20 @@ def run_probe(policy, initial, train: Path, heldout: Path, budget: dict, placeme
 
 def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = "data/vision", minutes: float = 60.0,
                     quick: bool = False, placement_seeds: int | None = None, image_size: int = IMAGE_SIZE,
-                    overrides: list[str] | tuple[str, ...] = ()) -> Path:
+                    overrides: list[str] | tuple[str, ...] = (), seeing_only: bool = False,
+                    steps: int | None = None) -> Path:
     """The levers: placement_seeds (x 48 demonstrations), image_size (px, rendered and seen), overrides
-    (`KEY=VALUE` for both variants' `vla train -o`: backbone.size, fusion.mode, hidden_dim, ...)."""
+    (`KEY=VALUE` for the variants' `vla train -o`: backbone.size, fusion.mode, hidden_dim, ...).
+    seeing_only: B alone (a lever measured against the blind baseline of an earlier run; the overrides may then
+    be ones A cannot take, such as train.augment); steps: a fixed step budget instead of `minutes` calibrated
+    (levers compared at equal steps)."""
     from .vision_report import write_vision_report
 
     if image_size % PATCH or image_size < PATCH:
         raise ConfigError(f"--image-size: expected a multiple of {PATCH} px (the backbone's merged patch), "
                           f"got {image_size}")
+    if steps is not None and steps < 4:
+        raise ConfigError(f"--steps: expected at least 4 training steps (snapshots at 1/4, 1/2 and all), got {steps}")
     if placement_seeds is not None and placement_seeds < 1:
         raise ConfigError(f"--placement-seeds: expected at least 1, got {placement_seeds}")
     budget = {**BUDGETS["quick" if quick else "full"], "image_size": image_size, "overrides": list(overrides)}
@@ -195,13 +203,18 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     t0 = time.perf_counter()
     train, heldout = make_datasets(data, budget, out / "logs")
     t_data = time.perf_counter() - t0
-    rate = calibrate(train, out, budget)
-    steps = max(4, int(rate * minutes * 60))
-    if budget["max_train_steps"]:
-        steps = min(steps, budget["max_train_steps"])
+    variants = ("sees",) if seeing_only else tuple(VARIANTS)
+    if steps is None:
+        rate = calibrate(train, out, budget)
+        steps = max(4, int(rate * minutes * 60))
+        if budget["max_train_steps"]:
+            steps = min(steps, budget["max_train_steps"])
+        print(f"B trains at {rate:.2f} steps/s: {minutes:g} min = {steps} steps")
+    else:
+        rate = None
     snapshots = sorted({steps // 4, steps // 2, steps})
-    print(f"B trains at {rate:.2f} steps/s: {minutes:g} min = {steps} steps; snapshots at {snapshots}")
-    runs = {v: out / v for v in VARIANTS}
+    print(f"{' and '.join(variants)}: {steps} steps; snapshots at {snapshots}")
+    runs = {v: out / v for v in variants}
     for run in runs.values():
         shutil.rmtree(run, ignore_errors=True)
     train_jobs = {v: Job(f"train {v}", _train_argv(v, train, run, steps, budget, snapshots), total=steps,
@@ -216,8 +229,8 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     # lane 1: B trains, then its last snapshot; lane 2: A trains and is evaluated, then B's earlier
     # snapshots as they appear, and B's last with the second sampling seed
     lane1 = [train_jobs["sees"], job("sees", last, seeds[0], rollouts=budget["rollouts"])]
-    lane2 = [train_jobs["blind"], *[job("blind", s, seeds[0]) for s in snapshots],
-             *[job("blind", last, s) for s in seeds[1:]],
+    lane2 = [*([train_jobs["blind"], *[job("blind", s, seeds[0]) for s in snapshots],
+               *[job("blind", last, s) for s in seeds[1:]]] if "blind" in runs else []),
              *[job("sees", s, seeds[0], wait=True) for s in snapshots[:-1]],
              *[job("sees", last, s, wait=True) for s in seeds[1:]]]
     threads = threads_per_lane(2)
@@ -227,13 +240,13 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     curve = []
     for step in snapshots:
         row = {"step": step}
-        for variant in VARIANTS:
+        for variant in variants:
             meta = json.loads((runs[variant] / f"step_{step}" / "snapshot.json").read_text())
             per_seed = {s: next(iter(json.loads(evals[variant, step, s].read_text())["closed_loop"].values()))
                         for s in seeds if (variant, step, s) in evals}
             row[variant] = {"train_minutes": meta["train_seconds"] / 60, **pooled_closed_loop(per_seed)}
         curve.append(row)
-    final = {v: load_for_eval(runs[v] / f"step_{last}") for v in VARIANTS}
+    final = {v: load_for_eval(runs[v] / f"step_{last}") for v in variants}
     latency = {v: stage_latency({v: p}, heldout, repeats=budget["latency_repeats"]) for v, p in final.items()}
     initial = initial_policy(final["sees"].config)
     probe = run_probe(final["sees"], initial, train, heldout, budget, budget["eval_episodes"])
@@ -244,15 +257,17 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     rollouts = next(iter(closed_b.values()))["rollouts"]
     total = time.perf_counter() - t0
     result = {
-        "command": f"vla demo --vision --minutes {minutes:g}" + (" --quick" if quick else "")
+        "command": "vla demo --vision" + (f" --minutes {minutes:g}" if rate is not None else "") + (" --quick" if quick else "")
                    + (f" --placement-seeds {placement_seeds}" if placement_seeds is not None else "")
                    + (f" --image-size {image_size}" if image_size != IMAGE_SIZE else "")
+                   + (" --seeing-only" if seeing_only else "") + (f" --steps {steps}" if rate is None else "")
                    + "".join(f" -o {item}" for item in overrides),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-                   f"A and B in two parallel lanes of processes with {threads} thread(s) each",
+                   f"{' and '.join(variants)} in two parallel lanes of processes with {threads} thread(s) each",
+        "variants": list(variants),
         "task": TASK, "views": list(VIEWS), "image_size": image_size, "expert": EXPERT,
         "overrides": list(overrides),
-        "configs": {v: str(p.relative_to(CONFIG_DIR.parent)) for v, p in VARIANTS.items()},
+        "configs": {v: str(VARIANTS[v].relative_to(CONFIG_DIR.parent)) for v in variants},
         "data": {"placement_seeds": budget["seeds"], "demos": len(list_episodes(train)),
                  "heldout_demos": len(list_episodes(heldout))},
         "budget": {"minutes": minutes, "calibrated_steps_per_s": rate, "steps": steps, "snapshots": snapshots,
