@@ -240,6 +240,43 @@ def test_chunk_execution_switches_live_and_rtc_freezes_the_rows_that_execute(ros
                for a, b in zip(later, later[1:]))  # switch: nothing frozen
 
 
+def test_rtc_serves_an_expert_trained_with_given_rows_up_to_its_prefix_max(ros, checkpoints, tmp_path):
+    """An expert trained with expert.prefix_max takes the executed rows as input, so rtc serves it even when it
+    predicts in one pass (regression), freezing rtc_delay_steps rows; more rows than it was trained with is
+    refused at configure and live, naming the parameter and the limit (it would fail every chunk)."""
+    from conftest import make_policy
+    from vla_policy_ros.policy_node import PolicyNode
+
+    prefixed = str(make_policy("tiny", "regression", **{"expert.prefix_max": 2}).save(tmp_path / "regression"))
+    params = {"regression_checkpoint": prefixed, "policy_type": "regression", "chunk_execution": "rtc",
+              "rtc_delay_steps": 3, "sensor_topic": "sensor", "instruction": "insert the needle"}
+    refused = ros.add(PolicyNode(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    ros.wait_for(lambda: refused.active or refused.failed, timeout=60, what="the policy node to fail its configure")
+    assert "rtc_delay_steps 3" in refused.failed and "expert.prefix_max=2" in refused.failed
+
+    node, client, pubs, chunks = _start(ros, checkpoints, regression_checkpoint=prefixed, policy_type="regression",
+                                        chunk_execution="rtc", rtc_delay_steps=2, stream_actions=True,
+                                        control_period_s=0.05)
+    setter = client.create_client(SetParameters, "/vla_policy/set_parameters")
+    assert setter.wait_for_service(timeout_sec=10.0)
+    future = setter.call_async(SetParameters.Request(parameters=[Parameter("rtc_delay_steps", value=3).to_parameter_msg()]))
+    ros.wait_for(future.done, what="set rtc_delay_steps")
+    bad = future.result().results[0]
+    assert not bad.successful and "expert.prefix_max=2" in bad.reason and node.params.rtc_delay_steps == 2
+
+    def rows(msg):
+        return np.asarray(msg.actions).reshape(msg.horizon, msg.action_dim)
+
+    _feed_in_real_time(ros, pubs, 4000.0, lambda: len(chunks) >= 5)
+    pairs = 0
+    for before, after in zip(chunks[1:], chunks[2:]):
+        offset = round((_stamp(after) - _stamp(before)) / 0.05)
+        if offset + 2 <= before.horizon:
+            np.testing.assert_array_equal(rows(after)[:2], rows(before)[offset:offset + 2])  # given, as executed
+            pairs += 1
+    assert pairs >= 2
+
+
 def _feed_in_real_time(ros, pubs, t0: float, predicate, period: float = 0.05, timeout: float = 30.0) -> None:
     """Inputs stamped t0, t0 + period, ... published every `period` seconds of wall time."""
     import time

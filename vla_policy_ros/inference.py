@@ -186,14 +186,18 @@ class InferenceWorker:
         """rtc: the previous chunk's rows from `stamp` on and how many execute during this inference; None
         without a previous chunk of this policy that still covers `stamp` (or when rtc does not apply)."""
         previous = self.previous
+        prefix_max = self.policies[params.policy_type].expert.config.prefix_max
         if (params.chunk_execution != "rtc" or previous is None or previous.policy_type != params.policy_type
-                or rtc_reason("rtc", params.policy_type, sampler)):
+                or rtc_reason("rtc", params.policy_type, sampler, prefix_max)):
             return None
         rows = previous.chunk[max(0, round((stamp - previous.stamp) / self.dt)):]
         if not len(rows):
             return None
         measured = sum(self.ages) / len(self.ages) if self.ages else 0.0
         delay = params.rtc_delay_steps or math.ceil(measured / self.dt - 1e-9)
+        if prefix_max and delay > prefix_max:  # measured beyond what the expert was trained with: the rows it
+            self.stats["rtc_delay_capped"] += 1  # takes are given, the chunk still starts where it arrives
+            delay = prefix_max
         return Inpaint(rows.astype(np.float32), min(delay, len(rows)))
 
     def _interval(self, params) -> float:

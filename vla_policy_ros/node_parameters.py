@@ -34,7 +34,7 @@ class ParametersMixin:
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         after = {c.name: c.value for c in changes}
-        if self.policies and {"policy_type", "sampler", "ddim_steps", "chunk_execution"} & set(after):
+        if self.policies and {"policy_type", "sampler", "ddim_steps", "chunk_execution", "rtc_delay_steps"} & set(after):
             kind = after.get("policy_type", self.params.policy_type)  # the expert that will serve says whether
             sampler = after.get("sampler", self.params.sampler)  # it takes these options
             try:
@@ -42,13 +42,18 @@ class ParametersMixin:
             except (TypeError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f"{kind}: {exc}")
             resolved = self.policies[kind].expert.sampling(**options).sampler
-            reason = P.rtc_reason(after.get("chunk_execution", self.params.chunk_execution), kind, resolved)
+            reason = P.rtc_reason(after.get("chunk_execution", self.params.chunk_execution), kind, resolved,
+                                  self.prefix_max(kind), after.get("rtc_delay_steps", self.params.rtc_delay_steps))
             if reason:
                 return SetParametersResult(successful=False, reason=f"chunk_execution: {reason}")
         if self.apply_on_validation:  # Humble: no post-set callback; apply the values about to be set
             fields = {f.name for f in dataclasses.fields(P.NodeParams)}
             self._apply_parameters(changes, {k: v for k, v in after.items() if k in fields})
         return SetParametersResult(successful=True)
+
+    def prefix_max(self, kind: str) -> int:
+        """The loaded `kind` expert's expert.prefix_max: how many given rows it was trained with (0: none)."""
+        return self.policies[kind].expert.config.prefix_max
 
     def sampling_options(self, kind: str, sampler: str, steps: int) -> dict:
         """The node's sampler/steps parameters as the options the `kind` expert takes (checked by it)."""

@@ -251,9 +251,17 @@ def validate(name: str, value, loaded: set[str], configured: set[str]) -> str | 
     return None
 
 
-def rtc_reason(chunk_execution: str, policy_type: str, sampler: str) -> str | None:
-    """Why `rtc` cannot serve this expert and sampler ('' sampler = the expert's default), or None."""
+def rtc_reason(chunk_execution: str, policy_type: str, sampler: str, prefix_max: int = 0,
+               delay_steps: int = 0) -> str | None:
+    """Why `rtc` cannot serve this expert and sampler ('' sampler = the expert's default), or None. prefix_max: the
+    loaded expert's `expert.prefix_max` (trained with given rows: any expert and sampler takes them, up to that many);
+    delay_steps: the rtc_delay_steps parameter (0 = measured, capped at prefix_max)."""
     if chunk_execution != "rtc":
+        return None
+    if prefix_max:
+        if delay_steps > prefix_max:
+            return (f"rtc_delay_steps {delay_steps}: the {policy_type} expert was trained with up to "
+                    f"expert.prefix_max={prefix_max} given rows; expected rtc_delay_steps <= {prefix_max} (0 = measured)")
         return None
     if policy_type not in RTC_SAMPLERS:
         return (f"rtc guides an iterative sampler (flow, diffusion ddim); the {policy_type} expert predicts a chunk in "
@@ -274,9 +282,6 @@ def validate_static(params: NodeParams) -> None:
     if not getattr(params, f"{params.policy_type}_checkpoint"):
         raise ValueError(f"parameter {params.policy_type}_checkpoint: expected a checkpoint directory for the "
                          f"starting policy_type {params.policy_type!r}, got ''")
-    reason = rtc_reason(params.chunk_execution, params.policy_type, params.sampler)
-    if reason:
-        raise ValueError(f"parameter chunk_execution: {reason}")
     if params.max_feature_age_s <= 0:
         raise ValueError(f"parameter max_feature_age_s: expected > 0, got {params.max_feature_age_s}")
     if not params.gripper_min < params.gripper_max:

@@ -153,6 +153,10 @@ class PolicyNode(ArmingMixin, CommandMixin, WiringMixin, ParametersMixin, Lifecy
             self.sampling_options(p.policy_type, p.sampler, p.ddim_steps)
         except TypeError as exc:
             raise ValueError(f"parameters sampler/ddim_steps for {p.policy_type}: {exc}") from exc
+        reason = P.rtc_reason(p.chunk_execution, p.policy_type, p.sampler, self.prefix_max(p.policy_type),
+                              p.rtc_delay_steps)  # what the loaded expert takes (trained with given rows or not)
+        if reason:
+            raise ValueError(f"parameter chunk_execution: {reason}")
         spec = self._input_spec()
         config = next(iter(self.policies.values())).config
         self.dt = p.control_period_s or config.dt
