@@ -141,3 +141,25 @@ def test_a_twin_set_to_the_state_steps_alike_and_a_hold_keeps_the_gripper(env):
     setpoint = env.setpoint
     env.step(hold)
     np.testing.assert_allclose(env.setpoint, setpoint)
+
+
+def test_dart_demonstrations_record_the_demonstrators_action_on_a_perturbed_path(tmp_path):
+    """--action-noise (DART): the simulator executes a perturbed action, so the path leaves the clean
+    demonstration's, and every recorded action is the demonstrator's own answer to the recorded state."""
+    clean, noisy = tmp_path / "clean", tmp_path / "noisy"
+    generate_demos(clean, OBSTACLE_TASK, 2, 0, (), 32, modes=2, progress=False)
+    generate_demos(noisy, OBSTACLE_TASK, 2, 0, (), 32, modes=2, progress=False, action_noise=0.3)
+    for a, b in zip(list_episodes(clean), list_episodes(noisy)):
+        assert (a.meta["placement"], a.meta["mode"]) == (b.meta["placement"], b.meta["mode"])
+        assert b.meta["action_noise"] == 0.3 and a.meta["action_noise"] == 0.0
+        states, actions = np.asarray(b.array("state")), np.asarray(b.array("actions"))
+        n = min(len(states), len(np.asarray(a.array("state"))))
+        assert np.abs(states[:n, :3] - np.asarray(a.array("state"))[:n, :3]).max() > 0.005  # another path (m)
+        expert = DetourExpert(b.meta["mode"])
+        np.testing.assert_array_equal(np.stack([expert(s) for s in states]), actions)  # its labels
+
+
+def test_dart_noise_out_of_range_is_a_named_error(tmp_path):
+    with pytest.raises(ConfigError, match="--action-noise: expected a standard deviation in"):
+        generate_demos(tmp_path / "x", OBSTACLE_TASK, 1, 0, (), 32, modes=2, progress=False, action_noise=2.0)
+    assert not (tmp_path / "x").exists()

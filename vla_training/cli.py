@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default="corner,gripperPOV", help="comma-separated cameras; '' for no images")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--modes", type=int, default=1, help="2 = bimodal: a via-point left or right per episode")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="DART: execute the demonstrator's motion + N(0, SIGMA^2), record its own action (default 0)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=data_commands.cmd_data_sim)
     p = dsub.add_parser("info", help="episodes, lengths, rates, views, channels and action statistics")

@@ -10,7 +10,7 @@ def cmd_data_sim(args: argparse.Namespace) -> int:
 
     views = tuple(v for v in args.views.split(",") if v)
     summary = generate_demos(args.out, args.task, args.episodes, args.seed, views, args.image_size, args.modes,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, action_noise=args.action_noise)
     print(f"wrote {summary['kept']} successful episodes of {summary['attempted']} attempts to {args.out} "
           f"(modes: {summary['modes']})")
     return 0 if summary["kept"] == args.episodes else 1

@@ -292,8 +292,14 @@ class ViaPointExpert:
 
 
 def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, views: tuple[str, ...],
-                   image_size: int, modes: int = 1, max_attempts_factor: int = 3, progress: bool = True) -> dict:
-    """Write `episodes` successful expert demonstrations; returns a summary (kept, attempted, modes)."""
+                   image_size: int, modes: int = 1, max_attempts_factor: int = 3, progress: bool = True,
+                   action_noise: float = 0.0) -> dict:
+    """Write `episodes` successful expert demonstrations; returns a summary (kept, attempted, modes).
+
+    action_noise: DART (Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"): the
+    simulator executes the demonstrator's action + N(0, action_noise^2) on the motion dimensions (clipped
+    to [-1, 1]), the recording keeps the demonstrator's own action as the label, so the data visits the
+    states a learned policy drifts into and says how the demonstrator recovers from each."""
     from tqdm import tqdm
 
     from .episodes import EpisodeData, next_episode_name, write_episode
@@ -306,9 +312,12 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
     if task == OBSTACLE_TASK and modes != 2:
         raise ConfigError(f"--modes {modes}: {OBSTACLE_TASK}'s demonstrations pass the post in front or behind, at "
                           f"random (two modes); use --modes 2")
+    if not (isinstance(action_noise, (int, float)) and 0.0 <= action_noise <= 1.0):
+        raise ConfigError(f"--action-noise: expected a standard deviation in [0, 1] (action units), got {action_noise!r}")
     scripted_policy(task)  # a task without a scripted expert stops here, before any file is written
     env = SimEnv(task, seed=seed, views=views, image_size=image_size, render=bool(views))
     rng = np.random.default_rng(seed)
+    noise_rng = np.random.default_rng([seed, 1])  # its own stream: the placements' modes draw as without noise
     kept, attempts, mode_counts = 0, 0, {-1: 0, 0: 0, 1: 0}
     bar = tqdm(total=episodes, desc=f"sim demos {task}", disable=not progress, unit="ep")
     try:
@@ -329,7 +338,11 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
                 states.append(record.state)
                 actions.append(action)
                 times.append(record.t)
-                record = env.step(action)
+                executed = action
+                if action_noise:  # DART: the label is the demonstrator's action, the sim executes a perturbed one
+                    executed = action.copy()
+                    executed[:3] = np.clip(action[:3] + noise_rng.normal(0.0, action_noise, 3), -1.0, 1.0)
+                record = env.step(executed)
                 sensor.append(record.sensor)
                 sensor_t.append(record.sensor_t)
                 if record.success:
@@ -348,7 +361,7 @@ def generate_demos(out_dir: str | Path, task: str, episodes: int, seed: int, vie
                 images={v: np.asarray(f[:len(actions)]) for v, f in frames.items()},
                 images_t={v: np.asarray(frame_t[:len(actions)]) for v in frames},
                 meta={"source": "metaworld", "task": task, "placement_seed": seed, "placement": placement,
-                      "mode": mode, "success": True, "mm_per_action_unit": 10.0,
+                      "mode": mode, "success": True, "mm_per_action_unit": 10.0, "action_noise": action_noise,
                       "detour": expert.record, "action_units": ["normalised mocap delta"] * 3 + ["effort"]},
             )
             write_episode(out_dir, next_episode_name(out_dir), data)
