@@ -175,6 +175,25 @@ def test_a_lever_on_the_seeing_policy_alone_at_a_fixed_step_budget(tmp_path, qui
     assert "B (sees) alone" in text and "| A blind |" not in text and "B >= 80 %" in text
 
 
+def test_the_expert_comparison_where_the_policy_sees(tmp_path, quick_data):
+    """`--compare-experts`: the seeing policy with each expert, the same steps and recipe; the stochastic
+    experts pooled over both sampling seeds, regression (deterministic) once; a table with intervals."""
+    assert vla(["demo", "--vision", "--quick", "--compare-experts", "--steps", "4", "--out", str(tmp_path / "runs"),
+                "--data", str(quick_data), "--image-size", "56", "-o", "backbone.freeze_word_embeddings=true"]) == 0
+    result = json.loads((tmp_path / "runs" / "report" / "experts.json").read_text())
+    assert list(result["experts"]) == ["regression", "diffusion", "flow"] and result["budget"]["steps"] == 4
+    for expert, row in result["experts"].items():
+        assert row["seeds"] == ([0] if expert == "regression" else [0, 1])
+        assert row["episodes"] == 2 * len(row["seeds"]) and 0 <= row["success_rate"] <= 1
+        assert row["latency_ms"] and all(ms > 0 for ms in row["latency_ms"].values())
+        config = load_policy(tmp_path / "runs" / expert / "step_4").config
+        assert config.expert.type == expert and config.backbone.freeze_word_embeddings
+    text = (tmp_path / "runs" / "experts.md").read_text()
+    assert all(f"| {e} |" in text for e in result["experts"])
+    assert result["command"] == ("vla demo --vision --compare-experts --quick --image-size 56 --steps 4 "
+                                 "-o backbone.freeze_word_embeddings=true")
+
+
 def test_vision_demo_cli_refuses_another_task_or_no_minutes(capsys):
     assert vla(["demo", "--vision", "--task", "pick-place-v3"]) == 2
     assert "--vision: the experiment is defined for peg-insert-side-v3" in capsys.readouterr().err
@@ -188,5 +207,7 @@ def test_vision_demo_cli_refuses_another_task_or_no_minutes(capsys):
     assert "apply to --vision only" in capsys.readouterr().err
     assert vla(["demo", "--seeing-only"]) == 2
     assert "apply to --vision only" in capsys.readouterr().err
+    assert vla(["demo", "--vision", "--compare-experts", "--seeing-only"]) == 2
+    assert "--seeing-only does not apply" in capsys.readouterr().err
     assert vla(["demo", "--vision", "--steps", "3"]) == 2
     assert "--steps: expected at least 4 training steps" in capsys.readouterr().err

@@ -96,7 +96,7 @@ def make_datasets(root: Path, budget: dict, log_dir: Path) -> tuple[Path, Path]:
 
 
 def _train_argv(variant: str, dataset: Path, run: Path, steps: int, budget: dict, snapshots: list[int],
-                checkpoints: int = 4) -> list[str]:
+                checkpoints: int = 4, expert: str = EXPERT) -> list[str]:
     """`vla train` of one variant: its config, then the experiment's overrides (both variants), and for
     B the backbone's resolution = the rendered size (one image, no resampling); `checkpoints` validated
     checkpoints along the way."""
@@ -104,7 +104,7 @@ def _train_argv(variant: str, dataset: Path, run: Path, steps: int, budget: dict
     sets = [*budget["overrides"], *([f"backbone.min_pixels={pixels}", f"backbone.max_pixels={pixels}"]
                                     if variant == "sees" else [])]
     return vla_argv("train", "--config", str(VARIANTS[variant]), "--dataset", str(dataset), "--out", str(run),
-                "--expert", EXPERT, "--max-steps", str(steps), "--batch-size", str(budget["batch_size"]),
+                "--expert", expert, "--max-steps", str(steps), "--batch-size", str(budget["batch_size"]),
                 "--checkpoint-every", str(max(steps // checkpoints, 1)), "--seed", "0", "--no-progress",
                 "-o", f"train.snapshots={snapshots}", *[a for item in sets for a in ("-o", item)])
 
@@ -177,6 +177,25 @@ def run_probe(policy, initial, train: Path, heldout: Path, budget: dict, placeme
     return out
 
 
+def vision_budget(quick: bool, image_size: int, overrides, placement_seeds: int | None, steps: int | None) -> dict:
+    """The experiment's budget with the levers applied (named errors for bad ones)."""
+    if image_size % PATCH or image_size < PATCH:
+        raise ConfigError(f"--image-size: expected a multiple of {PATCH} px (the backbone's merged patch), "
+                          f"got {image_size}")
+    if steps is not None and steps < 4:
+        raise ConfigError(f"--steps: expected at least 4 training steps (snapshots at 1/4, 1/2 and all), got {steps}")
+    if placement_seeds is not None and placement_seeds < 1:
+        raise ConfigError(f"--placement-seeds: expected at least 1, got {placement_seeds}")
+    budget = {**BUDGETS["quick" if quick else "full"], "image_size": image_size, "overrides": list(overrides)}
+    if placement_seeds is not None:
+        budget["seeds"] = training_seeds(placement_seeds)
+    return budget
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
 def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = "data/vision", minutes: float = 60.0,
                     quick: bool = False, placement_seeds: int | None = None, image_size: int = IMAGE_SIZE,
                     overrides: list[str] | tuple[str, ...] = (), seeing_only: bool = False,
@@ -188,16 +207,7 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     (levers compared at equal steps)."""
     from .vision_report import write_vision_report
 
-    if image_size % PATCH or image_size < PATCH:
-        raise ConfigError(f"--image-size: expected a multiple of {PATCH} px (the backbone's merged patch), "
-                          f"got {image_size}")
-    if steps is not None and steps < 4:
-        raise ConfigError(f"--steps: expected at least 4 training steps (snapshots at 1/4, 1/2 and all), got {steps}")
-    if placement_seeds is not None and placement_seeds < 1:
-        raise ConfigError(f"--placement-seeds: expected at least 1, got {placement_seeds}")
-    budget = {**BUDGETS["quick" if quick else "full"], "image_size": image_size, "overrides": list(overrides)}
-    if placement_seeds is not None:
-        budget["seeds"] = training_seeds(placement_seeds)
+    budget = vision_budget(quick, image_size, overrides, placement_seeds, steps)
     out, data = Path(out_dir), Path(data_dir)
     (out / "report").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -262,8 +272,7 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
                    + (f" --image-size {image_size}" if image_size != IMAGE_SIZE else "")
                    + (" --seeing-only" if seeing_only else "") + (f" --steps {steps}" if rate is None else "")
                    + "".join(f" -o {item}" for item in overrides),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-                   f"{' and '.join(variants)} in two parallel lanes of processes with {threads} thread(s) each",
+        "machine": f"{machine()}; {' and '.join(variants)} in two parallel lanes of processes with {threads} thread(s) each",
         "variants": list(variants),
         "task": TASK, "views": list(VIEWS), "image_size": image_size, "expert": EXPERT,
         "overrides": list(overrides),
