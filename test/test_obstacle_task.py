@@ -8,6 +8,7 @@ import pytest
 from vla_models import ConfigError
 from vla_training.data.episodes import list_episodes
 from vla_training.data.obstacle import OBSTACLE_TASK, DetourExpert, placement_layout
+from vla_training.cli import main as vla
 from vla_training.data.sim import SimEnv, generate_demos
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -148,7 +149,8 @@ def test_dart_demonstrations_record_the_demonstrators_action_on_a_perturbed_path
     demonstration's, and every recorded action is the demonstrator's own answer to the recorded state."""
     clean, noisy = tmp_path / "clean", tmp_path / "noisy"
     generate_demos(clean, OBSTACLE_TASK, 2, 0, (), 32, modes=2, progress=False)
-    generate_demos(noisy, OBSTACLE_TASK, 2, 0, (), 32, modes=2, progress=False, action_noise=0.3)
+    assert vla(["data", "sim", "--out", str(noisy), "--task", OBSTACLE_TASK, "--episodes", "2", "--seed", "0",
+                "--modes", "2", "--views", "", "--action-noise", "0.3", "--no-progress"]) == 0
     for a, b in zip(list_episodes(clean), list_episodes(noisy)):
         assert (a.meta["placement"], a.meta["mode"]) == (b.meta["placement"], b.meta["mode"])
         assert b.meta["action_noise"] == 0.3 and a.meta["action_noise"] == 0.0
