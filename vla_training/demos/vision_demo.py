@@ -192,6 +192,19 @@ def vision_budget(quick: bool, image_size: int, overrides, placement_seeds: int 
     return budget
 
 
+def step_budget(train: Path, out: Path, budget: dict, minutes: float, steps: int | None) -> tuple[int, float | None]:
+    """(training steps, B's calibrated steps/s): `steps` as given (no calibration: None), or `minutes` of B's
+    training on this machine, measured."""
+    if steps is not None:
+        return steps, None
+    rate = calibrate(train, out, budget)
+    steps = max(4, int(rate * minutes * 60))
+    if budget["max_train_steps"]:
+        steps = min(steps, budget["max_train_steps"])
+    print(f"B trains at {rate:.2f} steps/s: {minutes:g} min = {steps} steps")
+    return steps, rate
+
+
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
@@ -214,14 +227,7 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     train, heldout = make_datasets(data, budget, out / "logs")
     t_data = time.perf_counter() - t0
     variants = ("sees",) if seeing_only else tuple(VARIANTS)
-    if steps is None:
-        rate = calibrate(train, out, budget)
-        steps = max(4, int(rate * minutes * 60))
-        if budget["max_train_steps"]:
-            steps = min(steps, budget["max_train_steps"])
-        print(f"B trains at {rate:.2f} steps/s: {minutes:g} min = {steps} steps")
-    else:
-        rate = None
+    steps, rate = step_budget(train, out, budget, minutes, steps)
     snapshots = sorted({steps // 4, steps // 2, steps})
     print(f"{' and '.join(variants)}: {steps} steps; snapshots at {snapshots}")
     runs = {v: out / v for v in variants}

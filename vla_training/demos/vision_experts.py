@@ -20,8 +20,8 @@ from ..evaluation.report import _fmt
 from ..files import write_json_atomic
 from .demo import pooled_closed_loop
 from .lanes import Job, run_lanes, threads_per_lane
-from .vision_demo import (HELDOUT_SEED, IMAGE_SIZE, TASK, VIEWS, _eval_job, _train_argv, calibrate, machine,
-                          make_datasets, vision_budget)
+from .vision_demo import (HELDOUT_SEED, IMAGE_SIZE, TASK, VIEWS, _eval_job, _train_argv, machine, make_datasets,
+                          step_budget, vision_budget)
 from .vision_report import _rate
 
 EXPERTS = ("regression", "diffusion", "flow")
@@ -38,12 +38,7 @@ def run_vision_experts(out_dir: str | Path = "runs/vision_experts", data_dir: st
     t0 = time.perf_counter()
     train, heldout = make_datasets(data, budget, out / "logs")
     t_data = time.perf_counter() - t0
-    rate = None
-    if steps is None:  # B's rate (diffusion) on this machine; every expert trains the same steps
-        rate = calibrate(train, out, budget)
-        steps = max(4, int(rate * minutes * 60))
-        if budget["max_train_steps"]:
-            steps = min(steps, budget["max_train_steps"])
+    steps, rate = step_budget(train, out, budget, minutes, steps)  # B's rate (diffusion): every expert the same steps
     print(f"regression, diffusion and flow: {steps} steps each")
     runs = {e: out / e for e in EXPERTS}
     evals: dict[tuple[str, int], Path] = {}
