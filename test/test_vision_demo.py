@@ -167,7 +167,7 @@ def test_a_lever_on_the_seeing_policy_alone_at_a_fixed_step_budget(tmp_path, qui
     assert result["budget"]["steps"] == 6 and result["budget"]["snapshots"] == [1, 3, 6]
     assert result["budget"]["calibrated_steps_per_s"] is None and not list((tmp_path / "runs").glob("calibrate_*"))
     assert all(set(row) == {"step", "sees"} for row in result["curve"]) and set(result["latency"]) == {"sees"}
-    assert result["command"] == ("vla demo --vision --quick --image-size 56 --seeing-only --steps 6 "
+    assert result["command"] == ("vla demo --vision --seeing-only --quick --image-size 56 --steps 6 "
                                  "-o train.augment={'*': {shift: 2}}")
     run = tmp_path / "runs" / "sees"
     assert json.loads((run / "train_config.json").read_text())["train"]["augment"] == {"*": {"shift": 2}}

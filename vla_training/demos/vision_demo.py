@@ -205,6 +205,17 @@ def step_budget(train: Path, out: Path, budget: dict, minutes: float, steps: int
     return steps, rate
 
 
+def vision_command(mode: str, minutes: float, rate: float | None, quick: bool, placement_seeds: int | None,
+                   image_size: int, steps: int, overrides) -> str:
+    """The `vla demo --vision` command line a run stands for (`mode`: '', --seeing-only, --compare-experts):
+    --minutes when they were calibrated into steps (`rate`), --steps when the steps were given."""
+    return ("vla demo --vision" + (f" {mode}" if mode else "") + (f" --minutes {minutes:g}" if rate is not None else "")
+            + (" --quick" if quick else "")
+            + (f" --placement-seeds {placement_seeds}" if placement_seeds is not None else "")
+            + (f" --image-size {image_size}" if image_size != IMAGE_SIZE else "")
+            + (f" --steps {steps}" if rate is None else "") + "".join(f" -o {item}" for item in overrides))
+
+
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
@@ -273,11 +284,8 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     rollouts = next(iter(closed_b.values()))["rollouts"]
     total = time.perf_counter() - t0
     result = {
-        "command": "vla demo --vision" + (f" --minutes {minutes:g}" if rate is not None else "") + (" --quick" if quick else "")
-                   + (f" --placement-seeds {placement_seeds}" if placement_seeds is not None else "")
-                   + (f" --image-size {image_size}" if image_size != IMAGE_SIZE else "")
-                   + (" --seeing-only" if seeing_only else "") + (f" --steps {steps}" if rate is None else "")
-                   + "".join(f" -o {item}" for item in overrides),
+        "command": vision_command("--seeing-only" if seeing_only else "", minutes, rate, quick, placement_seeds,
+                                  image_size, steps, overrides),
         "machine": f"{machine()}; {' and '.join(variants)} in two parallel lanes of processes with {threads} thread(s) each",
         "variants": list(variants),
         "task": TASK, "views": list(VIEWS), "image_size": image_size, "expert": EXPERT,

@@ -21,7 +21,7 @@ from ..files import write_json_atomic
 from .demo import pooled_closed_loop
 from .lanes import Job, run_lanes, threads_per_lane
 from .vision_demo import (HELDOUT_SEED, IMAGE_SIZE, TASK, VIEWS, _eval_job, _train_argv, machine, make_datasets,
-                          step_budget, vision_budget)
+                          step_budget, vision_budget, vision_command)
 from .vision_report import _rate
 
 EXPERTS = ("regression", "diffusion", "flow")
@@ -66,11 +66,8 @@ def run_vision_experts(out_dir: str | Path = "runs/vision_experts", data_dir: st
                         "latency_ms": {label: stages["total_ms"]["median"] for label, stages in latency.items()}}
     total = time.perf_counter() - t0
     result = {
-        "command": "vla demo --vision --compare-experts" + (f" --minutes {minutes:g}" if rate is not None else "")
-                   + (" --quick" if quick else "")
-                   + (f" --placement-seeds {placement_seeds}" if placement_seeds is not None else "")
-                   + (f" --image-size {image_size}" if image_size != IMAGE_SIZE else "")
-                   + (f" --steps {steps}" if rate is None else "") + "".join(f" -o {item}" for item in overrides),
+        "command": vision_command("--compare-experts", minutes, rate, quick, placement_seeds, image_size, steps,
+                                  overrides),
         "machine": f"{machine()}; the three experts in parallel lanes of processes with {threads} thread(s) each",
         "task": TASK, "views": list(VIEWS), "image_size": budget["image_size"], "overrides": list(overrides),
         "data": {"placement_seeds": budget["seeds"], "demos_per_seed": budget["demos_per_seed"]},
