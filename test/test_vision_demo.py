@@ -159,20 +159,26 @@ def test_quick_vision_demo_writes_the_whole_report(tmp_path, quick_data):
 
 def test_a_lever_on_the_seeing_policy_alone_at_a_fixed_step_budget(tmp_path, quick_data):
     """`--seeing-only --steps N`: B alone, N steps (no calibration), and an override A could not take
-    (augmentation of camera views) reaches B's training."""
-    assert vla(["demo", "--vision", "--quick", "--seeing-only", "--steps", "6", "--out", str(tmp_path / "runs"),
+    (augmentation of camera views) reaches B's training; `--expert regression` trains B with that expert and
+    evaluates it once (deterministic: a second sampling seed would count the same episodes twice)."""
+    assert vla(["demo", "--vision", "--quick", "--seeing-only", "--expert", "regression", "--steps", "6",
+                "--out", str(tmp_path / "runs"),
                 "--data", str(quick_data), "--image-size", "56", "-o", "train.augment={'*': {shift: 2}}"]) == 0
     result = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())
     assert result["variants"] == ["sees"] and set(result["configs"]) == {"sees"} and not (tmp_path / "runs" / "blind").exists()
     assert result["budget"]["steps"] == 6 and result["budget"]["snapshots"] == [1, 3, 6]
     assert result["budget"]["calibrated_steps_per_s"] is None and not list((tmp_path / "runs").glob("calibrate_*"))
     assert all(set(row) == {"step", "sees"} for row in result["curve"]) and set(result["latency"]) == {"sees"}
-    assert result["command"] == ("vla demo --vision --seeing-only --quick --image-size 56 --steps 6 "
-                                 "-o train.augment={'*': {shift: 2}}")
+    assert result["command"] == ("vla demo --vision --seeing-only --expert regression --quick --image-size 56 "
+                                 "--steps 6 -o train.augment={'*': {shift: 2}}")
     run = tmp_path / "runs" / "sees"
-    assert json.loads((run / "train_config.json").read_text())["train"]["augment"] == {"*": {"shift": 2}}
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["train"]["augment"] == {"*": {"shift": 2}} and config["policy"]["expert"]["type"] == "regression"
+    assert result["expert"] == "regression" and result["budget"]["sample_seeds"] == [0]
+    assert result["curve"][-1]["sees"]["seeds"] == [0] and not list((tmp_path / "runs" / "report").glob("*seed1*"))
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "B (sees) alone" in text and "| A blind |" not in text and "B >= 80 %" in text
+    assert "expert regression (one pass)" in text
 
 
 def test_the_expert_comparison_where_the_policy_sees(tmp_path, quick_data):
@@ -208,6 +214,10 @@ def test_vision_demo_cli_refuses_another_task_or_no_minutes(capsys):
     assert vla(["demo", "--seeing-only"]) == 2
     assert "apply to --vision only" in capsys.readouterr().err
     assert vla(["demo", "--vision", "--compare-experts", "--seeing-only"]) == 2
-    assert "--seeing-only does not apply" in capsys.readouterr().err
+    assert "--seeing-only and --expert do not apply" in capsys.readouterr().err
+    assert vla(["demo", "--vision", "--compare-experts", "--expert", "flow"]) == 2
+    assert "--seeing-only and --expert do not apply" in capsys.readouterr().err
+    assert vla(["demo", "--expert", "flow"]) == 2
+    assert "apply to --vision only" in capsys.readouterr().err
     assert vla(["demo", "--vision", "--steps", "3"]) == 2
     assert "--steps: expected at least 4 training steps" in capsys.readouterr().err

@@ -13,18 +13,18 @@ from ..files import write_json_atomic
 
 def cmd_demo(args: argparse.Namespace) -> int:
     vision_only = args.set or args.placement_seeds is not None or args.image_size is not None or args.seeing_only \
-        or args.steps is not None or args.compare_experts
+        or args.steps is not None or args.compare_experts or args.expert is not None
     if args.modes:
         if args.vision or vision_only:
             raise ConfigError("--modes: a state-only experiment of its own; --vision, --placement-seeds, --image-size, "
-                              "--seeing-only, --compare-experts, --steps and -o do not apply")
+                              "--seeing-only, --compare-experts, --steps, --expert and -o do not apply")
         from .modes_demo import run_modes_demo
 
         run_modes_demo(args.out or "runs/modes", args.data or "data/modes", quick=args.quick)
         return 0
     if not args.vision and vision_only:
-        raise ConfigError("--placement-seeds, --image-size, --seeing-only, --compare-experts, --steps and -o "
-                          "apply to --vision only")
+        raise ConfigError("--placement-seeds, --image-size, --seeing-only, --compare-experts, --steps, --expert and "
+                          "-o apply to --vision only")
     if args.vision:
         from .vision_demo import TASK, run_vision_demo
 
@@ -36,15 +36,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.compare_experts:
             from .vision_experts import run_vision_experts
 
-            if args.seeing_only:
-                raise ConfigError("--compare-experts trains the seeing policy only; --seeing-only does not apply")
+            if args.seeing_only or args.expert is not None:
+                raise ConfigError("--compare-experts trains the seeing policy with each expert; --seeing-only and "
+                                  "--expert do not apply")
             run_vision_experts(args.out or "runs/vision_experts", args.data or "data/vision", minutes=args.minutes,
                                quick=args.quick, placement_seeds=args.placement_seeds, overrides=args.set,
                                steps=args.steps, **({} if args.image_size is None else {"image_size": args.image_size}))
             return 0
         run_vision_demo(args.out or "runs/vision", args.data or "data/vision", minutes=args.minutes, quick=args.quick,
                         placement_seeds=args.placement_seeds, overrides=args.set, seeing_only=args.seeing_only,
-                        steps=args.steps,
+                        steps=args.steps, **({} if args.expert is None else {"expert": args.expert}),
                         **({} if args.image_size is None else {"image_size": args.image_size}))
         return 0
     from .demo import run_demo

@@ -46,6 +46,7 @@ TASK = "peg-insert-side-v3"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 VARIANTS = {"blind": CONFIG_DIR / "vision_blind.yaml", "sees": CONFIG_DIR / "vision_sees.yaml"}
 VIEWS, IMAGE_SIZE, EXPERT, HELDOUT_SEED = ("corner", "gripperPOV"), 112, "diffusion", 1
+DETERMINISTIC = ("regression",)  # one closed loop: every sampling seed gives the same chunks
 PATCH = 28  # the tiny Qwen2.5-VL's 14-px patches merged 2 x 2: the rendered size is a multiple of this
 def training_seeds(count: int) -> list[int]:
     """`count` MT1 placement seeds for training demonstrations: 0, 2, 3, ... (1 is the held-out seed)."""
@@ -206,10 +207,11 @@ def step_budget(train: Path, out: Path, budget: dict, minutes: float, steps: int
 
 
 def vision_command(mode: str, minutes: float, rate: float | None, quick: bool, placement_seeds: int | None,
-                   image_size: int, steps: int, overrides) -> str:
+                   image_size: int, steps: int, overrides, expert: str = EXPERT) -> str:
     """The `vla demo --vision` command line a run stands for (`mode`: '', --seeing-only, --compare-experts):
     --minutes when they were calibrated into steps (`rate`), --steps when the steps were given."""
-    return ("vla demo --vision" + (f" {mode}" if mode else "") + (f" --minutes {minutes:g}" if rate is not None else "")
+    return ("vla demo --vision" + (f" {mode}" if mode else "") + (f" --expert {expert}" if expert != EXPERT else "")
+            + (f" --minutes {minutes:g}" if rate is not None else "")
             + (" --quick" if quick else "")
             + (f" --placement-seeds {placement_seeds}" if placement_seeds is not None else "")
             + (f" --image-size {image_size}" if image_size != IMAGE_SIZE else "")
@@ -223,12 +225,13 @@ def machine() -> str:
 def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = "data/vision", minutes: float = 60.0,
                     quick: bool = False, placement_seeds: int | None = None, image_size: int = IMAGE_SIZE,
                     overrides: list[str] | tuple[str, ...] = (), seeing_only: bool = False,
-                    steps: int | None = None) -> Path:
+                    steps: int | None = None, expert: str = EXPERT) -> Path:
     """The levers: placement_seeds (x 48 demonstrations), image_size (px, rendered and seen), overrides
     (`KEY=VALUE` for the variants' `vla train -o`: backbone.size, fusion.mode, hidden_dim, ...).
     seeing_only: B alone (a lever measured against the blind baseline of an earlier run; the overrides may then
     be ones A cannot take, such as train.augment); steps: a fixed step budget instead of `minutes` calibrated
-    (levers compared at equal steps)."""
+    (levers compared at equal steps); expert: both policies' action expert (regression is evaluated once: it is
+    deterministic, so a second sampling seed would count the same episodes twice)."""
     from .vision_report import write_vision_report
 
     budget = vision_budget(quick, image_size, overrides, placement_seeds, steps)
@@ -244,9 +247,10 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     runs = {v: out / v for v in variants}
     for run in runs.values():
         shutil.rmtree(run, ignore_errors=True)
-    train_jobs = {v: Job(f"train {v}", _train_argv(v, train, run, steps, budget, snapshots), total=steps,
-                         progress_file=run / "metrics.jsonl", progress_key="train/loss") for v, run in runs.items()}
-    seeds, last = budget["sample_seeds"], snapshots[-1]
+    train_jobs = {v: Job(f"train {v}", _train_argv(v, train, run, steps, budget, snapshots, expert=expert),
+                         total=steps, progress_file=run / "metrics.jsonl", progress_key="train/loss") for v, run in runs.items()}
+    seeds = budget["sample_seeds"][:1] if expert in DETERMINISTIC else budget["sample_seeds"]
+    last = snapshots[-1]
     evals: dict[tuple[str, int, int], Path] = {}
 
     def job(variant: str, step: int, seed: int, **kwargs) -> Job:
@@ -285,10 +289,10 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     total = time.perf_counter() - t0
     result = {
         "command": vision_command("--seeing-only" if seeing_only else "", minutes, rate, quick, placement_seeds,
-                                  image_size, steps, overrides),
+                                  image_size, steps, overrides, expert),
         "machine": f"{machine()}; {' and '.join(variants)} in two parallel lanes of processes with {threads} thread(s) each",
         "variants": list(variants),
-        "task": TASK, "views": list(VIEWS), "image_size": image_size, "expert": EXPERT,
+        "task": TASK, "views": list(VIEWS), "image_size": image_size, "expert": expert,
         "overrides": list(overrides),
         "configs": {v: str(VARIANTS[v].relative_to(CONFIG_DIR.parent)) for v in variants},
         "data": {"placement_seeds": budget["seeds"], "demos": len(list_episodes(train)),

@@ -20,12 +20,11 @@ from ..evaluation.report import _fmt
 from ..files import write_json_atomic
 from .demo import pooled_closed_loop
 from .lanes import Job, run_lanes, threads_per_lane
-from .vision_demo import (HELDOUT_SEED, IMAGE_SIZE, TASK, VIEWS, _eval_job, _train_argv, machine, make_datasets,
+from .vision_demo import (DETERMINISTIC, HELDOUT_SEED, IMAGE_SIZE, TASK, VIEWS, _eval_job, _train_argv, machine, make_datasets,
                           step_budget, vision_budget, vision_command)
 from .vision_report import _rate
 
 EXPERTS = ("regression", "diffusion", "flow")
-DETERMINISTIC = ("regression",)  # one closed loop: every sampling seed gives the same chunks
 
 
 def run_vision_experts(out_dir: str | Path = "runs/vision_experts", data_dir: str | Path = "data/vision",
