@@ -20,8 +20,8 @@ from ..evaluation.report import _fmt
 from ..files import write_json_atomic
 from .demo import pooled_closed_loop
 from .lanes import Job, run_lanes, threads_per_lane
-from .vision_demo import (DETERMINISTIC, HELDOUT_SEED, IMAGE_SIZE, TASK, VIEWS, _eval_job, _train_argv, machine, make_datasets,
-                          step_budget, vision_budget, vision_command)
+from .vision_demo import (DETERMINISTIC, HELDOUT_SEED, IMAGE_SIZE, TASK, VIEWS, _eval_job, _train_argv, machine,
+                          make_datasets, step_budget, vision_budget, vision_command)
 from .vision_report import _rate
 
 EXPERTS = ("regression", "diffusion", "flow")
