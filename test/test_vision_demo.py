@@ -32,7 +32,7 @@ def test_blind_and_seeing_differ_only_in_views_and_backbone():
     blind, sees = (PolicyConfig.from_file(VARIANTS[v]) for v in ("blind", "sees"))
     a, b = _flat(blind.to_dict()), _flat(sees.to_dict())
     assert {k for k in a if a[k] != b[k]} == {"views", "backbone.type", "backbone.freeze", "backbone.min_pixels",
-                                              "backbone.max_pixels"}
+                                              "backbone.max_pixels", "backbone.freeze_word_embeddings"}
     assert set(blind.state.columns) <= set(STATE_NAMES)
     assert not any(c.startswith(("obj_", "goal_", "prev_")) for c in blind.state.columns)  # no object, no hole
     assert sees.backbone.type == "qwen_vl" and not sees.backbone.freeze and sees.views
@@ -140,18 +140,23 @@ def test_quick_vision_demo_writes_the_whole_report(tmp_path, quick_data):
             cl = row[variant]
             assert 0 <= cl["success_rate"] <= 1 and cl["episodes"] == 2 * len(cl["seeds"])
             assert math.isfinite(cl["train_minutes"]) and cl["train_minutes"] > 0
-    assert result["curve"][-1]["sees"]["seeds"] == [0, 1]  # the last snapshot: both sampling seeds
+    # the default recipe's expert is deterministic: one closed loop per snapshot (not counted twice)
+    assert result["expert"] == "regression" and result["budget"]["sample_seeds"] == [0]
+    assert result["curve"][-1]["sees"]["seeds"] == [0]
+    assert not list((tmp_path / "runs" / "report").glob("eval_*seed1*"))
     assert "--image-size 56 -o fusion.mode=gated" in result["command"]
     seen = load_policy(tmp_path / "runs" / "sees" / f"step_{result['budget']['steps']}").config
-    assert seen.fusion.mode == "gated" and seen.backbone.max_pixels == 56 * 56
-    stages = result["latency"]["sees"]["ddim-10"]
-    assert stages["backbone_ms"]["median"] > 0 and "backbone_ms" not in result["latency"]["blind"]["ddim-10"]
+    assert seen.fusion.mode == "gated" and seen.backbone.max_pixels == 56 * 56 and seen.expert.type == "regression"
+    assert seen.backbone.freeze_word_embeddings  # the recipe's config, kept under -o
+    stages = result["latency"]["sees"]["regression"]
+    assert stages["backbone_ms"]["median"] > 0 and "backbone_ms" not in result["latency"]["blind"]["regression"]
     for name in ("trained", "initial"):
         values = [v for t in ("peg", "hole") for v in result["probe"][name][t]["mae_mm"]]
         assert all(math.isfinite(v) for v in values)
     assert len(result["probe"]["placements"]) == 2
     assert all(isinstance(row["success"], bool) for row in result["probe"]["placements"])
-    for line in ("| A blind | ddim-10 |", "| B sees | ddim-10 |", "## Targets", "B >= 80 %", "| trained |", "| initial |"):
+    for line in ("| A blind | regression |", "| B sees | regression |", "## Targets", "B >= 80 %", "| trained |",
+                 "| initial |", "expert regression (one pass)"):
         assert line in text
     for image in ("vision_success.png", "vision_probe.png", "rollout_0_sheet.png"):
         assert (tmp_path / "runs" / "report" / image).stat().st_size > 0 and f"report/{image}" in text
@@ -159,9 +164,9 @@ def test_quick_vision_demo_writes_the_whole_report(tmp_path, quick_data):
 
 def test_a_lever_on_the_seeing_policy_alone_at_a_fixed_step_budget(tmp_path, quick_data):
     """`--seeing-only --steps N`: B alone, N steps (no calibration), and an override A could not take
-    (augmentation of camera views) reaches B's training; `--expert regression` trains B with that expert and
-    evaluates it once (deterministic: a second sampling seed would count the same episodes twice)."""
-    assert vla(["demo", "--vision", "--quick", "--seeing-only", "--expert", "regression", "--steps", "6",
+    (augmentation of camera views) reaches B's training; `--expert diffusion` trains B with that expert and
+    pools its last snapshot over both sampling seeds."""
+    assert vla(["demo", "--vision", "--quick", "--seeing-only", "--expert", "diffusion", "--steps", "6",
                 "--out", str(tmp_path / "runs"),
                 "--data", str(quick_data), "--image-size", "56", "-o", "train.augment={'*': {shift: 2}}"]) == 0
     result = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())
@@ -169,16 +174,16 @@ def test_a_lever_on_the_seeing_policy_alone_at_a_fixed_step_budget(tmp_path, qui
     assert result["budget"]["steps"] == 6 and result["budget"]["snapshots"] == [1, 3, 6]
     assert result["budget"]["calibrated_steps_per_s"] is None and not list((tmp_path / "runs").glob("calibrate_*"))
     assert all(set(row) == {"step", "sees"} for row in result["curve"]) and set(result["latency"]) == {"sees"}
-    assert result["command"] == ("vla demo --vision --seeing-only --expert regression --quick --image-size 56 "
+    assert result["command"] == ("vla demo --vision --seeing-only --expert diffusion --quick --image-size 56 "
                                  "--steps 6 -o train.augment={'*': {shift: 2}}")
     run = tmp_path / "runs" / "sees"
     config = json.loads((run / "train_config.json").read_text())
-    assert config["train"]["augment"] == {"*": {"shift": 2}} and config["policy"]["expert"]["type"] == "regression"
-    assert result["expert"] == "regression" and result["budget"]["sample_seeds"] == [0]
-    assert result["curve"][-1]["sees"]["seeds"] == [0] and not list((tmp_path / "runs" / "report").glob("*seed1*"))
+    assert config["train"]["augment"] == {"*": {"shift": 2}} and config["policy"]["expert"]["type"] == "diffusion"
+    assert result["expert"] == "diffusion" and result["budget"]["sample_seeds"] == [0, 1]
+    assert result["curve"][-1]["sees"]["seeds"] == [0, 1] and result["curve"][-1]["sees"]["episodes"] == 4
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "B (sees) alone" in text and "| A blind |" not in text and "B >= 80 %" in text
-    assert "expert regression (one pass)" in text
+    assert "expert diffusion (DDIM-10)" in text
 
 
 def test_the_expert_comparison_where_the_policy_sees(tmp_path, quick_data):

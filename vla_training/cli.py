@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "(regression, diffusion, flow), same recipe and steps "
                                                                   "(runs/vision_experts/experts.md)")
     p.add_argument("--expert", choices=["regression", "diffusion", "flow"],
-                   help="--vision: the action expert of both policies (default: diffusion)")
+                   help="--vision: the action expert of both policies (default: regression)")
     p.add_argument("--steps", type=int, help="--vision: a fixed step budget instead of --minutes calibrated on this "
                                              "machine (levers compared at equal steps)")
     p.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",

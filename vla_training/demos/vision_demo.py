@@ -3,7 +3,9 @@
 A ("blind", config/vision_blind.yaml): the robot's own state (hand position, gripper) + the contact
 wrench; the peg's and the hole's positions are not read. B ("sees", config/vision_sees.yaml): A + the
 `corner` and `gripperPOV` cameras (112 x 112) and the instruction through the tiny Qwen2.5-VL backbone,
-random weights trained end to end with the expert. The two differ only in `views` and `backbone`.
+random weights trained end to end with the expert. The two differ only in `views` and `backbone`. The recipe
+(docs/results.md, "Levers toward B >= 80 %"): the regression expert (`--expert` picks another), fusion
+`cross_attention`, B's word-embedding table frozen.
 
 1. Demonstrations with both views from several placement seeds (MT1 has 50 placements per seed; more
    placements help a vision policy more than more steps), a held-out set from seed 1 (probe, latency).
@@ -12,8 +14,8 @@ random weights trained end to end with the expert. The two differ only in `views
    lanes, keeping snapshots at 1/4, 1/2 and all of it (about 15/30/60 minutes of B at `--minutes 60`).
    A lever is measured with `--seeing-only --steps N`: B alone, at the step count of the run it is compared
    with, and the overrides (`-o`) may then be ones only B can take (train.augment).
-3. Closed loop on the 50 held-out placements (MT1 seed 1) for every snapshot, DDIM-10; the last
-   snapshots once per sampling seed, pooled.
+3. Closed loop on the 50 held-out placements (MT1 seed 1) for every snapshot; the last snapshots once
+   per sampling seed, pooled (a deterministic expert once).
 4. Per-stage latency, a rollout contact sheet of B, and a linear probe of B's image features for the
    peg's and the hole's positions (against the same probe on the backbone's initial weights), joined
    with B's closed-loop outcome per placement -> DIR/report.md.
@@ -45,7 +47,7 @@ from ..data.sim import STATE_NAMES, SimEnv, task_instruction
 TASK = "peg-insert-side-v3"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 VARIANTS = {"blind": CONFIG_DIR / "vision_blind.yaml", "sees": CONFIG_DIR / "vision_sees.yaml"}
-VIEWS, IMAGE_SIZE, EXPERT, HELDOUT_SEED = ("corner", "gripperPOV"), 112, "diffusion", 1
+VIEWS, IMAGE_SIZE, EXPERT, HELDOUT_SEED = ("corner", "gripperPOV"), 112, "regression", 1
 DETERMINISTIC = ("regression",)  # one closed loop: every sampling seed gives the same chunks
 PATCH = 28  # the tiny Qwen2.5-VL's 14-px patches merged 2 x 2: the rendered size is a multiple of this
 def training_seeds(count: int) -> list[int]:
