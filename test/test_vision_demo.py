@@ -156,7 +156,7 @@ def test_quick_vision_demo_writes_the_whole_report(tmp_path, quick_data):
     assert len(result["probe"]["placements"]) == 2
     assert all(isinstance(row["success"], bool) for row in result["probe"]["placements"])
     for line in ("| A blind | regression |", "| B sees | regression |", "## Targets", "B >= 80 %", "| trained |",
-                 "| initial |", "expert regression (one pass)"):
+                 "| initial |", "expert regression (one pass)"):  # result["sampling"]: a one-pass expert
         assert line in text
     for image in ("vision_success.png", "vision_probe.png", "rollout_0_sheet.png"):
         assert (tmp_path / "runs" / "report" / image).stat().st_size > 0 and f"report/{image}" in text
@@ -183,7 +183,7 @@ def test_a_lever_on_the_seeing_policy_alone_at_a_fixed_step_budget(tmp_path, qui
     assert result["curve"][-1]["sees"]["seeds"] == [0, 1] and result["curve"][-1]["sees"]["episodes"] == 4
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "B (sees) alone" in text and "| A blind |" not in text and "B >= 80 %" in text
-    assert "expert diffusion (DDIM-10)" in text
+    assert result["sampling"] == "ddim-10" and "expert diffusion (ddim-10)" in text
 
 
 def test_the_expert_comparison_where_the_policy_sees(tmp_path, quick_data):

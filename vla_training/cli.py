@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-experts", action="store_true", help="--vision: the seeing policy with each expert "
                                                                   "(regression, diffusion, flow), same recipe and steps "
                                                                   "(runs/vision_experts/experts.md)")
-    p.add_argument("--expert", choices=["regression", "diffusion", "flow"],
+    p.add_argument("--expert", choices=list(EXPERTS),
                    help="--vision: the action expert of both policies (default: regression)")
     p.add_argument("--steps", type=int, help="--vision: a fixed step budget instead of --minutes calibrated on this "
                                              "machine (levers compared at equal steps)")

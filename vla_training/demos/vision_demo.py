@@ -250,7 +250,8 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
     for run in runs.values():
         shutil.rmtree(run, ignore_errors=True)
     train_jobs = {v: Job(f"train {v}", _train_argv(v, train, run, steps, budget, snapshots, expert=expert),
-                         total=steps, progress_file=run / "metrics.jsonl", progress_key="train/loss") for v, run in runs.items()}
+                         total=steps, progress_file=run / "metrics.jsonl", progress_key="train/loss")
+                  for v, run in runs.items()}
     seeds = budget["sample_seeds"][:1] if expert in DETERMINISTIC else budget["sample_seeds"]
     last = snapshots[-1]
     evals: dict[tuple[str, int, int], Path] = {}
@@ -280,6 +281,7 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
             row[variant] = {"train_minutes": meta["train_seconds"] / 60, **pooled_closed_loop(per_seed)}
         curve.append(row)
     final = {v: load_for_eval(runs[v] / f"step_{last}") for v in variants}
+    sampling = final["sees"].expert.sampling()  # as the closed loops sampled (the checkpoint's config, -o included)
     latency = {v: stage_latency({v: p}, heldout, repeats=budget["latency_repeats"]) for v, p in final.items()}
     initial = initial_policy(final["sees"].config)
     probe = run_probe(final["sees"], initial, train, heldout, budget, budget["eval_episodes"])
@@ -295,6 +297,7 @@ def run_vision_demo(out_dir: str | Path = "runs/vision", data_dir: str | Path = 
         "machine": f"{machine()}; {' and '.join(variants)} in two parallel lanes of processes with {threads} thread(s) each",
         "variants": list(variants),
         "task": TASK, "views": list(VIEWS), "image_size": image_size, "expert": expert,
+        "sampling": sampling.label if sampling.stochastic else "one pass",
         "overrides": list(overrides),
         "configs": {v: str(VARIANTS[v].relative_to(CONFIG_DIR.parent)) for v in variants},
         "data": {"placement_seeds": budget["seeds"], "demos": len(list_episodes(train)),

@@ -37,7 +37,8 @@ def run_vision_experts(out_dir: str | Path = "runs/vision_experts", data_dir: st
     t0 = time.perf_counter()
     train, heldout = make_datasets(data, budget, out / "logs")
     t_data = time.perf_counter() - t0
-    steps, rate = step_budget(train, out, budget, minutes, steps)  # B's rate (the default expert): every expert the same steps
+    # B's rate with the default expert on this machine: every expert trains the same steps
+    steps, rate = step_budget(train, out, budget, minutes, steps)
     print(f"regression, diffusion and flow: {steps} steps each")
     runs = {e: out / e for e in EXPERTS}
     evals: dict[tuple[str, int], Path] = {}

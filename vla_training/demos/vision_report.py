@@ -10,8 +10,6 @@ import numpy as np
 
 from ..evaluation.report import STAGES, _fmt, _pct, _save, plt
 
-SAMPLERS = {"regression": "one pass", "diffusion": "DDIM-10", "flow": "K = 10 Euler steps"}
-
 LABELS = {"blind": "A blind", "sees": "B sees"}
 
 
@@ -80,7 +78,7 @@ def write_vision_report(result: dict, out: str | Path) -> Path:
               "the instruction through the tiny Qwen2.5-VL, random weights, trained end to end)")
     lines = ["# Vision in the loop: A (blind) vs B (sees)" if both else "# Vision in the loop: B (sees) alone", "",
              f"- command: `{result['command']}`", f"- machine: {result['machine']}",
-             f"- task: Meta-World {result['task']}; expert {result['expert']} ({SAMPLERS[result['expert']]})" + (", same for A and B" if both else ""),
+             f"- task: Meta-World {result['task']}; expert {result['expert']} ({result['sampling']})" + (", same for A and B" if both else ""),
              (f"- A: `{result['configs']['blind']}` (hand position, gripper + contact wrench); B: {seeing}" if both else
               f"- B: {seeing}; overrides {result['overrides']}; A (blind) not trained in this run: its baseline is an "
               "earlier run's"),
