@@ -201,6 +201,7 @@ def test_the_expert_comparison_where_the_policy_sees(tmp_path, quick_data):
         assert config.expert.type == expert and config.backbone.freeze_word_embeddings
     text = (tmp_path / "runs" / "experts.md").read_text()
     assert all(f"| {e} |" in text for e in result["experts"])
+    assert (tmp_path / "runs" / "report" / "vision_experts.png").stat().st_size > 0 and "report/vision_experts.png" in text
     assert result["command"] == ("vla demo --vision --compare-experts --quick --image-size 56 --steps 4 "
                                  "-o backbone.freeze_word_embeddings=true")
 
