@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..evaluation.evaluate import load_for_eval, stage_latency
-from ..evaluation.report import _fmt, _save, plt
+from ..evaluation.report import _fmt, plot_success_bars
 from ..files import write_json_atomic
 from .demo import pooled_closed_loop
 from .lanes import Job, run_lanes, threads_per_lane
@@ -103,7 +103,9 @@ def write_experts_report(result: dict, out: Path) -> Path:
         seeds = ", ".join(f"{100 * v:.0f} %" for v in row["per_seed"].values())
         latency = ", ".join(f"{label} {_fmt(ms, 1)}" for label, ms in row["latency_ms"].items())
         lines.append(f"| {expert} | {row['train_minutes']:.1f} | {_rate(row)} | {seeds} | {latency} |")
-    plot = _plot_experts(result["experts"], out / "report" / "vision_experts.png")
+    plot = plot_success_bars(list(result["experts"]), list(result["experts"].values()),
+                             out / "report" / "vision_experts.png",
+                             title="the seeing policy B, closed loop on held-out placements", per_seed=True)
     lines += ["", f"![success per expert](report/{plot.name})"]
     report = out / "experts.md"
     tmp = out / ".experts.md.tmp"
@@ -111,19 +113,3 @@ def write_experts_report(result: dict, out: Path) -> Path:
     tmp.replace(report)
     return report
 
-
-def _plot_experts(experts: dict, out: Path) -> Path:
-    """Each expert's pooled success with its 95 % interval (bar and error bar), each sampling seed's rate (dots)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for x, (expert, row) in enumerate(experts.items()):
-        rate, (lo, hi) = 100 * row["success_rate"], row["success_ci95"]
-        ax.bar(x, rate, color="C0", alpha=0.6)
-        ax.errorbar(x, rate, yerr=[[rate - 100 * lo], [100 * hi - rate]], color="k", capsize=5)
-        seeds = [100 * v for v in row["per_seed"].values()]
-        ax.plot([x] * len(seeds), seeds, "o", color="C1", label="per sampling seed" if x == 0 else None)
-    ax.set_xticks(range(len(experts)), list(experts))
-    ax.set_ylabel("success (%), pooled, 95 % CI")
-    ax.set_ylim(0, 100)
-    ax.set_title("the seeing policy B, closed loop on held-out placements")
-    ax.legend(loc="lower right")
-    return _save(fig, out)

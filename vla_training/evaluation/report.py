@@ -31,19 +31,32 @@ def _save(fig, out: Path) -> Path:
 
 
 def _plot_success(evals: list[dict], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    labels, rates, lo, hi = [], [], [], []
+    labels, rows = [], []
     for ev in evals:
         for name, cl in ev.get("closed_loop", {}).items():
             labels.append(f"{ev['name']}\n{name}")
-            rates.append(100 * cl["success_rate"])
-            lo.append(100 * (cl["success_rate"] - cl["success_ci95"][0]))
-            hi.append(100 * (cl["success_ci95"][1] - cl["success_rate"]))
+            rows.append(cl)
+    return plot_success_bars(labels, rows, out)
+
+
+def plot_success_bars(labels: list[str], rows: list[dict], out: Path, title: str = "closed loop, held-out placements",
+                      per_seed: bool = False) -> Path:
+    """One bar per closed loop (`success_rate`) with its 95 % interval (`success_ci95`); per_seed: each row's
+    rate per sampling seed (`per_seed`, pooled rows) as dots on its bar."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    rates = [100 * cl["success_rate"] for cl in rows]
+    lo = [100 * (cl["success_rate"] - cl["success_ci95"][0]) for cl in rows]
+    hi = [100 * (cl["success_ci95"][1] - cl["success_rate"]) for cl in rows]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ax.bar(labels, rates, yerr=[lo, hi], capsize=4, color=[colors[i % len(colors)] for i in range(len(rates))])
+    if per_seed:
+        for x, cl in enumerate(rows):
+            seeds = [100 * v for v in cl["per_seed"].values()]
+            ax.plot([x] * len(seeds), seeds, "o", color="k", label="per sampling seed" if x == 0 else None)
+        ax.legend(loc="lower right")
     ax.set_ylabel("success (%) with 95 % CI")
     ax.set_ylim(0, 100)
-    ax.set_title("closed loop, held-out placements")
+    ax.set_title(title)
     return _save(fig, out)
 
 
