@@ -7,7 +7,7 @@ import pytest
 
 from vla_models import ConfigError
 from vla_training.data.episodes import list_episodes
-from vla_training.data.obstacle import OBSTACLE_TASK, DetourExpert, placement_layout
+from vla_training.data.obstacle import CLOSED_GRIP, OBSTACLE_TASK, SETTLED_GRIP, DetourExpert, placement_layout
 from vla_training.cli import main as vla
 from vla_training.data.sim import SimEnv, generate_demos
 
@@ -39,6 +39,20 @@ def test_each_detour_inserts_without_touching_the_post(env, mode):
         success, record = _run(env, expert, placement)
         assert success and not env.touched_obstacle, (mode, placement, expert.stages)
         assert record.info["obstacle_contact"] is False
+
+
+def test_the_lift_starts_when_the_observation_shows_the_fingers_settled(env):
+    """The demonstrator descends open, closes at the peg and lifts at the first grasp step whose observation
+    shows the fingers closed and no longer closing (the gripper opening against its previous frame's), not
+    after a count of steps the observation does not carry: a policy that sees the state, late or not, can
+    tell when the fingers close and when the lift comes."""
+    for placement, mode in ((0, -1), (1, 1), (2, -1)):
+        expert, states = DetourExpert(mode), []
+        _run(env, expert, placement, before_step=lambda step, record: states.append(record.state))
+        grasp, lift = expert.stages["grasp"], expert.stages["lift"]
+        settled = [s[3] < CLOSED_GRIP and abs(s[3] - s[21]) < SETTLED_GRIP for s in states[grasp:lift]]
+        assert states[grasp][3] > 0.95  # still open at the peg: it descended open
+        assert settled[-1] and not any(settled[:-1]), (placement, settled)
 
 
 def test_the_straight_path_meets_the_post(env):
