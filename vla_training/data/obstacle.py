@@ -15,9 +15,9 @@ Success = Meta-World's insertion success and no contact with the post during the
 physics substep's MuJoCo contacts, any geom against the post: peg, gripper, arm).
 
 `DetourExpert` is the scripted demonstrator: grasp, lift, pass in front (mode -1) or behind (+1),
-align with the hole, insert. Each stage ends on what the observation shows (the lift starts when the
-fingers have stopped closing, not after a count of steps), so a policy that sees the state can tell what
-comes next even when it sees it late. `vla data sim --task peg-insert-side-obstacle-v3 --modes 2` demonstrates
+align with the hole, insert. Each stage ends on what the observation shows (it descends open, closes
+once the hand is at the peg and lifts when the fingers have closed and stopped closing, not after a count
+of steps), so a policy that sees the state can tell what comes next even when it sees it late. `vla data sim --task peg-insert-side-obstacle-v3 --modes 2` demonstrates
 every placement both ways (data/sim.py): the same observation is answered both ways, half each, so a
 policy cannot learn a side per placement; it has to pick one.
 """
@@ -34,7 +34,7 @@ PASS_X = {-1: 0.01, 1: 0.33}  # the hand's x while the bar crosses the post's li
 CARRY_Z = 0.16
 SETTLED_GRIP = 0.001  # finger opening change per step (obs gripper vs its previous frame) that ends the grasp
 CLOSED_GRIP = 0.5  # finger opening (obs gripper, 1 = open) below which the fingers hold something
-MAX_GRASP_STEPS = 40  # a cap for fingers that never settle (reached in none of 80 demonstrations: 2 seeds x 20 x 2 sides)
+MAX_GRASP_STEPS = 40  # a cap for fingers that never settle (reached in none of 80 demonstrations)
 
 
 def obstacle_env_class(base_cls):
