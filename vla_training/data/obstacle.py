@@ -18,8 +18,9 @@ physics substep's MuJoCo contacts, any geom against the post: peg, gripper, arm)
 align with the hole, insert. Each stage ends on what the observation shows (it descends open, closes
 once the hand is at the peg and lifts when the fingers have closed and stopped closing, not after a count
 of steps), so a policy that sees the state can tell what comes next even when it sees it late.
-`vla data sim --task peg-insert-side-obstacle-v3 --modes 2` demonstrates every placement both ways (data/sim.py): the same observation is answered both ways, half each, so a
-policy cannot learn a side per placement; it has to pick one.
+`vla data sim --task peg-insert-side-obstacle-v3 --modes 2` demonstrates every placement both ways
+(data/sim.py): the same observation is answered both ways, half each, so a policy cannot learn a side
+per placement; it has to pick one.
 """
 
 from __future__ import annotations
